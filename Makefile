@@ -1,0 +1,30 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO ?= demo
+
+.PHONY: install test demo lint clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	$(VENV)/bin/ingest make-demo --out $(DEMO)/data
+	$(VENV)/bin/ingest build-cache --data-root $(DEMO)/data --out $(DEMO)/cache.zarr
+	$(VENV)/bin/cache info $(DEMO)/cache.zarr
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) $(DEMO)

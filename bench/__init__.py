@@ -1,0 +1,1 @@
+"""Throughput of every stage beside its baseline and its limit (issue 4)."""

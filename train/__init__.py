@@ -1,0 +1,1 @@
+"""Training the three detectors from the clip store (issue 3)."""
