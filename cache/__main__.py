@@ -1,0 +1,5 @@
+import sys
+
+from cache.cli import main
+
+sys.exit(main())

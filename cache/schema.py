@@ -1,0 +1,91 @@
+"""The store layout `clipcache/1`: the contract between ingest, train and users.
+
+A store is a Zarr v3 group (`*.zarr`) or an HDF5 file (`*.h5`, `*.hdf5`) holding these arrays:
+
+    clips        uint8   (N, T, H, W, 3)  RGB frames, one chunk per clip
+    label        int8    (N,)             0 real, 1 fake, -1 unknown
+    split        int8    (N,)             0 train, 1 val, 2 test
+    frame_index  int32   (N, T)           source frame of each stored frame, -1 where none
+    path         string  (N,)             path relative to the data root, `/` separators
+    group        string  (N,)             the source used for splitting
+    status       int8    (N,)             0 pending, 1 ok, 2 failed
+    error        string  (N,)             empty, or why the row failed
+    probe/frames int32   (N,)             decoded frame count of the video
+    probe/fps    float32 (N,)
+    probe/width  int32   (N,)
+    probe/height int32   (N,)
+    probe/codec  string  (N,)
+
+Rows are grouped in shards of `clips_per_shard` rows; every per-row array is chunked by shard, so
+one writer owns a shard and all its metadata, and writers never share a chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SCHEMA = "clipcache/1"
+
+PENDING, OK, FAILED = 0, 1, 2
+STATUS_NAMES = {PENDING: "pending", OK: "ok", FAILED: "failed"}
+
+REAL, FAKE, UNKNOWN = 0, 1, -1
+LABEL_NAMES = {REAL: "real", FAKE: "fake", UNKNOWN: "unknown"}
+
+TRAIN, VAL, TEST = 0, 1, 2
+SPLIT_CODES = {"train": TRAIN, "val": VAL, "test": TEST}
+SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
+
+PROBE_FIELDS = ("frames", "fps", "width", "height", "codec")
+ROW_ARRAYS = ("label", "split", "frame_index", "path", "group", "status", "error")
+
+ZARR_SUFFIXES = (".zarr",)
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+class StoreError(Exception):
+    """A store that is missing, of the wrong schema, or not what the caller asked for."""
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What every row of a store shares; saved in the group attributes."""
+
+    frames: int = 16
+    size: int = 224
+    resize: str = "squash"
+    decoder: str = "pyav"
+    clips_per_shard: int = 8
+    data_root: str = ""
+
+    def attrs(self) -> dict:
+        return {"schema": SCHEMA, **asdict(self)}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> StoreSpec:
+        if attrs.get("schema") != SCHEMA:
+            raise StoreError(f"not a {SCHEMA} store (schema attribute is {attrs.get('schema')!r})")
+        return cls(**{name: attrs[name] for name in cls.__dataclass_fields__})
+
+    def clip_shape(self) -> tuple[int, int, int, int]:
+        return (self.frames, self.size, self.size, 3)
+
+
+def store_format(path: str | Path) -> str:
+    """`zarr` or `hdf5`, from the file name, so that users choose the format by naming the store."""
+    suffix = Path(path).suffix.lower()
+    if suffix in ZARR_SUFFIXES:
+        return "zarr"
+    if suffix in HDF5_SUFFIXES:
+        return "hdf5"
+    raise StoreError(f"{path}: a store's name ends in .zarr, .h5 or .hdf5")
+
+
+def shard_rows(shard: int, clips_per_shard: int, rows: int) -> range:
+    start = shard * clips_per_shard
+    return range(start, min(start + clips_per_shard, rows))
+
+
+def shard_count(rows: int, clips_per_shard: int) -> int:
+    return -(-rows // clips_per_shard)

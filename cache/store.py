@@ -1,0 +1,217 @@
+"""Opening a store read-only and reading clips fast.
+
+A training loader reads random clips, so per-clip overhead decides its speed. Where the store is laid
+out as we write it (uncompressed Zarr shards on a local disk, or a contiguous HDF5 dataset), `read`
+finds each clip's bytes once and reads them with `os.preadv` straight into the output array; any
+other layout falls back to the library's own reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import zarr
+from zarr.codecs import BytesCodec, ShardingCodec
+from zarr.storage import LocalStore
+
+from cache.schema import OK, PROBE_FIELDS, ROW_ARRAYS, SPLIT_CODES, StoreError, StoreSpec, store_format
+
+MISSING = 2**64 - 1
+
+
+class ClipStore:
+    """A read-only store: the per-row arrays in memory, the clips on disk."""
+
+    def __init__(self, path: str | Path):
+        self.location = Path(path)
+        if not self.location.exists():
+            raise StoreError(f"{self.location}: no such store")
+        self.format = store_format(self.location)
+        try:
+            self._root = (
+                zarr.open_group(self.location, mode="r", zarr_format=3)
+                if self.format == "zarr"
+                else h5py.File(self.location, "r")
+            )
+        except Exception as error:
+            raise StoreError(f"{self.location}: cannot open as {self.format}: {error}") from error
+        self.attrs = {name: _attr_value(value) for name, value in self._root.attrs.items()}
+        self.spec = StoreSpec.from_attrs(self.attrs)
+        self.clips = self._root["clips"]
+        arrays = {name: _load(self._root[name]) for name in ROW_ARRAYS}
+        self.label: np.ndarray = arrays["label"]
+        self.split: np.ndarray = arrays["split"]
+        self.frame_index: np.ndarray = arrays["frame_index"]
+        self.path: np.ndarray = arrays["path"]
+        self.group: np.ndarray = arrays["group"]
+        self.status: np.ndarray = arrays["status"]
+        self.error: np.ndarray = arrays["error"]
+        self._reader = _fast_reader(self)
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    def __enter__(self) -> ClipStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.format == "hdf5":
+            self._root.close()
+
+    def rows(self, split: str | int | None = None) -> np.ndarray:
+        """Row numbers of the ok clips of a split (all splits when None), in store order."""
+        keep = self.status == OK
+        if split is not None:
+            code = SPLIT_CODES[split] if isinstance(split, str) else int(split)
+            keep &= self.split == code
+        return np.flatnonzero(keep)
+
+    def read(self, rows) -> np.ndarray:
+        """The clips of `rows`, in that order, as one uint8 array (len(rows), T, H, W, 3)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows out of range 0..{len(self) - 1}")
+        out = np.empty((len(rows), *self.spec.clip_shape()), dtype=np.uint8)
+        if self._reader is not None:
+            self._reader.read_into(rows, out)
+        else:
+            for i, row in enumerate(rows):
+                out[i] = self.clips[int(row)]
+        return out
+
+    def table(self) -> pd.DataFrame:
+        """One row per video: the per-row arrays and the probe, for people and reports."""
+        frame = pd.DataFrame(
+            {
+                "path": self.path,
+                "label": self.label,
+                "split": self.split,
+                "group": self.group,
+                "status": self.status,
+                "error": self.error,
+            }
+        )
+        for name in PROBE_FIELDS:
+            frame[name] = _load(self._root[f"probe/{name}"])
+        return frame
+
+
+def open_store(path: str | Path) -> ClipStore:
+    return ClipStore(path)
+
+
+def _attr_value(value):
+    """HDF5 keeps nested attributes as JSON text; zarr keeps them as they are."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _load(array) -> np.ndarray:
+    if isinstance(array, h5py.Dataset) and array.dtype.kind in "SO":
+        return array.asstr()[...].astype(str)
+    values = array[...]
+    return np.array(values.tolist(), dtype=str) if values.dtype.kind in "OT" else values
+
+
+class _PreadReader:
+    """Reads each clip with one `preadv` at a known file offset; `locate` says where."""
+
+    def __init__(self, clip_bytes: int, locate):
+        self.clip_bytes = clip_bytes
+        self.locate = locate
+
+    def read_into(self, rows: np.ndarray, out: np.ndarray) -> None:
+        fds: dict[Path, int] = {}
+        try:
+            for i, row in enumerate(rows):
+                file, offset = self.locate(int(row))
+                if file is None:
+                    out[i] = 0
+                    continue
+                if file not in fds:
+                    fds[file] = os.open(file, os.O_RDONLY)
+                got = os.preadv(fds[file], [memoryview(out[i]).cast("B")], offset)
+                if got != self.clip_bytes:
+                    raise StoreError(f"{file}: short read at byte {offset}")
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+
+def _fast_reader(store: ClipStore) -> _PreadReader | None:
+    clip_bytes = int(np.prod(store.spec.clip_shape()))
+    if store.format == "hdf5":
+        offset = store.clips.id.get_offset() if store.clips.chunks is None else None
+        if offset is None or store.clips.compression is not None:
+            return None
+        return _PreadReader(clip_bytes, lambda row: (store.location, offset + row * clip_bytes))
+    shards = _ShardIndex.for_array(store.clips, store.spec, clip_bytes)
+    return None if shards is None else _PreadReader(clip_bytes, shards.locate)
+
+
+class _ShardIndex:
+    """Where each clip lies inside its Zarr shard file, from the shard's own index at its end."""
+
+    def __init__(self, folder: Path, array: zarr.Array, per_shard: int, clip_bytes: int):
+        self.folder = folder
+        self.array = array
+        self.per_shard = per_shard
+        self.clip_bytes = clip_bytes
+        self._entries: dict[int, np.ndarray | None] = {}
+
+    @classmethod
+    def for_array(cls, array: zarr.Array, spec: StoreSpec, clip_bytes: int) -> _ShardIndex | None:
+        codecs = array.metadata.codecs
+        store = array.store_path.store
+        if not (len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) and isinstance(store, LocalStore)):
+            return None
+        sharding = codecs[0]
+        uncompressed = len(sharding.codecs) == 1 and isinstance(sharding.codecs[0], BytesCodec)
+        one_clip = tuple(sharding.chunk_shape) == (1, *spec.clip_shape())
+        shard_shape = array.metadata.chunk_grid.chunk_shape
+        if not (uncompressed and one_clip and sharding.index_location.value == "end"):
+            return None
+        if tuple(shard_shape[1:]) != spec.clip_shape():
+            return None
+        return cls(Path(store.root) / array.path, array, shard_shape[0], clip_bytes)
+
+    def _shard_file(self, shard: int) -> Path:
+        key = self.array.metadata.encode_chunk_key((shard, 0, 0, 0, 0))
+        return self.folder / key
+
+    def _entries_of(self, shard: int) -> np.ndarray | None:
+        if shard not in self._entries:
+            file = self._shard_file(shard)
+            index_bytes = self.per_shard * 16 + 4
+            try:
+                with open(file, "rb") as f:
+                    f.seek(-index_bytes, os.SEEK_END)
+                    raw = f.read(index_bytes)
+            except FileNotFoundError:
+                return None
+            self._entries[shard] = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.per_shard, 2)
+        return self._entries[shard]
+
+    def locate(self, row: int) -> tuple[Path | None, int]:
+        shard, inner = divmod(row, self.per_shard)
+        entries = self._entries_of(shard)
+        if entries is None or entries[inner, 0] == MISSING:
+            return None, 0
+        offset, nbytes = entries[inner]
+        if nbytes != self.clip_bytes:
+            file = self._shard_file(shard)
+            raise StoreError(f"{file}: clip {row} holds {nbytes} bytes, not {self.clip_bytes}")
+        return self._shard_file(shard), int(offset)

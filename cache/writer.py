@@ -1,0 +1,201 @@
+"""Creating a store and writing it one shard at a time, so that a kill never loses a finished row.
+
+Every write goes to a whole shard: its clips first, then its metadata, then its `status` chunk last.
+A row is marked ok only after its clip is on disk, and a writer owns whole shards, so two writers
+(processes or machines) never rewrite each other's chunks. Zarr's local store replaces chunk files
+atomically; the HDF5 file has every dataset allocated at creation, so later writes touch raw data only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import zarr
+
+from cache.schema import PROBE_FIELDS, StoreSpec, store_format
+
+ERROR_BYTES = 256
+CODEC_BYTES = 32
+
+
+@dataclass
+class ShardResult:
+    """Every row of one shard, as the decoders left it."""
+
+    start: int
+    clips: np.ndarray
+    frame_index: np.ndarray
+    status: np.ndarray
+    error: list[str]
+    probe: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.start + len(self.status))
+
+
+def create_store(path: str | Path, table: pd.DataFrame, spec: StoreSpec) -> None:
+    """Write an empty store for `table` (columns path, label, split, group), all rows pending.
+
+    The store is built under a temporary name and renamed into place, so a store either exists
+    whole or not at all.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    _remove(tmp)
+    try:
+        if store_format(path) == "zarr":
+            _create_zarr(tmp, table, spec)
+        else:
+            _create_hdf5(tmp, table, spec)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _initial_arrays(table: pd.DataFrame, spec: StoreSpec) -> dict[str, np.ndarray]:
+    n = len(table)
+    return {
+        "label": table["label"].to_numpy(np.int8),
+        "split": table["split"].to_numpy(np.int8),
+        "path": table["path"].to_numpy(str),
+        "group": table["group"].to_numpy(str),
+        "status": np.zeros(n, np.int8),
+        "error": np.full(n, "", dtype=object).astype(str),
+        "frame_index": np.full((n, spec.frames), -1, np.int32),
+        "probe/frames": np.zeros(n, np.int32),
+        "probe/fps": np.zeros(n, np.float32),
+        "probe/width": np.zeros(n, np.int32),
+        "probe/height": np.zeros(n, np.int32),
+        "probe/codec": np.full(n, "", dtype=object).astype(str),
+    }
+
+
+def _create_zarr(path: Path, table: pd.DataFrame, spec: StoreSpec) -> None:
+    root = zarr.open_group(path, mode="w-", zarr_format=3)
+    root.attrs.update(spec.attrs())
+    n, k, clip = len(table), spec.clips_per_shard, spec.clip_shape()
+    root.create_array(
+        "clips",
+        shape=(n, *clip),
+        dtype="uint8",
+        chunks=(1, *clip),
+        shards=(k, *clip),
+        compressors=None,
+        fill_value=0,
+    )
+    for name, values in _initial_arrays(table, spec).items():
+        dtype = str if values.dtype.kind == "U" else values.dtype
+        array = root.create_array(
+            name, shape=values.shape, dtype=dtype, chunks=(k, *values.shape[1:]), fill_value=_fill(values)
+        )
+        array[...] = values
+
+
+def _fill(values: np.ndarray):
+    return "" if values.dtype.kind == "U" else values.flat[0] if values.size else 0
+
+
+def _create_hdf5(path: Path, table: pd.DataFrame, spec: StoreSpec) -> None:
+    with h5py.File(path, "w") as f:
+        for name, value in spec.attrs().items():
+            f.attrs[name] = value
+        _allocate(f, "clips", (len(table), *spec.clip_shape()), h5py.h5t.STD_U8LE)
+        widths = {"error": ERROR_BYTES, "probe/codec": CODEC_BYTES}
+        for name, values in _initial_arrays(table, spec).items():
+            if values.dtype.kind == "U":
+                values = _encode(values, widths.get(name))
+            dataset = _allocate(f, name, values.shape, h5py.h5t.py_create(_h5_dtype(values), logical=True))
+            dataset[...] = values
+
+
+def _h5_dtype(values: np.ndarray):
+    if values.dtype.kind == "S":
+        return h5py.string_dtype("utf-8", values.dtype.itemsize)
+    return values.dtype
+
+
+def _allocate(f: h5py.File, name: str, shape: tuple[int, ...], h5type) -> h5py.Dataset:
+    """A contiguous dataset whose bytes exist from the start: later writes never change file metadata."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    parent, _, leaf = name.rpartition("/")
+    group = f.require_group(parent) if parent else f
+    dsid = h5py.h5d.create(group.id, leaf.encode(), h5type, h5py.h5s.create_simple(shape), dcpl=dcpl)
+    return h5py.Dataset(dsid)
+
+
+def _encode(values, width: int | None) -> np.ndarray:
+    """UTF-8 bytes of fixed width (the longest value, or `width` cut at a character boundary)."""
+    encoded = [str(v).encode() for v in values]
+    if width is None:
+        width = max((len(e) for e in encoded), default=1) or 1
+    cut = [e[:width].decode("utf-8", "ignore").encode() for e in encoded]
+    return np.array(cut, dtype=f"S{width}")
+
+
+class StoreWriter:
+    """Writes whole shards into an existing store; one writer per shard at a time."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.format = store_format(self.path)
+        if self.format == "zarr":
+            self._root = zarr.open_group(self.path, mode="r+", zarr_format=3)
+        else:
+            self._root = h5py.File(self.path, "r+")
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.format == "hdf5":
+            self._root.close()
+
+    def write_shard(self, shard: ShardResult) -> None:
+        rows = shard.rows
+        self._root["clips"][rows] = shard.clips
+        self._flush()
+        self._set("frame_index", rows, shard.frame_index)
+        self._set("error", rows, np.array(shard.error, dtype=str))
+        for name in PROBE_FIELDS:
+            self._set(f"probe/{name}", rows, shard.probe[name])
+        self._flush()
+        self._set("status", rows, shard.status)
+        self._flush()
+
+    def _set(self, name: str, rows: slice, values: np.ndarray) -> None:
+        array = self._root[name]
+        if self.format == "hdf5" and values.dtype.kind == "U":
+            values = _encode(values, array.dtype.itemsize)
+        array[rows] = values
+
+    def _flush(self) -> None:
+        if self.format == "hdf5":
+            self._root.flush()
+
+    def update_attrs(self, attrs: dict) -> None:
+        """Nested values become JSON strings in HDF5, which has no nested attributes."""
+        for name, value in attrs.items():
+            if self.format == "hdf5" and isinstance(value, dict | list):
+                value = json.dumps(value)
+            self._root.attrs[name] = value
+        self._flush()
