@@ -1,0 +1,1 @@
+"""Finding, splitting and decoding videos into a clip store."""

@@ -1,0 +1,315 @@
+"""`ingest build-cache`: decode every video once into a store, in parallel, resumably.
+
+Worker processes decode and resize; the process that owns a shard collects its rows and writes
+the shard whole (see `cache.writer`). Under `accelerate launch` or `torchrun` each rank owns every
+`world`-th shard of one shared store, and rank 0 creates the store and writes the summary.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cache.schema import FAILED, OK, PENDING, PROBE_FIELDS, StoreSpec, shard_count, shard_rows, store_format
+from cache.store import open_store
+from cache.writer import ShardResult, StoreWriter, create_store
+from ingest.decoders import DecodeError, Probe, make_decoder, resolve
+from ingest.discover import UsageError, find_videos
+from ingest.frames import RESIZE_MODES, resize_clip
+from ingest.splits import assign_splits
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    data_root: Path
+    out: Path
+    frames: int = 16
+    size: int = 224
+    resize: str = "squash"
+    decoder: str = "auto"
+    workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    val_fraction: float = 0.2
+    seed: int = 42
+    manifest: Path | None = None
+    test_list: Path | None = None
+    clips_per_shard: int = 8
+    resume: bool = False
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class RowJob:
+    row: int
+    path: str
+    decoder: str
+    threads: int
+    frames: int
+    size: int
+    resize: str
+
+
+@dataclass
+class RowOutcome:
+    row: int
+    clip: np.ndarray | None
+    indices: np.ndarray | None
+    probe: Probe
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    ok: int
+    failed: int
+    pending: int
+    done: int
+    seconds: float
+    decoder: str
+    failures: list[tuple[str, str]]
+
+    @property
+    def videos_per_second(self) -> float:
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self, out: Path) -> str:
+        return (
+            f"{out}: {self.ok} ok, {self.failed} failed, {self.pending} pending; "
+            f"{self.done} videos decoded in {self.seconds:.1f} s ({self.videos_per_second:.2f} videos/s, "
+            f"decoder {self.decoder})"
+        )
+
+
+class Ranks:
+    """This process's place among the ranks of `accelerate launch` or `torchrun` (one rank alone)."""
+
+    def __init__(self) -> None:
+        self._state = None
+        self.index, self.count = 0, 1
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
+
+            self._state = PartialState(cpu=not torch.cuda.is_available())
+            self.index, self.count = self._state.process_index, self._state.num_processes
+
+    @property
+    def main(self) -> bool:
+        return self.index == 0
+
+    def barrier(self) -> None:
+        if self._state is not None:
+            self._state.wait_for_everyone()
+
+
+def decode_row(job: RowJob) -> RowOutcome:
+    """Decode, sample and resize one video; any failure becomes the row's reason, never an exception."""
+    try:
+        decoded = make_decoder(job.decoder, job.threads).decode(job.path, job.frames)
+        clip = resize_clip(decoded.frames, job.size, job.resize).numpy()
+        return RowOutcome(job.row, clip, decoded.indices.astype(np.int32), decoded.probe)
+    except DecodeError as error:
+        return RowOutcome(job.row, None, None, Probe(), str(error) or "cannot decode")
+    except Exception as error:
+        return RowOutcome(job.row, None, None, Probe(), f"{type(error).__name__}: {error}"[:200])
+
+
+def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> BuildSummary:
+    ranks = Ranks()
+    started = time.perf_counter()
+    spec = _check(config, ranks)
+    table = assign_splits(
+        find_videos(config.data_root, config.manifest, config.test_list), config.val_fraction, config.seed
+    )
+    exists = config.out.exists()
+    if exists and not config.resume:
+        raise UsageError(f"{config.out} exists: pass --resume to finish it, or choose another --out")
+    if exists:
+        _check_resumable(config.out, table["path"].tolist(), spec)
+    ranks.barrier()
+    if not exists and ranks.main:
+        create_store(config.out, table, spec)
+    ranks.barrier()
+    with open_store(config.out) as store:
+        status = store.status
+    shards = [
+        s
+        for s in range(ranks.index, shard_count(len(table), spec.clips_per_shard), ranks.count)
+        if (status[_rows(s, spec, len(table))] == PENDING).any()
+    ]
+    jobs = _jobs(config, spec, table["path"].tolist(), shards)
+    outcomes = tqdm(
+        _run(jobs, config.workers),
+        total=len(jobs),
+        unit="video",
+        desc=f"decode ({spec.decoder})" + (f" rank {ranks.index}" if ranks.count > 1 else ""),
+        position=ranks.index,
+        dynamic_ncols=True,
+    )
+    done = 0
+    with StoreWriter(config.out) as writer:
+        for shard in _collect_shards(outcomes, spec, len(table)):
+            writer.write_shard(shard)
+            done += len(shard.status)
+    ranks.barrier()
+    summary = _summarise(config.out, done, time.perf_counter() - started, spec.decoder)
+    if ranks.main:
+        _finish(config.out, summary)
+        log(summary.line(config.out))
+        for path, reason in summary.failures[:20]:
+            log(f"  failed {path}: {reason}")
+        if len(summary.failures) > 20:
+            log(f"  ... and {len(summary.failures) - 20} more (cache info {config.out})")
+    return summary
+
+
+def _check(config: BuildConfig, ranks: Ranks) -> StoreSpec:
+    """Every argument error, found before anything is written."""
+    try:
+        fmt = store_format(config.out)
+        decoder = resolve(config.decoder)
+    except Exception as error:
+        raise UsageError(str(error)) from error
+    if fmt == "hdf5" and ranks.count > 1:
+        raise UsageError("an HDF5 store has one writer: use a .zarr store to build with several ranks")
+    if config.resize not in RESIZE_MODES:
+        raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
+    for name in ("frames", "size", "workers", "clips_per_shard"):
+        if getattr(config, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if not config.out.parent.is_dir():
+        raise UsageError(f"--out {config.out}: folder {config.out.parent} does not exist")
+    return StoreSpec(
+        frames=config.frames,
+        size=config.size,
+        resize=config.resize,
+        decoder=decoder,
+        clips_per_shard=config.clips_per_shard,
+        data_root=str(config.data_root.resolve()),
+    )
+
+
+def _check_resumable(out: Path, paths: list[str], spec: StoreSpec) -> None:
+    try:
+        with open_store(out) as store:
+            old, old_paths = store.spec, store.path.tolist()
+    except Exception as error:
+        raise UsageError(f"--resume {out}: {error}") from error
+    for name in ("frames", "size", "resize", "decoder", "clips_per_shard"):
+        if getattr(old, name) != getattr(spec, name):
+            raise UsageError(
+                f"--resume {out}: the store was built with {name}={getattr(old, name)!r}, not {getattr(spec, name)!r}"
+            )
+    if old_paths != paths:
+        raise UsageError(f"--resume {out}: the videos under the data root are not those the store was built from")
+
+
+def _rows(shard: int, spec: StoreSpec, n: int) -> slice:
+    rows = shard_rows(shard, spec.clips_per_shard, n)
+    return slice(rows.start, rows.stop)
+
+
+def _jobs(config: BuildConfig, spec: StoreSpec, paths: list[str], shards: list[int]) -> list[RowJob]:
+    cores = len(os.sched_getaffinity(0))
+    threads = max(1, cores // config.workers)
+    root = config.data_root
+    return [
+        RowJob(row, str(root / paths[row]), spec.decoder, threads, spec.frames, spec.size, spec.resize)
+        for shard in shards
+        for row in shard_rows(shard, spec.clips_per_shard, len(paths))
+    ]
+
+
+def _run(jobs: list[RowJob], workers: int) -> Iterator[RowOutcome]:
+    """Outcomes as they finish: in this process for one worker, else in a pool, a few jobs ahead."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(decode_row, jobs)
+        return
+    context = multiprocessing.get_context("spawn")
+    threads = (jobs[0].threads,)
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=threads) as pool:
+        queue = iter(jobs)
+        running = {pool.submit(decode_row, job) for job in _take(queue, 2 * workers)}
+        while running:
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            running |= {pool.submit(decode_row, job) for job in _take(queue, len(finished))}
+            for future in finished:
+                yield future.result()
+
+
+def _take(queue: Iterator[RowJob], count: int) -> list[RowJob]:
+    return [job for _, job in zip(range(count), queue, strict=False)]
+
+
+def _collect_shards(outcomes: Iterable[RowOutcome], spec: StoreSpec, n: int) -> Iterator[ShardResult]:
+    """Gather outcomes by shard and hand each shard on once all its rows are in."""
+    buffers: dict[int, dict[int, RowOutcome]] = {}
+    for outcome in outcomes:
+        shard = outcome.row // spec.clips_per_shard
+        buffer = buffers.setdefault(shard, {})
+        buffer[outcome.row] = outcome
+        rows = shard_rows(shard, spec.clips_per_shard, n)
+        if len(buffer) == len(rows):
+            yield _shard_result(rows, buffers.pop(shard), spec)
+
+
+def _shard_result(rows: range, outcomes: dict[int, RowOutcome], spec: StoreSpec) -> ShardResult:
+    k = len(rows)
+    clips = np.zeros((k, *spec.clip_shape()), dtype=np.uint8)
+    frame_index = np.full((k, spec.frames), -1, dtype=np.int32)
+    status = np.full(k, FAILED, dtype=np.int8)
+    errors = [""] * k
+    probe = {name: [] for name in PROBE_FIELDS}
+    for i, row in enumerate(rows):
+        outcome = outcomes[row]
+        if outcome.clip is not None:
+            clips[i], frame_index[i], status[i] = outcome.clip, outcome.indices, OK
+        errors[i] = outcome.error
+        for name in PROBE_FIELDS:
+            probe[name].append(getattr(outcome.probe, name))
+    dtypes = {"frames": np.int32, "fps": np.float32, "width": np.int32, "height": np.int32, "codec": str}
+    arrays = {name: np.array(values, dtype=dtypes[name]) for name, values in probe.items()}
+    return ShardResult(rows.start, clips, frame_index, status, errors, arrays)
+
+
+def _summarise(out: Path, done: int, seconds: float, decoder: str) -> BuildSummary:
+    with open_store(out) as store:
+        status = store.status
+        failed = np.flatnonzero(status == FAILED)
+        return BuildSummary(
+            ok=int((status == OK).sum()),
+            failed=len(failed),
+            pending=int((status == PENDING).sum()),
+            done=done,
+            seconds=seconds,
+            decoder=decoder,
+            failures=[(store.path[i], store.error[i]) for i in failed],
+        )
+
+
+def _finish(out: Path, summary: BuildSummary) -> None:
+    """Rank 0's last word: the run's summary and the per-video probe, in a form pandas reads."""
+    with open_store(out) as store:
+        table = store.table()
+    probe = {name: table[name].tolist() for name in ("path", *PROBE_FIELDS)}
+    with StoreWriter(out) as writer:
+        writer.update_attrs(
+            {
+                "summary": {
+                    "ok": summary.ok,
+                    "failed": summary.failed,
+                    "pending": summary.pending,
+                    "seconds": round(summary.seconds, 3),
+                    "videos_per_second": round(summary.videos_per_second, 3),
+                    "decoder": summary.decoder,
+                },
+                "probe": probe,
+            }
+        )

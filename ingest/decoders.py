@@ -1,0 +1,173 @@
+"""Decoders: one interface, several engines.
+
+A decoder returns exactly the frames at `sample_indices(n, count)` of a video's `n` decodable
+frames, at full resolution, in RGB. `n` is counted, not read from container metadata, which can
+claim frames that are not there. GPU decoders register beside the CPU ones under the same interface.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import numpy as np
+
+from ingest.frames import sample_indices
+
+
+class DecodeError(Exception):
+    """A video that cannot give the frames asked of it; the message is the row's reason."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    frames: int = 0
+    fps: float = 0.0
+    width: int = 0
+    height: int = 0
+    codec: str = ""
+
+
+@dataclass
+class DecodedClip:
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB
+    indices: np.ndarray  # (T,) source frame numbers
+    probe: Probe
+
+
+class Decoder(Protocol):
+    name: str
+
+    def decode(self, path: str, count: int) -> DecodedClip: ...
+
+
+class PyAVDecoder:
+    """FFmpeg through PyAV: decodes forward once, converting only the sampled frames to RGB."""
+
+    name = "pyav"
+
+    def __init__(self, threads: int = 0):
+        self.threads = threads
+
+    def decode(self, path: str, count: int) -> DecodedClip:
+        try:
+            probe = self._probe(path)
+            if probe.frames == 0:
+                raise DecodeError("the video stream has no frames")
+            indices = sample_indices(probe.frames, count)
+            frames, decoded = self._pick(path, indices)
+            if decoded <= indices[-1]:
+                # Fewer frames decode than the packets promised; the pass above counted them all.
+                if decoded == 0:
+                    raise DecodeError("no frame of the video stream decodes")
+                probe = replace(probe, frames=decoded)
+                indices = sample_indices(decoded, count)
+                frames, _ = self._pick(path, indices)
+            return DecodedClip(np.stack(frames), indices, probe)
+        except DecodeError:
+            raise
+        except Exception as error:
+            raise DecodeError(_reason(error)) from error
+
+    def _probe(self, path: str) -> Probe:
+        """Stream facts, with the frame count from the packets actually present."""
+        import av
+
+        with av.open(path) as container:
+            stream = _video_stream(container)
+            packets = sum(1 for packet in container.demux(stream) if packet.size)
+            context = stream.codec_context
+            fps = float(stream.average_rate or 0)
+            return Probe(packets, fps, context.width, context.height, context.name)
+
+    def _pick(self, path: str, indices: np.ndarray) -> tuple[list[np.ndarray], int]:
+        """RGB frames at `indices` (repeats kept), and how many frames decoded before it stopped.
+
+        It stops after the last index, or at the end of what decodes: then the count is all of it.
+        """
+        import av
+
+        wanted = np.bincount(indices)
+        frames: list[np.ndarray] = []
+        decoded = 0
+        with av.open(path) as container:
+            stream = _video_stream(container)
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = self.threads
+            try:
+                for frame in container.decode(stream):
+                    if wanted[decoded]:
+                        frames.extend([frame.to_ndarray(format="rgb24")] * int(wanted[decoded]))
+                    decoded += 1
+                    if decoded == len(wanted):
+                        break
+            except (av.FFmpegError, EOFError):
+                pass  # a damaged tail: what decoded before it counts
+        return frames, decoded
+
+
+def _video_stream(container):
+    if not container.streams.video:
+        raise DecodeError("the file has no video stream")
+    return container.streams.video[0]
+
+
+def _reason(error: Exception) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text[:200]
+
+
+class DecordDecoder:
+    """decord's `get_batch`, which seeks to the keyframe before each sampled frame."""
+
+    name = "decord"
+
+    def __init__(self, threads: int = 0):
+        self.threads = threads
+
+    def decode(self, path: str, count: int) -> DecodedClip:
+        import decord
+
+        try:
+            reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=self.threads)
+            n = len(reader)
+            if n == 0:
+                raise DecodeError("the video stream has no frames")
+            indices = sample_indices(n, count)
+            frames = reader.get_batch(list(indices)).asnumpy()
+            first = reader[0].shape
+            probe = Probe(n, float(reader.get_avg_fps()), first[1], first[0], "")
+            return DecodedClip(frames, indices, probe)
+        except DecodeError:
+            raise
+        except Exception as error:
+            raise DecodeError(_reason(error)) from error
+
+
+CPU_DECODERS: dict[str, type] = {"pyav": PyAVDecoder, "decord": DecordDecoder}
+MODULES = {"pyav": "av", "decord": "decord"}
+# Fastest first: `auto` takes the first one that is installed.
+PREFERENCE = ("pyav", "decord")
+
+
+def available(name: str) -> bool:
+    return importlib.util.find_spec(MODULES[name]) is not None
+
+
+def resolve(name: str) -> str:
+    """The decoder `name` stands for: itself, or for `auto` the fastest installed one."""
+    if name == "auto":
+        for candidate in PREFERENCE:
+            if available(candidate):
+                return candidate
+        raise DecodeError("no decoder is installed (pip install av)")
+    if name not in CPU_DECODERS:
+        raise DecodeError(f"unknown decoder {name!r}: choose from auto, {', '.join(CPU_DECODERS)}")
+    if not available(name):
+        raise DecodeError(f"decoder {name!r} is not installed")
+    return name
+
+
+def make_decoder(name: str, threads: int = 0) -> Decoder:
+    return CPU_DECODERS[resolve(name)](threads=threads)
