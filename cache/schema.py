@@ -5,7 +5,8 @@ A store is a Zarr v3 group (`*.zarr`) or an HDF5 file (`*.h5`, `*.hdf5`) holding
     clips        uint8   (N, T, H, W, 3)  RGB frames, one chunk per clip
     label        int8    (N,)             0 real, 1 fake, -1 unknown
     split        int8    (N,)             0 train, 1 val, 2 test
-    frame_index  int32   (N, T)           source frame of each stored frame, -1 where none
+    frame_index  int32   (N, T)           source frame of each stored frame (its place among the frames
+                                          that decode), -1 where none
     path         string  (N,)             path relative to the data root, `/` separators
     group        string  (N,)             the source used for splitting
     status       int8    (N,)             0 pending, 1 ok, 2 failed

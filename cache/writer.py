@@ -119,14 +119,8 @@ def _create_hdf5(path: Path, table: pd.DataFrame, spec: StoreSpec) -> None:
         for name, values in _initial_arrays(table, spec).items():
             if values.dtype.kind == "U":
                 values = _encode(values, widths.get(name))
-            dataset = _allocate(f, name, values.shape, h5py.h5t.py_create(_h5_dtype(values), logical=True))
+            dataset = _allocate(f, name, values.shape, h5py.h5t.py_create(values.dtype, logical=True))
             dataset[...] = values
-
-
-def _h5_dtype(values: np.ndarray):
-    if values.dtype.kind == "S":
-        return h5py.string_dtype("utf-8", values.dtype.itemsize)
-    return values.dtype
 
 
 def _allocate(f: h5py.File, name: str, shape: tuple[int, ...], h5type) -> h5py.Dataset:
@@ -146,7 +140,7 @@ def _encode(values, width: int | None) -> np.ndarray:
     if width is None:
         width = max((len(e) for e in encoded), default=1) or 1
     cut = [e[:width].decode("utf-8", "ignore").encode() for e in encoded]
-    return np.array(cut, dtype=f"S{width}")
+    return np.array(cut, dtype=h5py.string_dtype("utf-8", width))
 
 
 class StoreWriter:

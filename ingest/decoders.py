@@ -8,12 +8,15 @@ claim frames that are not there. GPU decoders register beside the CPU ones under
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
 
 from ingest.frames import sample_indices
+
+DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 
 class DecodeError(Exception):
@@ -56,14 +59,16 @@ class PyAVDecoder:
             if probe.frames == 0:
                 raise DecodeError("the video stream has no frames")
             indices = sample_indices(probe.frames, count)
-            frames, decoded = self._pick(path, indices)
+            frames, decoded = self._pick(path, indices, self.threads)
             if decoded <= indices[-1]:
-                # Fewer frames decode than the packets promised; the pass above counted them all.
+                # Fewer frames decode than the packets promised. Frame threads may drop a different
+                # number of frames near damage on each pass, so count and pick again in one thread.
+                _, decoded = self._pick(path, None, 1)
                 if decoded == 0:
                     raise DecodeError("no frame of the video stream decodes")
                 probe = replace(probe, frames=decoded)
                 indices = sample_indices(decoded, count)
-                frames, _ = self._pick(path, indices)
+                frames, _ = self._pick(path, indices, 1)
             return DecodedClip(np.stack(frames), indices, probe)
         except DecodeError:
             raise
@@ -76,45 +81,65 @@ class PyAVDecoder:
 
         with av.open(path) as container:
             stream = _video_stream(container)
-            packets = sum(1 for packet in container.demux(stream) if packet.size)
+            packets = sum(1 for _ in _good_packets(container, stream))
             context = stream.codec_context
             fps = float(stream.average_rate or 0)
             return Probe(packets, fps, context.width, context.height, context.name)
 
-    def _pick(self, path: str, indices: np.ndarray) -> tuple[list[np.ndarray], int]:
+    def _pick(self, path: str, indices: np.ndarray | None, threads: int) -> tuple[list[np.ndarray], int]:
         """RGB frames at `indices` (repeats kept), and how many frames decoded before it stopped.
 
-        It stops after the last index, or at the end of what decodes: then the count is all of it.
+        It stops after the last index, or at the end of what decodes (then the count is all of it);
+        with `indices` None it only counts.
         """
         import av
 
-        wanted = np.bincount(indices)
+        wanted = np.bincount(indices) if indices is not None else None
         frames: list[np.ndarray] = []
         decoded = 0
         with av.open(path) as container:
             stream = _video_stream(container)
-            stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = self.threads
-            try:
-                for frame in container.decode(stream):
-                    if wanted[decoded]:
+            stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+            stream.codec_context.thread_count = threads
+            for packet in (*_good_packets(container, stream), None):  # None flushes the decoder
+                try:
+                    decoded_frames = stream.decode(packet)
+                except (av.FFmpegError, EOFError):
+                    continue  # undecodable data: the frames that decode still count
+                for frame in decoded_frames:
+                    if wanted is not None and wanted[decoded]:
                         frames.extend([frame.to_ndarray(format="rgb24")] * int(wanted[decoded]))
                     decoded += 1
-                    if decoded == len(wanted):
-                        break
-            except (av.FFmpegError, EOFError):
-                pass  # a damaged tail: what decoded before it counts
+                    if wanted is not None and decoded == len(wanted):
+                        return frames, decoded
         return frames, decoded
+
+
+def _good_packets(container, stream):
+    """The stream's whole packets: one cut short or damaged holds no frame, and a read error ends it."""
+    import av
+
+    try:
+        for packet in container.demux(stream):
+            if packet.size and not packet.is_corrupt:
+                yield packet
+    except (av.FFmpegError, EOFError):
+        return
 
 
 def _video_stream(container):
     if not container.streams.video:
         raise DecodeError("the file has no video stream")
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    if stream.codec_context is None or not stream.codec_context.width:
+        raise DecodeError("the video stream has no codec parameters (truncated or damaged file?)")
+    return stream
 
 
 def _reason(error: Exception) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
+    """One line, without the file name; decord's `[time] file.cc:line:` prefix dropped."""
+    text = getattr(error, "strerror", None) or str(error)
+    text = DECORD_PREFIX.sub("", " ".join(text.split())) or type(error).__name__
     return text[:200]
 
 

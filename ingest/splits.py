@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
@@ -48,11 +50,14 @@ def _split_free(free: pd.DataFrame, val_fraction: float, seed: int) -> np.ndarra
         raise UsageError("the train/val videos come from a single source: they cannot be split by source")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     split = np.full(len(free), TRAIN, dtype=np.int8)
-    for _, val in splitter.split(np.zeros(len(free)), labels, groups):
+    with warnings.catch_warnings():  # scikit-learn warns of thin classes; the check below decides
+        warnings.simplefilter("ignore", UserWarning)
+        folds = list(splitter.split(np.zeros(len(free)), labels, groups))
+    for _, val in folds:
         in_val = np.zeros(len(free), bool)
         in_val[val] = True
         if set(labels[in_val]) == {0, 1} and set(labels[~in_val]) == {0, 1}:
             split[in_val] = VAL
             return split
-    split[next(iter(splitter.split(np.zeros(len(free)), labels, groups)))[1]] = VAL
+    split[folds[0][1]] = VAL
     return split

@@ -1,0 +1,123 @@
+"""Real videos, encoded here with PyAV, and real stores built from them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from ingest.demo import DemoSpec, make_demo, write_video
+
+GRID = 4  # frame numbers are drawn as a GRID x GRID block of bits, most significant first
+SIZE = 64  # stored frame size in tests: 16 px per bit cell
+
+
+def numbered_frame(number: int, width: int, height: int) -> np.ndarray:
+    bits = [(number >> (GRID * GRID - 1 - i)) & 1 for i in range(GRID * GRID)]
+    cells = np.array(bits, dtype=np.uint8).reshape(GRID, GRID) * 255
+    rows = np.repeat(cells, -(-height // GRID), axis=0)[:height]
+    image = np.repeat(rows, -(-width // GRID), axis=1)[:, :width]
+    return np.repeat(image[..., None], 3, axis=2)
+
+
+def read_number(frame: np.ndarray) -> int:
+    """The number drawn by `numbered_frame`, read from the centre of each cell of any resized copy."""
+    h, w = frame.shape[:2]
+    number = 0
+    for i in range(GRID):
+        for j in range(GRID):
+            y, x = int((i + 0.5) * h / GRID), int((j + 0.5) * w / GRID)
+            number = (number << 1) | int(frame[y - 1 : y + 2, x - 1 : x + 2].mean() > 127)
+    return number
+
+
+def encode_numbered(path: Path, frames: int, width: int = 96, height: int = 64, codec: str = "libx264") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, (numbered_frame(i, width, height) for i in range(frames)), width, height, 25, codec)
+    return path
+
+
+def encode_zero_frames(path: Path) -> Path:
+    """An AVI whose video stream holds no frame (beside a short audio stream, so the file opens)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="avi") as container:
+        video = container.add_stream("mpeg4", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        audio = container.add_stream("aac", rate=8000)
+        container.start_encoding()
+        silence = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        silence.sample_rate = 8000
+        for packet in [*audio.encode(silence), *audio.encode()]:
+            container.mux(packet)
+    return path
+
+
+def encode_lying(path: Path, frames: int, keep: float = 0.5) -> Path:
+    """An mp4 whose index (at the front) promises `frames` frames but whose data stops part way."""
+    full = path.with_suffix(".full.mp4")
+    with av.open(str(full), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for i in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(numbered_frame(i, 96, 64), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = full.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    full.unlink()
+    return path
+
+
+def write_broken(folder: Path) -> dict[str, str]:
+    """Every kind of bad input the build must survive; name -> what it is."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "id9_0000.mp4").write_bytes(b"")
+    (folder / "id9_0001.mp4").write_text("this is not a video\n")
+    good = encode_numbered(folder / "tmp.mp4", 40)
+    (folder / "id9_0002.mp4").write_bytes(good.read_bytes()[:2000])
+    good.unlink()
+    encode_zero_frames(folder / "id9_0003.avi")
+    return {"id9_0000.mp4": "empty", "id9_0001.mp4": "text", "id9_0002.mp4": "truncated", "id9_0003.avi": "no frames"}
+
+
+@pytest.fixture(scope="session")
+def celebdf_root(tmp_path_factory) -> Path:
+    """A Celeb-DF v2-shaped folder of numbered videos (several codecs and lengths) and broken files."""
+    root = tmp_path_factory.mktemp("celebdf")
+    for i in range(4):
+        encode_numbered(root / "Celeb-real" / f"id{i}_0000.mp4", 30 + 7 * i)
+        encode_numbered(root / "Celeb-synthesis" / f"id{i}_id{(i + 1) % 4}_0000.mp4", 90 + i)
+        encode_numbered(root / "Celeb-synthesis" / f"id{i}_id{(i + 2) % 4}_0001.mp4", 9, 80, 48)
+    encode_numbered(root / "YouTube-real" / "00000.mp4", 260, 128, 72)
+    encode_numbered(root / "YouTube-real" / "00001.mp4", 50, codec="mpeg4")
+    write_broken(root / "Celeb-synthesis")
+    (root / "Celeb-real" / "notes.txt").write_text("not a video")
+    (root / "List_of_testing_videos.txt").write_text("1 Celeb-real/id3_0000.mp4\n0 Celeb-synthesis/id3_id0_0000.mp4\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    make_demo(root, DemoSpec(identities=4, reals_per_identity=1, fakes_per_identity=2, youtube=2, frames=20,
+                             width=96, height=64))
+    return root
+
+
+def run_cli(*args: str, check: bool = True, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run a console command of ours (`ingest`, `cache`) as a real process."""
+    command = [sys.executable, "-m", *args]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def build_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["ingest", "build-cache", "--data-root", str(root), "--out", str(out), "--size", str(SIZE), *extra]

@@ -1,0 +1,146 @@
+"""`ingest build-cache` end to end, as a user runs it, on real videos with broken files among them."""
+
+import warnings
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from conftest import SIZE, build_args, read_number, run_cli
+
+from cache import open_store
+from cache.schema import FAILED, OK, PENDING
+from ingest.discover import VIDEO_SUFFIXES
+from ingest.frames import sample_indices
+
+ARRAYS = ("label", "split", "frame_index", "path", "group", "status", "error")
+
+
+@pytest.fixture(scope="module")
+def stores(celebdf_root, tmp_path_factory):
+    """The same folder built four ways: zarr with one and two workers, HDF5, and with decord."""
+    out = tmp_path_factory.mktemp("stores")
+    builds = {
+        "zarr": ("--workers", "1", "--decoder", "pyav", "--clips-per-shard", "3"),
+        "zarr-2-workers": ("--workers", "2", "--decoder", "pyav", "--clips-per-shard", "3"),
+        "h5": ("--workers", "1", "--decoder", "pyav", "--clips-per-shard", "3"),
+        "decord.zarr": ("--workers", "1", "--decoder", "decord", "--clips-per-shard", "3"),
+    }
+    paths = {}
+    for name, extra in builds.items():
+        path = out / (name if name.endswith((".zarr", ".h5")) else f"{name}.{'h5' if name == 'h5' else 'zarr'}")
+        result = run_cli(*build_args(celebdf_root, path, *extra))
+        assert "failed" in result.stdout and "videos/s" in result.stdout
+        paths[name] = path
+    return paths
+
+
+def video_files(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def test_every_video_file_is_a_row_and_each_good_one_holds_exactly_its_frames(celebdf_root, stores):
+    with open_store(stores["zarr"]) as store:
+        assert store.path.tolist() == video_files(celebdf_root)
+        assert store.clips.shape == (len(store), 16, SIZE, SIZE, 3)
+        table = store.table()
+        for row in np.flatnonzero(store.status == OK):
+            n = table["frames"][row]
+            assert store.frame_index[row].tolist() == sample_indices(n, 16).tolist()
+            clip = store.read([row])[0]
+            assert [read_number(frame) for frame in clip] == store.frame_index[row].tolist(), store.path[row]
+        assert (store.status != PENDING).all()
+
+
+def test_broken_files_are_failed_rows_with_a_reason(stores):
+    with open_store(stores["zarr"]) as store:
+        failed = {store.path[r]: store.error[r] for r in np.flatnonzero(store.status == FAILED)}
+        assert set(failed) == {f"Celeb-synthesis/id9_000{i}.{'avi' if i == 3 else 'mp4'}" for i in range(4)}
+        assert all(reason.strip() and "\n" not in reason for reason in failed.values())
+        assert not store.read(np.flatnonzero(store.status == FAILED)).any()
+
+
+def test_labels_and_splits_follow_the_test_list_and_sources(stores):
+    with open_store(stores["zarr"]) as store:
+        by_path = dict(zip(store.path, zip(store.label.tolist(), store.split.tolist(), strict=True), strict=True))
+        assert by_path["Celeb-real/id3_0000.mp4"] == (0, 2)
+        assert by_path["Celeb-synthesis/id3_id0_0000.mp4"] == (1, 2)
+        train = set(store.group[store.split == 0])
+        val = set(store.group[store.split == 1])
+        assert train and val and not train & val
+
+
+def test_two_workers_lose_nothing(stores):
+    assert_same_store(stores["zarr"], stores["zarr-2-workers"])
+
+
+def test_hdf5_store_holds_the_same_as_zarr(stores):
+    assert_same_store(stores["zarr"], stores["h5"])
+
+
+def test_decoders_give_the_same_clips_within_a_few_grey_levels(stores):
+    with open_store(stores["zarr"]) as pyav, open_store(stores["decord.zarr"]) as decord:
+        both = np.flatnonzero((pyav.status == OK) & (decord.status == OK))
+        assert len(both) >= len(pyav.rows()) - 1
+        assert (pyav.frame_index[both] == decord.frame_index[both]).all()
+        difference = np.abs(pyav.read(both).astype(int) - decord.read(both).astype(int))
+        assert difference.mean() < 2 and np.percentile(difference, 99) <= 8
+
+
+def assert_same_store(a, b):
+    with open_store(a) as first, open_store(b) as second:
+        for name in ARRAYS:
+            assert (getattr(first, name) == getattr(second, name)).all(), name
+        assert (first.read(range(len(first))) == second.read(range(len(second)))).all()
+
+
+def test_users_read_the_store_with_zarr_and_h5py_alone(stores):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        group = zarr.open_group(stores["zarr"], mode="r")
+        paths = group["path"][:]
+        assert group.attrs["schema"] == "clipcache/1" and group.attrs["frames"] == 16
+        probe = pd.DataFrame(group.attrs["probe"])
+    assert list(probe.columns) == ["path", "frames", "fps", "width", "height", "codec"]
+    assert probe["path"].tolist() == [str(p) for p in paths]
+    assert (probe.loc[probe["frames"] > 0, "codec"] != "").all()
+    assert group.attrs["summary"]["ok"] + group.attrs["summary"]["failed"] == len(paths)
+    with h5py.File(stores["h5"], "r") as f:
+        assert f["clips"].dtype == np.uint8 and f["clips"].shape[1:] == (16, SIZE, SIZE, 3)
+        assert f["path"].asstr()[:].tolist() == [str(p) for p in paths]
+        assert (f["clips"][0] == group["clips"][0]).all()
+        assert pd.read_json(__import__("io").StringIO(f.attrs["probe"]))["frames"].tolist() == probe["frames"].tolist()
+
+
+def test_strict_exits_3_when_a_video_failed(celebdf_root, tmp_path):
+    result = run_cli(*build_args(celebdf_root, tmp_path / "s.zarr", "--workers", "1", "--strict"), check=False)
+    assert result.returncode == 3
+    assert (tmp_path / "s.zarr").exists()
+
+
+def one_line_error(result):
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("ingest: error:"), result.stderr
+    return lines[0]
+
+
+def test_bad_arguments_exit_2_with_one_line_and_nothing_written(celebdf_root, tmp_path):
+    out = tmp_path / "out.zarr"
+    assert "no such folder" in one_line_error(run_cli(*build_args(tmp_path / "nope", out), check=False))
+    (tmp_path / "empty" / "Celeb-real").mkdir(parents=True)
+    assert "no video" in one_line_error(run_cli(*build_args(tmp_path / "empty", out), check=False))
+    fakes_only = tmp_path / "fakes"
+    (fakes_only / "Celeb-synthesis").mkdir(parents=True)
+    for name in ("id0_id1_0000.mp4", "id1_id0_0000.mp4"):
+        (fakes_only / "Celeb-synthesis" / name).write_bytes((celebdf_root / "Celeb-real/id0_0000.mp4").read_bytes())
+    assert "one class" in one_line_error(run_cli(*build_args(fakes_only, out), check=False))
+    assert "ends in" in one_line_error(run_cli(*build_args(celebdf_root, tmp_path / "out.npy"), check=False))
+    assert not list(tmp_path.glob("*.zarr")) and not list(tmp_path.glob(".*"))
+
+
+def test_an_existing_store_needs_resume(stores, celebdf_root):
+    before = sorted(p.stat().st_mtime_ns for p in stores["zarr"].rglob("*"))
+    assert "--resume" in one_line_error(run_cli(*build_args(celebdf_root, stores["zarr"]), check=False))
+    assert sorted(p.stat().st_mtime_ns for p in stores["zarr"].rglob("*")) == before
