@@ -139,6 +139,7 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
     ranks.barrier()
     with open_store(config.out) as store:
         status = store.status
+    settled_before = int((status != PENDING).sum())
     shards = [
         s
         for s in range(ranks.index, shard_count(len(table), spec.clips_per_shard), ranks.count)
@@ -153,13 +154,11 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
         position=ranks.index,
         dynamic_ncols=True,
     )
-    done = 0
     with StoreWriter(config.out) as writer:
         for shard in _collect_shards(outcomes, spec, len(table)):
             writer.write_shard(shard)
-            done += len(shard.status)
     ranks.barrier()
-    summary = _summarise(config.out, done, time.perf_counter() - started, spec.decoder)
+    summary = _summarise(config.out, settled_before, time.perf_counter() - started, spec.decoder)
     if ranks.main:
         _finish(config.out, summary)
         log(summary.line(config.out))
@@ -279,7 +278,8 @@ def _shard_result(rows: range, outcomes: dict[int, RowOutcome], spec: StoreSpec)
     return ShardResult(rows.start, clips, frame_index, status, errors, arrays)
 
 
-def _summarise(out: Path, done: int, seconds: float, decoder: str) -> BuildSummary:
+def _summarise(out: Path, settled_before: int, seconds: float, decoder: str) -> BuildSummary:
+    """Counts from the store itself, so that they cover every rank's work."""
     with open_store(out) as store:
         status = store.status
         failed = np.flatnonzero(status == FAILED)
@@ -287,7 +287,7 @@ def _summarise(out: Path, done: int, seconds: float, decoder: str) -> BuildSumma
             ok=int((status == OK).sum()),
             failed=len(failed),
             pending=int((status == PENDING).sum()),
-            done=done,
+            done=int((status != PENDING).sum()) - settled_before,
             seconds=seconds,
             decoder=decoder,
             failures=[(store.path[i], store.error[i]) for i in failed],

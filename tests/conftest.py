@@ -105,8 +105,10 @@ def celebdf_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
-    make_demo(root, DemoSpec(identities=4, reals_per_identity=1, fakes_per_identity=2, youtube=2, frames=20,
-                             width=96, height=64))
+    make_demo(
+        root,
+        DemoSpec(identities=4, reals_per_identity=1, fakes_per_identity=2, youtube=2, frames=20, width=96, height=64),
+    )
     return root
 
 

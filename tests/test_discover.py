@@ -28,7 +28,9 @@ def test_seed_layout_is_found_case_insensitively(tmp_path):
 
 def test_celebdf_test_list_labels_are_inverted(tmp_path):
     touch(tmp_path, "Celeb-real/id0_0000.mp4", "YouTube-real/00001.mp4", "Celeb-synthesis/id0_id1_0000.mp4")
-    (tmp_path / "List_of_testing_videos.txt").write_text("1 YouTube-real/00001.mp4\n0 Celeb-synthesis/id0_id1_0000.mp4\n")
+    (tmp_path / "List_of_testing_videos.txt").write_text(
+        "1 YouTube-real/00001.mp4\n0 Celeb-synthesis/id0_id1_0000.mp4\n"
+    )
     table = find_videos(tmp_path).set_index("path")
     assert table.loc["YouTube-real/00001.mp4", ["label", "split"]].tolist() == [REAL, TEST]
     assert table.loc["Celeb-synthesis/id0_id1_0000.mp4", ["label", "split"]].tolist() == [FAKE, TEST]
