@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from dataclasses import dataclass, replace
+from itertools import chain
 from typing import Protocol
 
 import numpy as np
@@ -46,7 +47,14 @@ class Decoder(Protocol):
 
 
 class PyAVDecoder:
-    """FFmpeg through PyAV: decodes forward once, converting only the sampled frames to RGB."""
+    """FFmpeg through PyAV, decoding only what the sampled frames need.
+
+    A first pass reads the packets (no decoding) to count the frames and learn their timestamps; the
+    second decodes forward, skipping every non-reference frame that is not sampled (FFmpeg's
+    `skip_frame`), converts only the sampled frames to RGB and stops after the last one. Frames are
+    told apart by timestamp, so skipped frames do not shift the count. Files whose timestamps cannot
+    be trusted, or that decode fewer frames than their packets promise, are decoded frame by frame.
+    """
 
     name = "pyav"
 
@@ -55,39 +63,76 @@ class PyAVDecoder:
 
     def decode(self, path: str, count: int) -> DecodedClip:
         try:
-            probe = self._probe(path)
+            probe, timestamps = self._index(path)
             if probe.frames == 0:
                 raise DecodeError("the video stream has no frames")
             indices = sample_indices(probe.frames, count)
-            frames, decoded = self._pick(path, indices, self.threads)
+            if timestamps is not None:
+                frames = self._pick_by_timestamp(path, timestamps[indices])
+                if frames is not None:
+                    return DecodedClip(np.stack(frames), indices, probe)
+            frames, decoded = self._pick_in_order(path, indices, self.threads)
             if decoded <= indices[-1]:
                 # Fewer frames decode than the packets promised. Frame threads may drop a different
                 # number of frames near damage on each pass, so count and pick again in one thread.
-                _, decoded = self._pick(path, None, 1)
+                _, decoded = self._pick_in_order(path, None, 1)
                 if decoded == 0:
                     raise DecodeError("no frame of the video stream decodes")
                 probe = replace(probe, frames=decoded)
                 indices = sample_indices(decoded, count)
-                frames, _ = self._pick(path, indices, 1)
+                frames, _ = self._pick_in_order(path, indices, 1)
             return DecodedClip(np.stack(frames), indices, probe)
         except DecodeError:
             raise
         except Exception as error:
             raise DecodeError(_reason(error)) from error
 
-    def _probe(self, path: str) -> Probe:
-        """Stream facts, with the frame count from the packets actually present."""
+    def _index(self, path: str) -> tuple[Probe, np.ndarray | None]:
+        """Stream facts with the frame count from the packets present, and their sorted timestamps
+        (None where some packet has none or two share one)."""
         import av
 
         with av.open(path) as container:
             stream = _video_stream(container)
-            packets = sum(1 for _ in _good_packets(container, stream))
+            stamps = [packet.pts for packet in _good_packets(container, stream)]
             context = stream.codec_context
             fps = float(stream.average_rate or 0)
-            return Probe(packets, fps, context.width, context.height, context.name)
+            probe = Probe(len(stamps), fps, context.width, context.height, context.name)
+        if None in stamps or len(set(stamps)) != len(stamps):
+            return probe, None
+        return probe, np.sort(np.array(stamps, dtype=np.int64))
 
-    def _pick(self, path: str, indices: np.ndarray | None, threads: int) -> tuple[list[np.ndarray], int]:
-        """RGB frames at `indices` (repeats kept), and how many frames decoded before it stopped.
+    def _open(self, container, threads: int):
+        stream = _video_stream(container)
+        stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+        stream.codec_context.thread_count = threads
+        return stream
+
+    def _pick_by_timestamp(self, path: str, wanted: np.ndarray) -> list[np.ndarray] | None:
+        """RGB frames with the `wanted` timestamps (repeats kept); None if one of them never decodes."""
+        import av
+
+        needed = set(wanted.tolist())
+        found: dict[int, np.ndarray] = {}
+        with av.open(path) as container:
+            stream = self._open(container, self.threads)
+            context = stream.codec_context
+            for packet in chain(_good_packets(container, stream), [None]):
+                if packet is not None:
+                    context.skip_frame = "DEFAULT" if packet.pts in needed else "NONREF"
+                try:
+                    frames = stream.decode(packet)
+                except (av.FFmpegError, EOFError):
+                    return None
+                for frame in frames:
+                    if frame.pts in needed and frame.pts not in found:
+                        found[frame.pts] = frame.to_ndarray(format="rgb24")
+                if len(found) == len(needed):
+                    return [found[stamp] for stamp in wanted.tolist()]
+        return None
+
+    def _pick_in_order(self, path: str, indices: np.ndarray | None, threads: int) -> tuple[list[np.ndarray], int]:
+        """RGB frames at positions `indices` of the decoded sequence, and how many frames decoded.
 
         It stops after the last index, or at the end of what decodes (then the count is all of it);
         with `indices` None it only counts.
@@ -98,10 +143,8 @@ class PyAVDecoder:
         frames: list[np.ndarray] = []
         decoded = 0
         with av.open(path) as container:
-            stream = _video_stream(container)
-            stream.thread_type = "AUTO" if threads != 1 else "SLICE"
-            stream.codec_context.thread_count = threads
-            for packet in (*_good_packets(container, stream), None):  # None flushes the decoder
+            stream = self._open(container, threads)
+            for packet in chain(_good_packets(container, stream), [None]):  # None flushes the decoder
                 try:
                     decoded_frames = stream.decode(packet)
                 except (av.FFmpegError, EOFError):
