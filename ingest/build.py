@@ -10,8 +10,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,24 +229,48 @@ def _jobs(config: BuildConfig, spec: StoreSpec, paths: list[str], shards: list[i
 
 
 def _run(jobs: list[RowJob], workers: int) -> Iterator[RowOutcome]:
-    """Outcomes as they finish: in this process for one worker, else in a pool, a few jobs ahead."""
+    """Outcomes as they finish: in this process for one worker, else in a pool, a few jobs ahead.
+
+    A worker that dies (a decoder crash, the OOM killer) breaks the pool; the videos it may have been
+    decoding are then retried one at a time, so only the one that kills its process again fails.
+    """
     if workers <= 1 or len(jobs) <= 1:
         yield from map(decode_row, jobs)
         return
+    queue = deque(jobs)
+    while queue:
+        suspects: list[RowJob] = []
+        with _pool(workers, jobs[0].threads) as pool:
+            running: dict[Future, RowJob] = {}
+            while queue or running:
+                while queue and len(running) < 2 * workers:
+                    job = queue.popleft()
+                    running[pool.submit(decode_row, job)] = job
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job = running.pop(future)
+                    if isinstance(future.exception(), BrokenProcessPool):
+                        suspects.append(job)
+                    else:
+                        yield future.result()
+                if suspects:
+                    suspects += running.values()
+                    break
+        for job in sorted(suspects, key=lambda job: job.row):
+            yield _decode_alone(job)
+
+
+def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("spawn")
-    threads = (jobs[0].threads,)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=threads) as pool:
-        queue = iter(jobs)
-        running = {pool.submit(decode_row, job) for job in _take(queue, 2 * workers)}
-        while running:
-            finished, running = wait(running, return_when=FIRST_COMPLETED)
-            running |= {pool.submit(decode_row, job) for job in _take(queue, len(finished))}
-            for future in finished:
-                yield future.result()
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,))
 
 
-def _take(queue: Iterator[RowJob], count: int) -> list[RowJob]:
-    return [job for _, job in zip(range(count), queue, strict=False)]
+def _decode_alone(job: RowJob) -> RowOutcome:
+    with _pool(1, job.threads) as pool:
+        try:
+            return pool.submit(decode_row, job).result()
+        except BrokenProcessPool:
+            return RowOutcome(job.row, None, None, Probe(), "the decoding process died on this video")
 
 
 def _collect_shards(outcomes: Iterable[RowOutcome], spec: StoreSpec, n: int) -> Iterator[ShardResult]:

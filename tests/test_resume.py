@@ -9,6 +9,7 @@ import time
 
 import h5py
 import numpy as np
+import psutil
 import pytest
 import zarr
 from conftest import build_args, encode_numbered, run_cli
@@ -100,3 +101,36 @@ def test_hdf5_refuses_several_ranks(many_videos, tmp_path):
     result = run_cli(*launch, *build_args(many_videos, tmp_path / "r.h5"), check=False)
     assert result.returncode != 0 and "HDF5 store has one writer" in result.stderr
     assert not (tmp_path / "r.h5").exists()
+
+
+def busy_workers(pid: int) -> list[psutil.Process]:
+    """Decoding processes of a build: its children that are not multiprocessing's resource tracker."""
+    found = []
+    for child in psutil.Process(pid).children():
+        try:
+            if "resource_tracker" not in " ".join(child.cmdline()) and child.cpu_times().user > 0.5:
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_a_worker_killed_mid_build_loses_nothing(many_videos, reference, tmp_path):
+    store = tmp_path / "worker-killed.zarr"
+    args = build_args(many_videos, store, "--workers", "2", "--clips-per-shard", "2")
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None and process.poll() is None and time.monotonic() < deadline:
+        workers = busy_workers(process.pid)
+        if workers and store.exists() and (status_of(store) == PENDING).mean() > 0.3:
+            victim = workers[0]
+            victim.kill()
+        time.sleep(0.01)
+    output, _ = process.communicate(timeout=300)
+    assert victim is not None, "the build ended before a worker could be killed"
+    assert process.returncode == 0
+    assert "0 failed, 0 pending" in output
+    assert_same_store(store, reference["zarr"])
