@@ -24,9 +24,10 @@ from tqdm import tqdm
 from cache.schema import FAILED, OK, PENDING, PROBE_FIELDS, StoreSpec, shard_count, shard_rows, store_format
 from cache.store import open_store
 from cache.writer import ShardResult, StoreWriter, create_store
-from ingest.decoders import DecodeError, Probe, make_decoder, resolve
+from ingest.clips import RowJob, RowOutcome, decode_row
+from ingest.decoders import Probe, resolve
 from ingest.discover import UsageError, find_videos
-from ingest.frames import RESIZE_MODES, resize_clip
+from ingest.frames import RESIZE_MODES
 from ingest.splits import assign_splits
 
 
@@ -46,26 +47,6 @@ class BuildConfig:
     clips_per_shard: int = 8
     resume: bool = False
     strict: bool = False
-
-
-@dataclass(frozen=True)
-class RowJob:
-    row: int
-    path: str
-    decoder: str
-    threads: int
-    frames: int
-    size: int
-    resize: str
-
-
-@dataclass
-class RowOutcome:
-    row: int
-    clip: np.ndarray | None
-    indices: np.ndarray | None
-    probe: Probe
-    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,18 +90,6 @@ class Ranks:
     def barrier(self) -> None:
         if self._state is not None:
             self._state.wait_for_everyone()
-
-
-def decode_row(job: RowJob) -> RowOutcome:
-    """Decode, sample and resize one video; any failure becomes the row's reason, never an exception."""
-    try:
-        decoded = make_decoder(job.decoder, job.threads).decode(job.path, job.frames)
-        clip = resize_clip(decoded.frames, job.size, job.resize).numpy()
-        return RowOutcome(job.row, clip, decoded.indices.astype(np.int32), decoded.probe)
-    except DecodeError as error:
-        return RowOutcome(job.row, None, None, Probe(), str(error) or "cannot decode")
-    except Exception as error:
-        return RowOutcome(job.row, None, None, Probe(), f"{type(error).__name__}: {error}"[:200])
 
 
 def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> BuildSummary:
@@ -261,7 +230,9 @@ def _run(jobs: list[RowJob], workers: int) -> Iterator[RowOutcome]:
 
 
 def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
-    context = multiprocessing.get_context("spawn")
+    """Workers fork from a server that has imported the decoding code once, not each on its own."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["ingest.clips"])
     return ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,))
 
 

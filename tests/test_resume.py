@@ -104,11 +104,11 @@ def test_hdf5_refuses_several_ranks(many_videos, tmp_path):
 
 
 def busy_workers(pid: int) -> list[psutil.Process]:
-    """Decoding processes of a build: its children that are not multiprocessing's resource tracker."""
+    """Decoding processes of a build: the busy children of its multiprocessing fork server."""
     found = []
-    for child in psutil.Process(pid).children():
+    for child in psutil.Process(pid).children(recursive=True):
         try:
-            if "resource_tracker" not in " ".join(child.cmdline()) and child.cpu_times().user > 0.5:
+            if "forkserver" in " ".join(child.parent().cmdline()) and child.cpu_times().user > 0.02:
                 found.append(child)
         except psutil.Error:
             continue
