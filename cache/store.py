@@ -24,22 +24,41 @@ from cache.schema import OK, PROBE_FIELDS, ROW_ARRAYS, SPLIT_CODES, StoreError, 
 MISSING = 2**64 - 1
 
 
-class ClipStore:
+class StoreHandle:
+    """An open store: a zarr group, or an HDF5 file, which needs closing."""
+
+    def __init__(self, path: str | Path, writable: bool = False):
+        self.location = Path(path)
+        self.format = store_format(self.location)
+        mode = "r+" if writable else "r"
+        if self.format == "zarr":
+            self._root = zarr.open_group(self.location, mode=mode, zarr_format=3)
+        else:
+            self._root = h5py.File(self.location, mode)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.format == "hdf5":
+            self._root.close()
+
+
+class ClipStore(StoreHandle):
     """A read-only store: the per-row arrays in memory, the clips on disk."""
 
     def __init__(self, path: str | Path):
-        self.location = Path(path)
-        if not self.location.exists():
-            raise StoreError(f"{self.location}: no such store")
-        self.format = store_format(self.location)
+        if not Path(path).exists():
+            raise StoreError(f"{path}: no such store")
         try:
-            self._root = (
-                zarr.open_group(self.location, mode="r", zarr_format=3)
-                if self.format == "zarr"
-                else h5py.File(self.location, "r")
-            )
+            super().__init__(path)
+        except StoreError:
+            raise
         except Exception as error:
-            raise StoreError(f"{self.location}: cannot open as {self.format}: {error}") from error
+            raise StoreError(f"{path}: cannot open as a store: {error}") from error
         self.attrs = {name: _attr_value(value) for name, value in self._root.attrs.items()}
         self.spec = StoreSpec.from_attrs(self.attrs)
         self.clips = self._root["clips"]
@@ -55,16 +74,6 @@ class ClipStore:
 
     def __len__(self) -> int:
         return len(self.status)
-
-    def __enter__(self) -> ClipStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.format == "hdf5":
-            self._root.close()
 
     def rows(self, split: str | int | None = None) -> np.ndarray:
         """Row numbers of the ok clips of a split (all splits when None), in store order."""

@@ -20,6 +20,7 @@ import pandas as pd
 import zarr
 
 from cache.schema import PROBE_FIELDS, StoreSpec, store_format
+from cache.store import StoreHandle
 
 ERROR_BYTES = 256
 CODEC_BYTES = 32
@@ -143,26 +144,11 @@ def _encode(values, width: int | None) -> np.ndarray:
     return np.array(cut, dtype=h5py.string_dtype("utf-8", width))
 
 
-class StoreWriter:
+class StoreWriter(StoreHandle):
     """Writes whole shards into an existing store; one writer per shard at a time."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.format = store_format(self.path)
-        if self.format == "zarr":
-            self._root = zarr.open_group(self.path, mode="r+", zarr_format=3)
-        else:
-            self._root = h5py.File(self.path, "r+")
-
-    def __enter__(self) -> StoreWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.format == "hdf5":
-            self._root.close()
+        super().__init__(path, writable=True)
 
     def write_shard(self, shard: ShardResult) -> None:
         rows = shard.rows

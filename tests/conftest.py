@@ -123,3 +123,12 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, **kwargs) -
 
 def build_args(root: Path, out: Path, *extra: str) -> list[str]:
     return ["ingest", "build-cache", "--data-root", str(root), "--out", str(out), "--size", str(SIZE), *extra]
+
+
+def build_both_formats(root: Path, out: Path, name: str, *extra: str) -> dict[str, Path]:
+    """The same build into a Zarr and an HDF5 store: {"zarr": path, "h5": path}."""
+    stores = {}
+    for suffix in ("zarr", "h5"):
+        stores[suffix] = out / f"{name}.{suffix}"
+        run_cli(*build_args(root, stores[suffix], *extra))
+    return stores

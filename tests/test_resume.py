@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 import zarr
-from conftest import build_args, encode_numbered, run_cli
+from conftest import build_args, build_both_formats, encode_numbered, run_cli
 from test_build import assert_same_store
 
 from cache import open_store
@@ -35,11 +35,7 @@ def many_videos(tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(many_videos, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    stores = {}
-    for suffix in ("zarr", "h5"):
-        stores[suffix] = out / f"whole.{suffix}"
-        run_cli(*build_args(many_videos, stores[suffix], "--workers", "1", "--clips-per-shard", "2"))
-    return stores
+    return build_both_formats(many_videos, out, "whole", "--workers", "1", "--clips-per-shard", "2")
 
 
 def status_of(path):

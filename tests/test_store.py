@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import build_args, encode_numbered, run_cli
+from conftest import build_args, build_both_formats, encode_numbered, run_cli
 from torch.utils.data import DataLoader
 
 from cache import ClipDataset, StoreError, open_store
@@ -14,11 +14,7 @@ from cache.schema import OK
 @pytest.fixture(scope="module")
 def demo_stores(demo_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo-stores")
-    stores = {}
-    for suffix in ("zarr", "h5"):
-        stores[suffix] = out / f"demo.{suffix}"
-        run_cli(*build_args(demo_root, stores[suffix], "--workers", "1", "--clips-per-shard", "4"))
-    return stores
+    return build_both_formats(demo_root, out, "demo", "--workers", "1", "--clips-per-shard", "4")
 
 
 @pytest.mark.parametrize("suffix", ["zarr", "h5"])
