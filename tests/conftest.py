@@ -132,3 +132,15 @@ def build_both_formats(root: Path, out: Path, name: str, *extra: str) -> dict[st
         stores[suffix] = out / f"{name}.{suffix}"
         run_cli(*build_args(root, stores[suffix], *extra))
     return stores
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(demo_root, tmp_path_factory) -> Path:
+    """The demo videos as 4-frame 32 x 32 clips: small enough to train all three models on a CPU in seconds."""
+    store = tmp_path_factory.mktemp("tiny") / "tiny.zarr"
+    run_cli(*build_args(demo_root, store, "--workers", "1", "--frames", "4"), "--size", "32")
+    return store
+
+
+def train_args(cache: Path, out: Path, model: str, *extra: str) -> list[str]:
+    return ["train.run", "--cache", str(cache), "--model", model, "--out", str(out), "--workers", "0", *extra]

@@ -62,6 +62,13 @@ def to_unit_float(clips: torch.Tensor) -> torch.Tensor:
     return clips.permute(0, 1, 4, 2, 3).to(torch.float32, memory_format=torch.contiguous_format).div_(255)
 
 
+def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """float (B, T, 3, H, W) -> (B, T, 3, size, size), antialiased as the store's own resize."""
+    batch, time = frames.shape[:2]
+    resized = F.interpolate(frames.flatten(0, 1), size=(size, size), mode="bilinear", antialias=True)
+    return resized.view(batch, time, 3, size, size)
+
+
 def normalize(frames: torch.Tensor) -> torch.Tensor:
     """ImageNet normalisation of float (B, T, 3, H, W) in [0, 1]."""
     mean = torch.tensor(IMAGENET_MEAN, device=frames.device, dtype=frames.dtype).view(1, 1, 3, 1, 1)
@@ -102,6 +109,7 @@ def augment(frames: torch.Tensor, params: ClipAugment) -> torch.Tensor:
 class ClipTransform:
     """uint8 (B, T, H, W, 3) -> normalised float32 (B, T, 3, H, W), with the seed's augmentations if `train`.
 
+    `size` resizes the frames first (training at a reduced size from a full-size store).
     `seed` makes the sequence of augmentations reproducible; the transform keeps its own generator, so
     successive calls draw fresh parameters. With `channels_last`, each frame of the (B*T, 3, H, W) view is
     laid out channels-last, which convolutions on GPU prefer; the shape stays (B, T, 3, H, W).
@@ -114,14 +122,18 @@ class ClipTransform:
         seed: int | None = None,
         ranges: AugmentRanges | None = None,
         channels_last: bool = False,
+        size: int | None = None,
     ):
         self.train = train
+        self.size = size
         self.ranges = ranges or AugmentRanges()
         self.channels_last = channels_last
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
 
     def __call__(self, clips: torch.Tensor) -> torch.Tensor:
         frames = to_unit_float(clips)
+        if self.size is not None and frames.shape[-2:] != (self.size, self.size):
+            frames = resize_frames(frames, self.size)
         if self.train:
             frames = augment(frames, self.ranges.sample(frames.shape[0], self.generator))
         frames = normalize(frames)

@@ -1,0 +1,79 @@
+"""Feeding the training processes from the store: one loader per split, each process reading its own part."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.data_loader import prepare_data_loader
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
+
+from cache import ClipDataset
+from cache.schema import FAKE, REAL
+
+BALANCE = ("none", "weights", "sampler")
+
+
+class UsageError(Exception):
+    """Bad input to the trainer: one line for the user, exit status 2."""
+
+
+def split_dataset(cache: Path, split: str, need_both_classes: bool) -> ClipDataset:
+    """The ok clips of a split, with their row numbers; refuses a split that cannot be trained or judged on."""
+    dataset = ClipDataset(cache, split, with_rows=True)
+    if need_both_classes:
+        if len(dataset) == 0:
+            raise UsageError(f"{cache}: the {split} split holds no ok clips")
+        present = set(np.unique(dataset.labels).tolist())
+        if not {REAL, FAKE} <= present:
+            raise UsageError(f"{cache}: the {split} split holds one class only ({sorted(present)}); both are needed")
+    return dataset
+
+
+def class_weights(labels: np.ndarray) -> torch.Tensor:
+    """n / (2 n_c): each class weighs as much in the loss as the other, however rare."""
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    return torch.tensor(len(labels) / (2 * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def train_sampler(dataset: ClipDataset, balance: str, seed: int, epoch: int) -> Sampler:
+    """Shuffled (or class-balanced with `sampler`) order for one epoch, the same in every process.
+
+    Seeding by epoch lets a resumed run see the same order as an uninterrupted one.
+    """
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if balance == "sampler":
+        per_clip = class_weights(dataset.labels)[torch.from_numpy(dataset.labels)]
+        return WeightedRandomSampler(per_clip.double(), len(dataset), replacement=True, generator=generator)
+    return RandomSampler(dataset, generator=generator)
+
+
+def make_loader(dataset: ClipDataset, batch_size: int, workers: int, sampler: Sampler | None = None) -> DataLoader:
+    """Whole batches read in one store call (ClipDataset.__getitems__), pinned for asynchronous copies to a GPU."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler or SequentialSampler(dataset),
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+
+
+def shard_loader(loader: DataLoader, accelerator: Accelerator, even_batches: bool) -> DataLoader:
+    """This process's share of `loader`'s batches, moved to its device.
+
+    Training shards without padding (`even_batches=False`, with DDP's join for the uneven end), so every
+    clip is seen once per epoch; evaluation pads and lets `gather_for_metrics` drop the padding.
+    """
+    return prepare_data_loader(
+        loader,
+        device=accelerator.device,
+        num_processes=accelerator.num_processes,
+        process_index=accelerator.process_index,
+        put_on_device=True,
+        even_batches=even_batches,
+        non_blocking=loader.pin_memory,
+    )
