@@ -1,8 +1,9 @@
 """`ingest make-demo`: a small Celeb-DF-shaped dataset of real video files.
 
 Each identity has a face-like ellipse of its own tone on a moving background. Real videos keep the
-face's tone and soft outline; fakes paste another identity's tone with a hard seam whose colour and
-outline flicker from frame to frame, the kind of temporal artefact a CNN can learn.
+face's tone and soft outline; fakes paste another identity's tone inside a hard, darkened blending seam,
+with blocky texture, and the colour and outline flicker from frame to frame: the spatial and temporal
+artefacts a CNN can learn from a few dozen videos.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ingest.discover import TEST_LIST
 
 @dataclass(frozen=True)
 class DemoSpec:
-    identities: int = 8
+    identities: int = 12
     reals_per_identity: int = 2
     fakes_per_identity: int = 4
     youtube: int = 4
@@ -65,9 +66,14 @@ def render(spec: DemoSpec, rng: np.random.Generator, tone: np.ndarray, fake_tone
         if fake_tone is None:
             mask, face = np.clip((1.2 - d) / 0.4, 0, 1), tone
         else:
-            mask = (d < 1 + rng.normal(0, 0.12)).astype(np.float32)
-            face = fake_tone + rng.normal(0, 22, 3)
+            radius = 1 + rng.normal(0, 0.12)
+            mask = (d < radius).astype(np.float32)
+            blocks = rng.normal(0, 30, (h // 16 + 1, w // 16 + 1, 1)).repeat(16, 0).repeat(16, 1)[:h, :w]
+            face = fake_tone + rng.normal(0, 22, 3) + blocks
+            seam = np.abs(d - radius) < 0.15
         frame = frame * (1 - mask[..., None]) + face * mask[..., None]
+        if fake_tone is not None:
+            frame[seam] *= 0.45
         for ex in (-0.4, 0.4):
             eye = ((xx - cx - ex * ax) / (0.15 * ax)) ** 2 + ((yy - cy + 0.3 * ay) / (0.1 * ay)) ** 2 < 1
             frame[eye] = 25
