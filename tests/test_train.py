@@ -18,7 +18,7 @@ import train
 from cache import open_store
 from train.augment import ClipTransform
 from train.checkpoint import load_weights
-from train.data import make_loader, shard_loader, split_dataset
+from train.data import make_loader, shard_loader, split_dataset, train_sampler
 from train.loop import run_evaluation
 from train.metrics import evaluate
 from train.models import ModelConfig, build_model
@@ -33,14 +33,21 @@ def read_metrics(run: Path, model: str) -> dict:
     return json.loads((run / model / "metrics.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def all_run(tiny_cache, tmp_path_factory) -> tuple[Path, str]:
+    """`--model all` for one epoch: the three models in turn, then the comparison."""
+    out = tmp_path_factory.mktemp("all")
+    return out, run_cli(*train_args(tiny_cache, out, "all", "--epochs", "1")).stdout
+
+
 @pytest.mark.parametrize("model", list(PARAMETERS))
-def test_each_model_trains_and_reports_honest_metrics(tiny_cache, tmp_path, model):
-    result = run_cli(*train_args(tiny_cache, tmp_path, model, "--epochs", "1"))
-    assert "always-fake" in result.stdout
-    folder = tmp_path / model
+def test_each_model_trains_and_reports_honest_metrics(tiny_cache, all_run, model):
+    run, stdout = all_run
+    assert f"{model} epoch 1:" in stdout and "always-fake" in stdout
+    folder = run / model
     for name in ("metrics.json", "history.csv", "curves.png", "confusion.png", "best.safetensors", "last"):
         assert (folder / name).exists(), name
-    metrics = read_metrics(tmp_path, model)
+    metrics = read_metrics(run, model)
     assert metrics["parameters"] == PARAMETERS[model]
     assert metrics["best_epoch"] == 1 and len(metrics["history"]) == 1
     with open_store(tiny_cache) as store:
@@ -52,6 +59,26 @@ def test_each_model_trains_and_reports_honest_metrics(tiny_cache, tmp_path, mode
             for key in ("accuracy", "balanced_accuracy", "roc_auc", "average_precision", "eer", "acc_real", "acc_fake"):
                 assert final[key] is not None and 0 <= final[key] <= 1, key
             assert np.array(final["confusion"]).sum() == len(labels)
+
+
+def test_all_models_are_compared(all_run):
+    run, stdout = all_run
+    table = (run / "comparison.md").read_text()
+    for model, parameters in PARAMETERS.items():
+        assert f"| {model} | {parameters} |" in table and f"| {model} | {parameters} |" in stdout
+    assert "majority" in table
+    assert (run / "comparison.png").stat().st_size > 1000
+    assert len((run / "comparison.csv").read_text().splitlines()) == 4
+
+
+def test_balanced_sampling_draws_each_class_equally_often(tiny_cache, tmp_path):
+    dataset = split_dataset(tiny_cache, "train", True)
+    draws = np.concatenate([list(train_sampler(dataset, "sampler", 42, epoch)) for epoch in range(300)])
+    assert abs(np.mean(dataset.labels == 0) - 0.5) > 0.05
+    assert np.mean(dataset.labels[draws] == 0) == pytest.approx(0.5, abs=0.03)
+    assert sorted(train_sampler(dataset, "weights", 42, 1)) == list(range(len(dataset)))
+    run_cli(*train_args(tiny_cache, tmp_path, "simple_cnn", "--epochs", "1", "--balance", "sampler"))
+    assert read_metrics(tmp_path, "simple_cnn")["history"][0]["train_clips"] == len(dataset)
 
 
 def test_bf16_mixed_precision_runs_on_the_cpu(tiny_cache, tmp_path):
