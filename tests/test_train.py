@@ -180,6 +180,13 @@ def test_bad_stores_and_splits_exit_2_with_one_line(tiny_cache, tmp_path):
     run_cli(*build_args(root, store, "--workers", "1", "--manifest", str(tmp_path / "manifest.csv")))
     one_class = run_cli(*train_args(store, tmp_path / "r", "simple_cnn"), check=False)
     assert "val split holds one class" in one_line_error(one_class)
+    # With the val fake broken too, the val split has no ok clip at all.
+    (root / "val_fake.mp4").write_text("not a video either")
+    empty = tmp_path / "emptyval.zarr"
+    run_cli(*build_args(root, empty, "--workers", "1", "--manifest", str(tmp_path / "manifest.csv")))
+    assert "val split holds no ok clips" in one_line_error(
+        run_cli(*train_args(empty, tmp_path / "r", "simple_cnn"), check=False)
+    )
     assert "--weights" in one_line_error(
         run_cli(*train_args(tiny_cache, tmp_path / "r", "all", "--weights", str(store)), check=False)
     )
