@@ -123,6 +123,8 @@ def read_test_list(test_list: Path) -> dict[str, int]:
 def _apply_test_list(table: pd.DataFrame, test_list: Path) -> pd.DataFrame:
     entries = read_test_list(test_list)
     on_list = table["path"].isin(entries.keys())
+    if not on_list.any():
+        return table
     table = table.copy()
     table.loc[on_list, "split"] = SPLIT_CODES["test"]
     table.loc[on_list, "label"] = table.loc[on_list, "path"].map(entries)

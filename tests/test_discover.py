@@ -37,6 +37,12 @@ def test_celebdf_test_list_labels_are_inverted(tmp_path):
     assert table.loc["Celeb-real/id0_0000.mp4", "split"] == NO_SPLIT
 
 
+def test_an_empty_test_list_marks_nothing(tmp_path):
+    touch(tmp_path, "Celeb-real/id0_0000.mp4", "Celeb-synthesis/id0_id1_0000.mp4")
+    (tmp_path / "List_of_testing_videos.txt").write_text("\n")
+    assert (find_videos(tmp_path)["split"] == NO_SPLIT).all()
+
+
 def test_source_group_is_the_first_identity():
     assert source_group("Celeb-synthesis/id3_id7_0001.mp4") == "id3"
     assert source_group("Celeb-real/id3_0001.mp4") == "id3"
