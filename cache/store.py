@@ -96,6 +96,13 @@ class ClipStore(StoreHandle):
                 out[i] = self.clips[int(row)]
         return out
 
+    def locate(self, rows) -> list[tuple[Path, int]] | None:
+        """(file, byte offset) of each clip's bytes, for tools that read or measure them directly;
+        None where the store's layout has no direct path (compressed, or not on a local disk)."""
+        if self._reader is None:
+            return None
+        return [self._reader.locate(int(row)) for row in rows]
+
     def table(self) -> pd.DataFrame:
         """One row per video: the per-row arrays and the probe, for people and reports."""
         frame = pd.DataFrame(
