@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO ?= demo
 
-.PHONY: install test demo lint clean
+.PHONY: install test demo bench lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: $(STAMP)
 	$(VENV)/bin/cache info $(DEMO)/cache.zarr
 	$(PY) train/run.py --cache $(DEMO)/cache.zarr --model all --out $(DEMO)/run --epochs 5 --frame-size 64
 	@echo "demo: models, metrics and plots in $(DEMO)/run/ (comparison.md, */metrics.json, */curves.png)"
+
+bench: $(STAMP)
+	$(PY) -m bench run --demo --quick
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,98 @@
+"""`python -m bench run` and `python -m bench plot`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench.results import RESULTS_MD, append_markdown, latest, plot, save, table
+from bench.stages import STAGES, BenchConfig, replicate, run_stages, scratch
+
+DEMO_FOLDER = Path("results/demo-data")
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="python -m bench", description="Throughput of every clipcache stage.")
+    commands = main.add_subparsers(dest="command", required=True)
+    run = commands.add_parser(
+        "run",
+        help="time the stages",
+        description=(
+            "Time each stage over repeats after a warm-up (median, min-max), beside the baseline a user would "
+            "run and the hardware's limit, measured in the same run. Writes results/<time>-<host>.json, prints a "
+            "table and appends it to bench/RESULTS.md."
+        ),
+    )
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="a folder of videos in a layout ingest understands")
+    source.add_argument("--demo", action="store_true", help="Celeb-DF-shaped demo videos (written once, then reused)")
+    run.add_argument("--out", type=Path, default=Path("results"), help="where result files go (default results/)")
+    run.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), help="which stages (default all)")
+    run.add_argument("--repeat", type=int, default=5, help="timed repeats per measurement (default 5)")
+    run.add_argument("--quick", action="store_true", help="fewer repeats and smaller work: a check, not a record")
+    run.add_argument("--videos", type=int, default=8, help="videos timed in the decode stages (default 8)")
+    run.add_argument("--markdown", type=Path, default=RESULTS_MD, help=f"table appended here (default {RESULTS_MD})")
+    plotting = commands.add_parser("plot", help="draw the latest results as a bar chart")
+    plotting.add_argument("--out", type=Path, default=Path("results"), help="folder of result files")
+    return main
+
+
+def demo_data(folder: Path) -> Path:
+    """Celeb-DF-shaped videos (400 frames at 942x500, x264 defaults), written once and reused."""
+    from ingest.demo import DemoSpec, make_demo
+
+    root = folder / "celebdf-shaped"
+    if not (root / "List_of_testing_videos.txt").exists():
+        spec = DemoSpec(
+            identities=3,
+            reals_per_identity=1,
+            fakes_per_identity=1,
+            youtube=0,
+            frames=400,
+            width=942,
+            height=500,
+            test_identities=0,
+        )
+        print(f"writing Celeb-DF-shaped demo videos to {root} (once)...", file=sys.stderr)
+        make_demo(root, spec)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "plot":
+        png = plot(latest(args.out), args.out / "latest.png")
+        print(png)
+        return 0
+    os.environ["TQDM_DISABLE"] = "1"
+    root = demo_data(DEMO_FOLDER) if args.demo else args.data
+    if not root.is_dir():
+        print(f"bench: error: {root}: no such folder", file=sys.stderr)
+        return 2
+    from ingest.build import BuildConfig, build_cache
+    from ingest.discover import find_videos
+
+    work = scratch()
+    built = build_cache(BuildConfig(root, work / "videos.zarr", decoder="pyav"), log=lambda _: None)
+    if built.ok == 0:
+        print(f"bench: error: no video under {root} decodes", file=sys.stderr)
+        return 2
+    cache = replicate(work / "videos.zarr", work / "bench.zarr", 64 if args.quick else 512)
+    videos = [root / p for p in find_videos(root)["path"].tolist()][: args.videos]
+    repeat = 2 if args.quick else args.repeat
+    config = BenchConfig(videos=videos, data_root=root, cache=cache, work=work, repeat=repeat, quick=args.quick)
+    started = time.perf_counter()
+    rows = run_stages(config, args.stages, lambda name: print(f"bench: {name}...", file=sys.stderr))
+    settings = {"data": str(root), "videos": len(videos), "repeat": repeat, "quick": args.quick}
+    path, record = save(rows, args.out, settings)
+    append_markdown(rows, record, args.markdown)
+    print(table(rows))
+    print(f"\n{path}; appended to {args.markdown} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,469 @@
+"""The stages, each timed through the project's own functions beside its baseline and its limit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from bench.baselines import SeedVideoDataset, decode_floor, seed_read_frames, seed_resize
+from bench.timing import Rate, Row, skipped
+from cache import ClipDataset, open_store
+from cache.writer import ShardResult, StoreWriter, create_store
+from ingest.build import BuildConfig, build_cache
+from ingest.decoders import CPU_DECODERS, available, make_decoder
+from ingest.frames import resize_clip
+from train.augment import ClipTransform
+from train.models import MODEL_NAMES, ModelConfig, build_model
+
+STAGES = ("decode", "resize", "write", "ingest", "read", "feed", "h2d", "train")
+MB = 2**20
+
+
+@dataclass
+class BenchConfig:
+    videos: list[Path]
+    data_root: Path
+    cache: Path
+    work: Path
+    repeat: int = 5
+    quick: bool = False
+    workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    frames: int = 16
+    size: int = 224
+
+
+@dataclass
+class Context:
+    """Rates one stage leaves for another's limit."""
+
+    rates: dict[str, Rate] = field(default_factory=dict)
+
+
+def decode(config: BenchConfig, context: Context) -> list[Row]:
+    paths = [str(p) for p in config.videos]
+    n = len(paths)
+    torch.set_num_threads(1)
+    seed = Rate.measure(lambda: [seed_read_frames(p, config.frames) for p in paths] and n, config.repeat, "videos/s")
+    floor = Rate.measure(lambda: [decode_floor(p, config.frames) for p in paths] and n, config.repeat, "videos/s")
+    rows = []
+    for name in CPU_DECODERS:
+        if not available(name):
+            rows.append(skipped("decode + sample", name, f"{name} is not installed"))
+            continue
+        decoder = make_decoder(name, threads=1)
+        ours = Rate.measure(
+            lambda decoder=decoder: [decoder.decode(p, config.frames) for p in paths] and n, config.repeat, "videos/s"
+        )
+        context.rates[f"decode/{name}"] = ours
+        rows.append(
+            Row(
+                "decode + sample 16 frames",
+                f"{name}, 1 process, 1 thread, {n} videos",
+                ours,
+                seed,
+                "seed: OpenCV seek per frame",
+                floor,
+                "decode floor: every frame to the last sampled, 1 thread, no RGB",
+                note=f"{ours.median * config.frames:,.0f} frames/s",
+            )
+        )
+    rows.append(skipped("decode + sample 16 frames", "GPU decoders (dali, nvdec)", "no GPU decoder on this machine"))
+    return rows
+
+
+def resize(config: BenchConfig, context: Context) -> list[Row]:
+    torch.set_num_threads(1)
+    frames = make_decoder("pyav", threads=1).decode(str(config.videos[0]), config.frames).frames
+    count = len(frames)
+    ours = Rate.measure(lambda: resize_clip(frames, config.size) is not None and count, config.repeat, "frames/s")
+    seed = Rate.measure(lambda: seed_resize(frames, config.size) is not None and count, config.repeat, "frames/s")
+    context.rates["resize"] = ours
+    h, w = frames.shape[1:3]
+    return [Row("resize", f"{w}x{h} -> {config.size}, torch, 1 thread", ours, seed, "OpenCV resize frame by frame")]
+
+
+def _clips(config: BenchConfig, count: int) -> np.ndarray:
+    with open_store(config.cache) as store:
+        rows = store.rows()
+        return store.read(np.resize(rows, count))
+
+
+def write(config: BenchConfig, context: Context) -> list[Row]:
+    clips = _clips(config, 16 if config.quick else 64)
+    per_shard = 8
+    table = _table(len(clips))
+    total = clips.nbytes / MB
+    rows = []
+
+    def plain() -> float:
+        folder = _fresh(config.work / "plain")
+        for start in range(0, len(clips), per_shard):
+            with open(folder / str(start), "wb") as f:
+                f.write(clips[start : start + per_shard].tobytes())
+        return total
+
+    limit = Rate.measure(plain, config.repeat, "MB/s")
+    for suffix in ("zarr", "h5"):
+
+        def ours(suffix: str = suffix) -> float:
+            path = config.work / f"write.{suffix}"
+            _remove(path)
+            from cache.schema import StoreSpec
+
+            create_store(path, table, StoreSpec(frames=clips.shape[1], size=clips.shape[2], clips_per_shard=per_shard))
+            with StoreWriter(path) as writer:
+                for start in range(0, len(clips), per_shard):
+                    writer.write_shard(_shard(start, clips[start : start + per_shard]))
+            return total
+
+        rate = Rate.measure(ours, config.repeat, "MB/s")
+        context.rates[f"write/{suffix}"] = rate
+        rows.append(
+            Row("store write", f"{suffix}, {len(clips)} clips", rate, limit=limit, limit_name="plain file writes")
+        )
+    return rows
+
+
+def _table(n: int):
+    import pandas as pd
+
+    return pd.DataFrame(
+        {"path": [f"v{i}.mp4" for i in range(n)], "label": [i % 2 for i in range(n)], "split": 0, "group": "g"}
+    )
+
+
+def _shard(start: int, clips: np.ndarray) -> ShardResult:
+    k, t = clips.shape[:2]
+    probe = {
+        "frames": np.full(k, t, np.int32),
+        "fps": np.zeros(k, np.float32),
+        "width": np.zeros(k, np.int32),
+        "height": np.zeros(k, np.int32),
+        "codec": np.full(k, "h264"),
+    }
+    indices = np.tile(np.arange(t, dtype=np.int32), (k, 1))
+    return ShardResult(start, clips, indices, np.ones(k, np.int8), [""] * k, probe)
+
+
+def _fresh(folder: Path) -> Path:
+    _remove(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def ingest(config: BenchConfig, context: Context) -> list[Row]:
+    rows = []
+    for workers in sorted({1, config.workers}):
+
+        def build(workers: int = workers) -> float:
+            out = config.work / "ingest.zarr"
+            _remove(out)
+            build_cache(BuildConfig(config.data_root, out, workers=workers, decoder="pyav"), log=lambda _: None)
+            with open_store(out) as store:
+                return len(store)
+
+        rate = Rate.measure(build, max(1, config.repeat // 2), "videos/s", warmup=0)
+        one = _ingest_limit(config, context)
+        limit = one.scaled(workers, one.unit) if one else None
+        rows.append(
+            Row(
+                "ingest end to end",
+                f"build-cache, {workers} worker(s), pyav",
+                rate,
+                limit=limit,
+                limit_name=f"sum of decode, resize and write, x{workers} processes" if limit else "",
+                note="includes discovery, process start-up and the store's creation",
+            )
+        )
+    return rows
+
+
+def _ingest_limit(config: BenchConfig, context: Context) -> Rate | None:
+    needed = ("decode/pyav", "resize", "write/zarr")
+    if not all(name in context.rates for name in needed):
+        return None
+    clip_mb = config.frames * config.size * config.size * 3 / MB
+    seconds = (
+        1 / context.rates["decode/pyav"].median
+        + config.frames / context.rates["resize"].median
+        + clip_mb / context.rates["write/zarr"].median
+    )
+    return Rate.of_seconds(seconds, "videos/s")
+
+
+def read(config: BenchConfig, context: Context) -> list[Row]:
+    rows = []
+    for suffix in ("zarr", "h5"):
+        path = _store_copy(config, suffix)
+        with open_store(path) as store:
+            picks = np.random.default_rng(0).choice(store.rows(), 32 if config.quick else 256)
+            clip_mb = int(np.prod(store.spec.clip_shape())) / MB
+            places = store.locate(picks)
+
+            def one_by_one(store=store, picks=picks) -> float:
+                for row in picks:
+                    store.read([row])
+                return len(picks)
+
+            ours = Rate.measure(one_by_one, config.repeat, "clips/s")
+            limit = _pread_rate(places, int(clip_mb * MB), config.repeat) if places else None
+            context.rates[f"read/{suffix}"] = ours
+            rows.append(
+                Row(
+                    "store random read",
+                    f"{suffix}, 1 process, one clip per read",
+                    ours,
+                    limit=limit,
+                    limit_name="os.pread of the same bytes",
+                    note=f"{ours.median * clip_mb:,.0f} MB/s",
+                )
+            )
+        for workers in sorted({0, config.workers}):
+            loader_rate = _loader_rate(path, workers, config.repeat, len(picks))
+            rows.append(
+                Row(
+                    "store random read",
+                    f"{suffix}, DataLoader, {workers} workers, batch 4",
+                    loader_rate,
+                    limit=limit,
+                    limit_name="os.pread of the same bytes, 1 process",
+                    note=f"{loader_rate.median * clip_mb:,.0f} MB/s",
+                )
+            )
+    return rows
+
+
+def _store_copy(config: BenchConfig, suffix: str) -> Path:
+    """The bench store in the format asked: the same rows and bytes."""
+    if config.cache.suffix == f".{suffix}":
+        return config.cache
+    path = config.work / f"read.{suffix}"
+    if not path.exists():
+        with open_store(config.cache) as store:
+            rows = len(store)
+        replicate(config.cache, path, rows)
+    return path
+
+
+def _pread_rate(places: list[tuple[Path, int]], nbytes: int, repeat: int) -> Rate:
+    buffer = np.empty(nbytes, np.uint8)
+
+    def work() -> float:
+        fds: dict[Path, int] = {}
+        try:
+            for file, offset in places:
+                if file not in fds:
+                    fds[file] = os.open(file, os.O_RDONLY)
+                os.preadv(fds[file], [buffer], offset)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return len(places)
+
+    return Rate.measure(work, repeat, "clips/s")
+
+
+def _loader_rate(path: Path, workers: int, repeat: int, samples: int) -> Rate:
+    dataset = ClipDataset(path)
+    sampler = RandomSampler(dataset, replacement=True, num_samples=samples, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+    return Rate.measure(lambda: sum(len(labels) for _, labels in loader), repeat, "clips/s")
+
+
+def feed(config: BenchConfig, context: Context) -> list[Row]:
+    dataset = ClipDataset(config.cache, "train")
+    ours_loader = DataLoader(dataset, batch_size=4, shuffle=True, num_workers=config.workers, persistent_workers=True)
+    ours = Rate.measure(lambda: sum(len(labels) for _, labels in ours_loader), config.repeat, "clips/s")
+    with open_store(config.cache) as store:
+        root = Path(store.spec.data_root)
+        paths = [str(root / store.path[r]) for r in dataset.rows]
+    # The seed decodes every clip it serves: an epoch of the videos themselves gives its per-clip rate.
+    unique = sorted(set(paths))
+    seed_set = SeedVideoDataset(unique, [0] * len(unique), config.frames, config.size)
+    seed_loader = DataLoader(seed_set, batch_size=4, shuffle=True, num_workers=config.workers, persistent_workers=True)
+    seed = Rate.measure(lambda: sum(len(labels) for _, labels in seed_loader), max(1, config.repeat // 2), "clips/s")
+    return [
+        Row(
+            "feed an epoch",
+            f"train split, DataLoader, {config.workers} workers, batch 4",
+            ours,
+            seed,
+            "seed: OpenCV decode in __getitem__",
+            context.rates.get(f"read/{config.cache.suffix.lstrip('.')}"),
+            "store random read, 1 process",
+        )
+    ]
+
+
+def h2d(config: BenchConfig, context: Context) -> list[Row]:
+    if not torch.cuda.is_available():
+        return [skipped("host to device", "GB/s, pinned and not", "no GPU on this machine")]
+    clips = torch.from_numpy(_clips(config, 4))
+    rows = []
+    gigabytes = clips.numel() / 2**30
+    device = torch.device("cuda")
+    for pinned in (False, True):
+        source = clips.pin_memory() if pinned else clips
+
+        def copy(source: torch.Tensor = source) -> float:
+            source.to(device, non_blocking=True)
+            torch.cuda.synchronize()
+            return gigabytes
+
+        rows.append(
+            Row(
+                "host to device",
+                f"uint8 batch, {'pinned' if pinned else 'pageable'}",
+                Rate.measure(copy, config.repeat, "GB/s"),
+            )
+        )
+    return rows
+
+
+def train(config: BenchConfig, context: Context) -> list[Row]:
+    """clips/s of a training step fed by the DataLoader, beside the same step on a batch already there."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    size = 64 if config.quick else config.size
+    steps = 2 if config.quick else 6
+    precisions = ["fp32"] if config.quick else ["fp32", "bf16"]
+    dataset = ClipDataset(config.cache, "train")
+    transform = ClipTransform(train=True, seed=0, size=size)
+    rows = []
+    for name in MODEL_NAMES:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_model(ModelConfig(name)).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        for precision in precisions:
+            fed, waited, resident = _train_rates(model, optimizer, dataset, transform, device, precision, steps, config)
+            rows.append(
+                Row(
+                    "train step",
+                    f"{name}, {precision}, batch 4 x {config.frames} frames at {size}px, {device.type}",
+                    fed,
+                    limit=resident,
+                    limit_name="the same step on a batch already on the device",
+                    note=f"data stall: {100 * waited:.1f}% of the step waiting for data",
+                )
+            )
+    return rows
+
+
+def _train_rates(model, optimizer, dataset, transform, device, precision, steps, config):
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    criterion = torch.nn.CrossEntropyLoss()
+
+    def step(clips: torch.Tensor, labels: torch.Tensor) -> None:
+        with autocast:
+            loss = criterion(model(transform(clips)).float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    sampler = RandomSampler(
+        dataset, replacement=True, num_samples=4 * steps, generator=torch.Generator().manual_seed(0)
+    )
+    loader = DataLoader(
+        dataset, batch_size=4, sampler=sampler, num_workers=config.workers, pin_memory=device.type == "cuda"
+    )
+    waits: list[float] = []
+    totals: list[float] = []
+
+    def fed() -> float:
+        started = time.perf_counter()
+        waited = 0.0
+        batches = iter(loader)
+        clips_seen = 0
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            waited += time.perf_counter() - asked
+            if batch is None:
+                break
+            clips, labels = (t.to(device, non_blocking=True) for t in batch)
+            step(clips, labels)
+            clips_seen += len(labels)
+        _sync(device)
+        waits.append(waited)
+        totals.append(time.perf_counter() - started)
+        return clips_seen
+
+    model.train()
+    fed_rate = Rate.measure(fed, config.repeat, "clips/s")
+    clips, labels = (t.to(device) for t in next(iter(DataLoader(dataset, batch_size=4))))
+
+    def resident() -> float:
+        for _ in range(steps):
+            step(clips, labels)
+        _sync(device)
+        return steps * len(labels)
+
+    resident_rate = Rate.measure(resident, config.repeat, "clips/s")
+    return fed_rate, float(np.median(np.array(waits) / np.array(totals))), resident_rate
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+RUNNERS = {
+    "decode": decode,
+    "resize": resize,
+    "write": write,
+    "ingest": ingest,
+    "read": read,
+    "feed": feed,
+    "h2d": h2d,
+    "train": train,
+}
+
+
+def run_stages(config: BenchConfig, stages: list[str], progress) -> list[Row]:
+    context = Context()
+    rows: list[Row] = []
+    for name in stages:
+        progress(name)
+        rows.extend(RUNNERS[name](config, context))
+    return rows
+
+
+def replicate(source: Path, dest: Path, rows: int, per_shard: int = 8) -> Path:
+    """A store of `rows` training clips cycling through `source`'s ok clips: enough rows for random reads and
+    epochs to be measured, from however few videos; each row keeps its video's path for the seed's pipeline."""
+    with open_store(source) as store:
+        picks = np.resize(store.rows(), rows)
+        paths = store.path[picks]
+        spec = replace(store.spec, clips_per_shard=per_shard)
+        import pandas as pd
+
+        table = pd.DataFrame({"path": paths, "label": store.label[picks], "split": 0, "group": paths})
+        create_store(dest, table, spec)
+        with StoreWriter(dest) as writer:
+            for start in range(0, rows, per_shard):
+                block = picks[start : start + per_shard]
+                shard = _shard(start, store.read(block))
+                writer.write_shard(replace(shard, frame_index=store.frame_index[block]))
+    return dest
+
+
+def scratch() -> Path:
+    return Path(tempfile.mkdtemp(prefix="clipcache-bench-"))

@@ -1,0 +1,96 @@
+"""The bench's machinery on tiny inputs: timing, rows, tables, JSON, the plot, and a real run. Nothing about speed."""
+
+import json
+
+import pytest
+from conftest import encode_numbered, run_cli
+
+from bench.results import append_markdown, latest, plot, save, table
+from bench.stages import BenchConfig, Context, decode, read, replicate
+from bench.timing import Rate, Row, skipped
+from cache import open_store
+
+
+def test_rate_reports_median_min_and_max_of_the_repeats():
+    calls = []
+
+    def work():
+        calls.append(1)
+        return 10
+
+    rate = Rate.measure(work, repeat=3, unit="things/s", warmup=2)
+    assert len(calls) == 5
+    assert rate.low <= rate.median <= rate.high and rate.unit == "things/s"
+    assert Rate.of_seconds(0.25, "x/s").median == 4
+
+
+def test_rows_give_ratios_to_baseline_and_limit():
+    row = Row("s", "m", Rate(10, 9, 11, "x/s"), Rate(2, 2, 2, "x/s"), "b", Rate(20, 20, 20, "x/s"), "l")
+    assert row.versus_baseline == 5 and row.of_limit == 0.5
+    empty = skipped("h2d", "GB/s", "no GPU")
+    assert empty.versus_baseline is None and "not run: no GPU" in empty.note
+    text = table([row, empty])
+    assert text.count("\n") == 3 and "5.00x" in text and "0.50" in text and "not run: no GPU" in text
+
+
+def test_results_are_saved_appended_and_plotted(tmp_path):
+    rows = [Row("s", "m", Rate(10, 9, 11, "x/s"), Rate(2, 2, 2, "x/s"), "b"), skipped("h2d", "GB/s", "no GPU")]
+    path, record = save(rows, tmp_path / "results", {"quick": True})
+    saved = json.loads(path.read_text())
+    assert saved["machine"]["cpus"] >= 1 and "torch" in saved["machine"]["versions"]
+    assert saved["rows"][0]["versus_baseline"] == 5 and saved["rows"][1]["ours"] is None
+    markdown = tmp_path / "RESULTS.md"
+    append_markdown(rows, record, markdown)
+    append_markdown(rows, record, markdown)
+    assert markdown.read_text().count(record["date"]) == 2
+    assert latest(tmp_path / "results") == path
+    png = plot(path, tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def bench_config(demo_root, tiny_cache, tmp_path_factory):
+    work = tmp_path_factory.mktemp("bench")
+    videos = [encode_numbered(work / f"v{i}.mp4", 30) for i in range(2)]
+    cache = replicate(tiny_cache, work / "many.zarr", 20)
+    return BenchConfig(videos=videos, data_root=demo_root, cache=cache, work=work, repeat=1, quick=True, workers=1)
+
+
+def test_replicate_cycles_the_ok_clips_of_a_store(tiny_cache, bench_config):
+    with open_store(tiny_cache) as source, open_store(bench_config.cache) as many:
+        ok = source.rows()
+        assert len(many) == 20 and (many.rows("train") == range(20)).all()
+        assert (many.read([len(ok)]) == source.read([ok[0]])).all()
+        assert many.path[len(ok)] == source.path[ok[0]]
+
+
+def test_decode_and_read_stages_fill_their_rows(bench_config):
+    context = Context()
+    rows = decode(bench_config, context) + read(bench_config, context)
+    decoded = [row for row in rows if row.stage.startswith("decode") and row.ours]
+    assert {row.measures.split(",")[0] for row in decoded} == {"pyav", "decord"}
+    assert all(row.baseline and row.limit for row in decoded)
+    assert any("not run" in row.note for row in rows)
+    reads = [row for row in rows if row.stage == "store random read"]
+    assert {"zarr", "h5"} == {row.measures.split(",")[0] for row in reads} and all(row.ours for row in reads)
+
+
+def test_bench_run_command_writes_results(demo_root, tmp_path):
+    result = run_cli(
+        "bench",
+        "run",
+        "--data",
+        str(demo_root),
+        "--quick",
+        "--stages",
+        "resize",
+        "h2d",
+        "--out",
+        str(tmp_path / "results"),
+        "--markdown",
+        str(tmp_path / "RESULTS.md"),
+    )
+    assert "| resize |" in result.stdout and "not run" in result.stdout
+    assert len(list((tmp_path / "results").glob("*.json"))) == 1
+    assert "| resize |" in (tmp_path / "RESULTS.md").read_text()
+    assert run_cli("bench", "run", "--data", str(tmp_path / "none"), check=False).returncode == 2
