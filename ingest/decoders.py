@@ -49,11 +49,13 @@ class Decoder(Protocol):
 class PyAVDecoder:
     """FFmpeg through PyAV, decoding only what the sampled frames need.
 
-    A first pass reads the packets (no decoding) to count the frames and learn their timestamps; the
-    second decodes forward, skipping every non-reference frame that is not sampled (FFmpeg's
+    A first pass reads the packets (no decoding) to count the frames and learn their timestamps and
+    keyframes; the second decodes forward but feeds the decoder only the packets the sampled frames
+    depend on (see `_feed_mask`), skips every non-reference frame that is not sampled (FFmpeg's
     `skip_frame`), converts only the sampled frames to RGB and stops after the last one. Frames are
     told apart by timestamp, so skipped frames do not shift the count. Files whose timestamps cannot
-    be trusted, or that decode fewer frames than their packets promise, are decoded frame by frame.
+    be trusted, whose keyframes are not what their packets claim, or that decode fewer frames than
+    their packets promise, are decoded frame by frame.
     """
 
     name = "pyav"
@@ -63,12 +65,12 @@ class PyAVDecoder:
 
     def decode(self, path: str, count: int) -> DecodedClip:
         try:
-            probe, timestamps = self._index(path)
+            probe, packets = self._index(path)
             if probe.frames == 0:
                 raise DecodeError("the video stream has no frames")
             indices = sample_indices(probe.frames, count)
-            if timestamps is not None:
-                frames = self._pick_by_timestamp(path, timestamps[indices])
+            if packets is not None:
+                frames = self._pick_by_timestamp(path, packets, np.sort(packets.pts)[indices])
                 if frames is not None:
                     return DecodedClip(np.stack(frames), indices, probe)
             frames, decoded = self._pick_in_order(path, indices, self.threads)
@@ -87,20 +89,21 @@ class PyAVDecoder:
         except Exception as error:
             raise DecodeError(_reason(error)) from error
 
-    def _index(self, path: str) -> tuple[Probe, np.ndarray | None]:
-        """Stream facts with the frame count from the packets present, and their sorted timestamps
-        (None where some packet has none or two share one)."""
+    def _index(self, path: str) -> tuple[Probe, Packets | None]:
+        """Stream facts with the frame count from the packets present, and the packets' timestamps and
+        keyframe flags (None where some packet has no timestamp or two share one)."""
         import av
 
         with av.open(path) as container:
             stream = _video_stream(container)
-            stamps = [packet.pts for packet in _good_packets(container, stream)]
+            packets = [(packet.pts, packet.is_keyframe) for packet in _good_packets(container, stream)]
             context = stream.codec_context
             fps = float(stream.average_rate or 0)
-            probe = Probe(len(stamps), fps, context.width, context.height, context.name)
+            probe = Probe(len(packets), fps, context.width, context.height, context.name)
+        stamps = [stamp for stamp, _ in packets]
         if None in stamps or len(set(stamps)) != len(stamps):
             return probe, None
-        return probe, np.sort(np.array(stamps, dtype=np.int64))
+        return probe, Packets(np.array(stamps, dtype=np.int64), np.array([key for _, key in packets], dtype=bool))
 
     def _open(self, container, threads: int):
         stream = _video_stream(container)
@@ -108,28 +111,39 @@ class PyAVDecoder:
         stream.codec_context.thread_count = threads
         return stream
 
-    def _pick_by_timestamp(self, path: str, wanted: np.ndarray) -> list[np.ndarray] | None:
-        """RGB frames with the `wanted` timestamps (repeats kept); None if one of them never decodes."""
+    def _pick_by_timestamp(self, path: str, packets: Packets, wanted: np.ndarray) -> list[np.ndarray] | None:
+        """RGB frames with the `wanted` timestamps (repeats kept); None if one of them never decodes, or
+        a group of pictures fed after a gap does not start with a real keyframe."""
         import av
 
         needed = set(wanted.tolist())
-        found: dict[int, np.ndarray] = {}
+        fed = _feed_mask(packets, needed)
+        feed = set(packets.pts[fed].tolist())
+        last = int(packets.pts[np.flatnonzero(fed)[-1]])
+        picker = _Picker(needed)
         with av.open(path) as container:
             stream = self._open(container, self.threads)
             context = stream.codec_context
-            for packet in chain(_good_packets(container, stream), [None]):
-                if packet is not None:
-                    context.skip_frame = "DEFAULT" if packet.pts in needed else "NONREF"
-                try:
-                    frames = stream.decode(packet)
-                except (av.FFmpegError, EOFError):
-                    return None
-                for frame in frames:
-                    if frame.pts in needed and frame.pts not in found:
-                        found[frame.pts] = frame.to_ndarray(format="rgb24")
-                if len(found) == len(needed):
-                    return [found[stamp] for stamp in wanted.tolist()]
-        return None
+            sent = gap = False
+            try:
+                for packet in _good_packets(container, stream):
+                    if packet.pts not in feed:
+                        gap = True
+                        continue
+                    if gap:
+                        if sent:
+                            _restart(stream, picker)
+                        picker.expect_key(packet.pts)
+                        gap = False
+                    context.skip_frame = "DEFAULT" if packet.pts in needed or packet.is_keyframe else "NONREF"
+                    sent = True
+                    picker.take(stream.decode(packet))
+                    if packet.pts == last:
+                        break
+                picker.take(stream.decode(None))
+            except (av.FFmpegError, EOFError):
+                return None
+        return picker.result(wanted)
 
     def _pick_in_order(self, path: str, indices: np.ndarray | None, threads: int) -> tuple[list[np.ndarray], int]:
         """RGB frames at positions `indices` of the decoded sequence, and how many frames decoded.
@@ -156,6 +170,77 @@ class PyAVDecoder:
                     if wanted is not None and decoded == len(wanted):
                         return frames, decoded
         return frames, decoded
+
+
+@dataclass(frozen=True)
+class Packets:
+    """A video stream's packets in decode order, as the demux pass saw them."""
+
+    pts: np.ndarray  # (n,) int64, all different
+    key: np.ndarray  # (n,) bool: the container marks the packet as a keyframe
+
+
+def _feed_mask(packets: Packets, needed: set[int]) -> np.ndarray:
+    """Which packets (decode order) the frames with timestamps `needed` depend on.
+
+    A group of pictures (GOP) runs from a keyframe to the next one. A frame can only reference frames
+    decoded before it, so a GOP is fed up to its last needed packet, and not at all if it holds none.
+    An open GOP's leading pictures (after its keyframe in decode order, before it in presentation
+    order) reference the GOP before, so that one is fed whole whenever the open GOP is fed at all.
+    """
+    n = len(packets.pts)
+    starts = np.flatnonzero(packets.key)
+    if not starts.size or starts[0] != 0:
+        starts = np.concatenate([[0], starts])  # packets before the first keyframe form a GOP of their own
+    ends = np.append(starts[1:], n)
+    hit = np.isin(packets.pts, np.fromiter(needed, np.int64, len(needed)))
+    fed = np.zeros(n, dtype=bool)
+    whole = False  # the GOP after this one needs all of it
+    for start, end in zip(starts[::-1], ends[::-1], strict=True):
+        hits = np.flatnonzero(hit[start:end])
+        stop = end if whole else start + int(hits[-1]) + 1 if hits.size else start
+        fed[start:stop] = True
+        whole = stop > start and bool(packets.key[start]) and _has_leading(packets.pts[start:end])
+    return fed
+
+
+def _has_leading(gop: np.ndarray) -> bool:
+    """Whether packets after the keyframe come before it in presentation order (an open GOP)."""
+    return bool((gop[1:] < gop[0]).any())
+
+
+def _restart(stream, picker: _Picker) -> None:
+    """Drain the decoder (its reordered frames are kept), then reset it for a GOP after a gap."""
+    picker.take(stream.decode(None))
+    stream.codec_context.flush_buffers()
+
+
+class _Picker:
+    """The wanted frames out of what the decoder returns, in RGB."""
+
+    def __init__(self, needed: set[int]):
+        self.needed = needed
+        self.found: dict[int, np.ndarray] = {}
+        self.key: int | None = None  # the keyframe that must come out next, after a gap
+        self.broken = False
+
+    def expect_key(self, pts: int) -> None:
+        self.key = pts
+
+    def take(self, frames) -> None:
+        for frame in frames:
+            if self.key is not None:
+                # After a gap only a keyframe without leading pictures may come out first; anything else
+                # means the container's keyframe flag lied, and skipped packets may have been needed.
+                self.broken |= frame.pts != self.key or not frame.key_frame
+                self.key = None
+            if frame.pts in self.needed and frame.pts not in self.found:
+                self.found[frame.pts] = frame.to_ndarray(format="rgb24")
+
+    def result(self, wanted: np.ndarray) -> list[np.ndarray] | None:
+        if self.broken or len(self.found) != len(self.needed):
+            return None
+        return [self.found[stamp] for stamp in wanted.tolist()]
 
 
 def _good_packets(container, stream):

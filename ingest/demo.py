@@ -34,13 +34,22 @@ class DemoSpec:
 
 
 def write_video(
-    path: Path, frames: Iterable[np.ndarray], width: int, height: int, fps: int = 25, codec: str = "libx264"
+    path: Path,
+    frames: Iterable[np.ndarray],
+    width: int,
+    height: int,
+    fps: int = 25,
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
 ) -> None:
-    """Encode RGB uint8 frames with PyAV (FFmpeg), with the codec's default GOP and B-frames."""
-    with av.open(str(path), "w") as container:
+    """Encode RGB uint8 frames with PyAV (FFmpeg): the codec's default GOP and B-frames unless `options`
+    (encoder options such as x264-params) say otherwise."""
+    with av.open(str(path), "w", options=container_options or {}) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        stream.options = options or {}
         for rgb in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 container.mux(packet)

@@ -60,14 +60,8 @@ def encode_zero_frames(path: Path) -> Path:
 def encode_lying(path: Path, frames: int, keep: float = 0.5) -> Path:
     """An mp4 whose index (at the front) promises `frames` frames but whose data stops part way."""
     full = path.with_suffix(".full.mp4")
-    with av.open(str(full), "w", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        for i in range(frames):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(numbered_frame(i, 96, 64), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    numbered = (numbered_frame(i, 96, 64) for i in range(frames))
+    write_video(full, numbered, 96, 64, container_options={"movflags": "faststart"})
     data = full.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
     full.unlink()
@@ -144,3 +138,11 @@ def tiny_cache(demo_root, tmp_path_factory) -> Path:
 
 def train_args(cache: Path, out: Path, model: str, *extra: str) -> list[str]:
     return ["train.run", "--cache", str(cache), "--model", model, "--out", str(out), "--workers", "0", *extra]
+
+
+def encode_numbered_with(path: Path, frames: int, codec: str, options: dict[str, str]) -> Path:
+    """A 96 x 64 numbered video with encoder `options` (x264-params, x265-params): to choose GOP length and
+    open or closed GOPs, which `encode_numbered` leaves at the codec's defaults."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, (numbered_frame(i, 96, 64) for i in range(frames)), 96, 64, codec=codec, options=options)
+    return path

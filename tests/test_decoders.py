@@ -1,8 +1,18 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
-from conftest import SIZE, encode_lying, encode_numbered, encode_zero_frames, read_number, write_broken
+from conftest import (
+    SIZE,
+    encode_lying,
+    encode_numbered,
+    encode_numbered_with,
+    encode_zero_frames,
+    read_number,
+    write_broken,
+)
 
-from ingest.decoders import CPU_DECODERS, DecodeError, make_decoder, resolve
+from ingest.decoders import CPU_DECODERS, DecodeError, Packets, PyAVDecoder, _feed_mask, make_decoder, resolve
 from ingest.frames import resize_clip, sample_indices
 
 DECODERS = list(CPU_DECODERS)
@@ -15,6 +25,13 @@ VIDEOS = [  # name, frames, width, height, codec: B-frames and long GOPs, other 
     ("mjpeg.mov", 20, 96, 64, "mjpeg"),
     ("short.mp4", 5, 96, 64, "libx264"),
 ]
+X265 = "scenecut=0:log-level=error"
+SHORT_GOPS = {  # name: codec, encoder options; 400 frames with a keyframe every 10, most GOPs hold no sampled frame
+    "x264-closed.mp4": ("libx264", {"x264-params": "keyint=10:min-keyint=10:scenecut=0"}),
+    "x264-open.mp4": ("libx264", {"x264-params": "keyint=10:min-keyint=10:scenecut=0:open-gop=1"}),
+    "hevc-open.mkv": ("libx265", {"x265-params": f"keyint=10:min-keyint=10:{X265}"}),  # x265's default: CRA + RASL
+    "hevc-closed.mkv": ("libx265", {"x265-params": f"keyint=10:min-keyint=10:open-gop=0:{X265}"}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +107,91 @@ def test_auto_picks_an_installed_cpu_decoder():
 def test_zero_frame_stream_is_reported_as_such(tmp_path):
     with pytest.raises(DecodeError, match="no frames"):
         make_decoder("pyav").decode(str(encode_zero_frames(tmp_path / "empty.avi")), 16)
+
+
+@pytest.fixture(scope="module")
+def short_gops(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gops")
+    return {name: encode_numbered_with(folder / name, 400, codec, opts) for name, (codec, opts) in SHORT_GOPS.items()}
+
+
+def packets(order: list[int], keys: set[int]) -> Packets:
+    """Packets with presentation numbers `order` (decode order), keyframes at the positions `keys`."""
+    return Packets(np.array(order, np.int64), np.array([i in keys for i in range(len(order))]))
+
+
+def test_closed_gops_without_a_sampled_frame_are_not_fed_and_each_stops_at_its_last():
+    gops = packets([0, 2, 1, 4, 3, 5, 7, 6, 9, 8, 10, 12, 11, 14, 13], {0, 5, 10})
+    assert np.flatnonzero(_feed_mask(gops, {1, 12})).tolist() == [0, 1, 2, 10, 11]
+    assert np.flatnonzero(_feed_mask(gops, {0, 14})).tolist() == [0, 10, 11, 12, 13]
+
+
+def test_the_gop_before_an_open_gop_is_fed_whole_and_so_on_back():
+    # GOP 10 has leading picture 9, and GOP 5 leading picture 4: each needs the whole GOP before it.
+    gops = packets([0, 2, 1, 3, 5, 4, 7, 6, 8, 10, 9, 12, 11, 13, 14], {0, 4, 9})
+    assert np.flatnonzero(_feed_mask(gops, {12})).tolist() == list(range(12))
+    assert np.flatnonzero(_feed_mask(gops, {5})).tolist() == [0, 1, 2, 3, 4]
+    assert _feed_mask(gops, {2, 14}).all()
+    closed_then_open = packets([0, 2, 1, 3, 4, 6, 5, 8, 7, 10, 9, 12, 11, 13, 14], {0, 4, 9})
+    assert np.flatnonzero(_feed_mask(closed_then_open, {2, 14})).tolist() == [0, 1, *range(4, 15)]
+
+
+def test_packets_before_the_first_keyframe_are_a_gop_of_their_own():
+    stray = packets([1, 0, 2, 3, 4], {2})
+    assert np.flatnonzero(_feed_mask(stray, {3})).tolist() == [2, 3]
+    assert np.flatnonzero(_feed_mask(stray, {0, 4})).tolist() == [0, 1, 2, 3, 4]
+
+
+def sampled_leading_pictures(path: Path, count: int) -> list[int]:
+    """Sampled leading pictures (timestamps) of GOPs whose GOP before holds no sampled frame: the frames
+    that come out wrong, or not at all, if that GOP is skipped."""
+    probe, index = PyAVDecoder()._index(str(path))
+    wanted = set(np.sort(index.pts)[sample_indices(probe.frames, count)].tolist())
+    starts = np.append(np.flatnonzero(index.key), len(index.pts))
+    found = []
+    for before, start, end in zip(starts[:-2], starts[1:-1], starts[2:], strict=True):
+        gop = index.pts[start:end]
+        if not wanted & set(index.pts[before:start].tolist()):
+            found += [stamp for stamp in gop[1:][gop[1:] < gop[0]].tolist() if stamp in wanted]
+    return found
+
+
+def test_the_short_gop_videos_skip_most_gops_and_sample_leading_pictures(short_gops):
+    for name, path in short_gops.items():
+        probe, index = PyAVDecoder()._index(str(path))
+        wanted = set(np.sort(index.pts)[sample_indices(probe.frames, 16)].tolist())
+        assert index.key.sum() >= 40, name
+        if "open" in name:
+            assert sampled_leading_pictures(path, 16), name
+        else:
+            assert _feed_mask(index, wanted).sum() < probe.frames / 2, name
+
+
+def no_fallback(*args, **kwargs):
+    raise AssertionError("fell back to decoding frame by frame")
+
+
+@pytest.mark.parametrize("threads", [1, 0])
+@pytest.mark.parametrize("name", list(SHORT_GOPS))
+def test_skipping_gops_alone_gives_exactly_the_sampled_frames(short_gops, name, threads, monkeypatch):
+    # The frame-by-frame fallback is exact too, so it would hide a wrong skip: forbid it here.
+    monkeypatch.setattr(PyAVDecoder, "_pick_in_order", no_fallback)
+    clip = PyAVDecoder(threads).decode(str(short_gops[name]), 16)
+    assert clip.indices.tolist() == sample_indices(400, 16).tolist()
+    assert [read_number(frame) for frame in clip.frames] == clip.indices.tolist()
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "libx264"])
+def test_keyframe_flags_that_lie_are_caught_and_decoded_frame_by_frame(tmp_path, monkeypatch, codec):
+    # One GOP, then every 7th packet claimed a keyframe: H.264 drops frames that miss their references,
+    # MPEG-4 part 2 returns them damaged, which only the check of the first frame after a gap catches.
+    path = encode_numbered_with(tmp_path / "one-gop.mp4", 200, codec, {"x264-params": "scenecut=0", "g": "250"})
+    index = PyAVDecoder._index
+
+    def lying(self, path):
+        probe, found = index(self, path)
+        return probe, Packets(found.pts, found.key | (np.arange(len(found.key)) % 7 == 0))
+
+    monkeypatch.setattr(PyAVDecoder, "_index", lying)
+    clip = PyAVDecoder(1).decode(str(path), 16)
+    assert [read_number(frame) for frame in clip.frames] == sample_indices(200, 16).tolist()
