@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -67,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
         png = plot(latest(args.out), args.out / "latest.png")
         print(png)
         return 0
-    os.environ["TQDM_DISABLE"] = "1"
     root = demo_data(DEMO_FOLDER) if args.demo else args.data
     if not root.is_dir():
         print(f"bench: error: {root}: no such folder", file=sys.stderr)
@@ -85,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     repeat = 2 if args.quick else args.repeat
     config = BenchConfig(videos=videos, data_root=root, cache=cache, work=work, repeat=repeat, quick=args.quick)
     started = time.perf_counter()
-    rows = run_stages(config, args.stages, lambda name: print(f"bench: {name}...", file=sys.stderr))
+    rows = run_stages(config, args.stages)
     settings = {"data": str(root), "videos": len(videos), "repeat": repeat, "quick": args.quick}
     path, record = save(rows, args.out, settings)
     append_markdown(rows, record, args.markdown)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
+from tqdm import tqdm
 
 from bench.baselines import SeedVideoDataset, decode_floor, seed_read_frames, seed_resize
 from bench.timing import Rate, Row, skipped
@@ -437,11 +438,12 @@ RUNNERS = {
 }
 
 
-def run_stages(config: BenchConfig, stages: list[str], progress) -> list[Row]:
+def run_stages(config: BenchConfig, stages: list[str]) -> list[Row]:
     context = Context()
     rows: list[Row] = []
-    for name in stages:
-        progress(name)
+    bar = tqdm(stages, unit="stage", desc="bench")
+    for name in bar:
+        bar.set_postfix(stage=name)
         rows.extend(RUNNERS[name](config, context))
     return rows
 
