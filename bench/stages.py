@@ -22,6 +22,7 @@ from ingest.build import BuildConfig, build_cache
 from ingest.decoders import CPU_DECODERS, available, make_decoder
 from ingest.frames import resize_clip
 from train.augment import ClipTransform
+from train.data import TimedBatches
 from train.models import MODEL_NAMES, ModelConfig, build_model
 
 STAGES = ("decode", "resize", "write", "ingest", "read", "feed", "h2d", "train")
@@ -383,27 +384,26 @@ def _train_rates(model, optimizer, dataset, transform, device, precision, steps,
         dataset, replacement=True, num_samples=4 * steps, generator=torch.Generator().manual_seed(0)
     )
     loader = DataLoader(
-        dataset, batch_size=4, sampler=sampler, num_workers=config.workers, pin_memory=device.type == "cuda"
+        dataset,
+        batch_size=4,
+        sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.workers > 0,
     )
     waits: list[float] = []
     totals: list[float] = []
 
     def fed() -> float:
         started = time.perf_counter()
-        waited = 0.0
-        batches = iter(loader)
+        batches = TimedBatches(loader)
         clips_seen = 0
-        while True:
-            asked = time.perf_counter()
-            batch = next(batches, None)
-            waited += time.perf_counter() - asked
-            if batch is None:
-                break
+        for batch in batches:
             clips, labels = (t.to(device, non_blocking=True) for t in batch)
             step(clips, labels)
             clips_seen += len(labels)
         _sync(device)
-        waits.append(waited)
+        waits.append(batches.waited)
         totals.append(time.perf_counter() - started)
         return clips_seen
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +79,21 @@ def shard_loader(loader: DataLoader, accelerator: Accelerator, even_batches: boo
         even_batches=even_batches,
         non_blocking=loader.pin_memory,
     )
+
+
+class TimedBatches:
+    """Iterates a loader, adding up the time spent waiting for each batch: the data stall of a loop."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.waited = 0.0
+
+    def __iter__(self) -> Iterator:
+        batches = iter(self.loader)
+        while True:
+            asked = time.perf_counter()
+            batch = next(batches, None)
+            self.waited += time.perf_counter() - asked
+            if batch is None:
+                return
+            yield batch

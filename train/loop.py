@@ -24,7 +24,16 @@ from tqdm import tqdm
 
 from train.augment import ClipTransform
 from train.checkpoint import find_last, load_last, load_weights, save_last, save_weights, write_json
-from train.data import BALANCE, UsageError, class_weights, make_loader, shard_loader, split_dataset, train_sampler
+from train.data import (
+    BALANCE,
+    TimedBatches,
+    UsageError,
+    class_weights,
+    make_loader,
+    shard_loader,
+    split_dataset,
+    train_sampler,
+)
 from train.metrics import SELECT_BY, better, choose_threshold, evaluate
 from train.models import DEFAULT_LR, MODEL_NAMES, ModelConfig, build_model, count_parameters
 
@@ -111,14 +120,8 @@ def fit(config: TrainConfig, accelerator: Accelerator) -> dict:
     weight = class_weights(train_set.labels) if config.balance == "weights" else None
     criterion = nn.CrossEntropyLoss(weight=weight, reduction="none").to(accelerator.device)
 
-    progress = Progress()
-    last = find_last(model_dir / "last") if config.resume else None
-    if last is not None:
-        weights, optimizer_state, scheduler_state, saved = load_last(last)
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(optimizer_state)
-        scheduler.load_state_dict(scheduler_state)
-        progress = Progress(**saved)
+    progress = restore(model_dir / "last", model, optimizer, scheduler) if config.resume else Progress()
+    if progress.epoch:
         accelerator.print(f"{config.model}: resuming after epoch {progress.epoch}")
     model, optimizer = accelerator.prepare(model, optimizer)
 
@@ -154,29 +157,16 @@ def fit(config: TrainConfig, accelerator: Accelerator) -> dict:
         progress.history.append(record)
         progress.epoch = epoch
         score = val_metrics[config.select_by]
-        if progress.best_epoch is None or better(config.select_by, score, progress.best_score):
+        improved = progress.best_epoch is None or better(config.select_by, score, progress.best_score)
+        if improved:
             progress.best_epoch, progress.best_score = epoch, score
-            if accelerator.is_main_process:
-                save_weights(model_dir / "best.safetensors", accelerator.unwrap_model(model).state_dict())
         if accelerator.is_main_process:
-            save_last(
-                model_dir / "last",
-                accelerator.unwrap_model(model).state_dict(),
-                optimizer.state_dict(),
-                scheduler.state_dict(),
-                dataclasses.asdict(progress),
-            )
+            checkpoint(model_dir, accelerator.unwrap_model(model), optimizer, scheduler, progress, improved)
         accelerator.wait_for_everyone()
         accelerator.print(epoch_line(config.model, record, config.select_by))
 
     accelerator.unwrap_model(model).load_state_dict(load_weights(model_dir / "best.safetensors"))
-    val = run_evaluation(model, val_loader, criterion, evaluate_transform, accelerator)
-    threshold = choose_threshold(val.labels, val.probs)
-    final = {"val": {**evaluate(val.labels, val.probs, threshold), "loss": val.loss}, "test": None}
-    if len(test_set) and (test_set.labels >= 0).all():  # an unlabelled Testing folder has nothing to score
-        test_loader = shard_loader(make_loader(test_set, config.batch_size, config.workers), accelerator, True)
-        test = run_evaluation(model, test_loader, criterion, evaluate_transform, accelerator)
-        final["test"] = {**evaluate(test.labels, test.probs, threshold), "loss": test.loss}
+    threshold, final = final_evaluation(model, val_loader, test_set, criterion, evaluate_transform, accelerator, config)
     metrics = {
         "model": config.model,
         "parameters": parameters,
@@ -194,6 +184,40 @@ def fit(config: TrainConfig, accelerator: Accelerator) -> dict:
     return metrics
 
 
+def restore(folder: Path, model: nn.Module, optimizer, scheduler) -> Progress:
+    """Load the last whole checkpoint into model, optimiser and scheduler; a fresh start if there is none."""
+    last = find_last(folder)
+    if last is None:
+        return Progress()
+    weights, optimizer_state, scheduler_state, saved = load_last(last)
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    return Progress(**saved)
+
+
+def checkpoint(model_dir: Path, model: nn.Module, optimizer, scheduler, progress: Progress, improved: bool) -> None:
+    """The main process's files after an epoch: best.safetensors when it improved, and always last/."""
+    state = model.state_dict()
+    if improved:
+        save_weights(model_dir / "best.safetensors", state)
+    save_last(model_dir / "last", state, optimizer.state_dict(), scheduler.state_dict(), dataclasses.asdict(progress))
+
+
+def final_evaluation(
+    model: nn.Module, val_loader, test_set, criterion, transform: ClipTransform, accelerator: Accelerator, config
+) -> tuple[float, dict]:
+    """The chosen weights on val (which also picks the verdict threshold), then on test, once."""
+    val = run_evaluation(model, val_loader, criterion, transform, accelerator)
+    threshold = choose_threshold(val.labels, val.probs)
+    final = {"val": {**evaluate(val.labels, val.probs, threshold), "loss": val.loss}, "test": None}
+    if len(test_set) and (test_set.labels >= 0).all():  # an unlabelled Testing folder has nothing to score
+        test_loader = shard_loader(make_loader(test_set, config.batch_size, config.workers), accelerator, True)
+        test = run_evaluation(model, test_loader, criterion, transform, accelerator)
+        final["test"] = {**evaluate(test.labels, test.probs, threshold), "loss": test.loss}
+    return threshold, final
+
+
 def train_epoch(
     model: nn.Module,
     loader,
@@ -207,21 +231,14 @@ def train_epoch(
     model.train()
     rows: list[int] = []
     loss_sum = weight_sum = correct = 0.0
-    waited = 0.0
     started = time.perf_counter()
     # DDP's join lets a process that runs out of batches first shadow the others' gradient reductions.
     # (Accelerate's join_uneven_inputs does this for GPUs only; gloo ranks on CPUs need it too.)
     join = model.join() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
     bar = tqdm(total=len(loader), desc=f"train {label}", unit="batch", disable=not accelerator.is_main_process)
+    batches = TimedBatches(loader)
     with join, bar:
-        batches = iter(loader)
-        while True:
-            asked = time.perf_counter()
-            batch = next(batches, None)
-            waited += time.perf_counter() - asked
-            if batch is None:
-                break
-            clips, labels, batch_rows = batch
+        for clips, labels, batch_rows in batches:
             logits = model(transform(clips))
             losses = criterion(logits, labels)
             weights = criterion.weight[labels] if criterion.weight is not None else torch.ones_like(losses)
@@ -237,7 +254,7 @@ def train_epoch(
             bar.set_postfix(clips_per_s=f"{len(rows) / (time.perf_counter() - started):.1f}")
     seconds = time.perf_counter() - started
     totals = accelerator.reduce(
-        torch.tensor([loss_sum, weight_sum, correct, waited, seconds], device=accelerator.device), "sum"
+        torch.tensor([loss_sum, weight_sum, correct, batches.waited, seconds], device=accelerator.device), "sum"
     ).tolist()
     every_row = gather_object(rows)
     return {
