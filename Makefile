@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ingest make-demo --out $(DEMO)/data
 	$(VENV)/bin/ingest build-cache --data-root $(DEMO)/data --out $(DEMO)/cache.zarr
 	$(VENV)/bin/cache info $(DEMO)/cache.zarr
-	$(PY) train/run.py --cache $(DEMO)/cache.zarr --model all --out $(DEMO)/run --epochs 5 --frame-size 64
+	$(PY) train/run.py --cache $(DEMO)/cache.zarr --model all --out $(DEMO)/run --epochs 8 --frame-size 64
 	@echo "demo: models, metrics and plots in $(DEMO)/run/ (comparison.md, */metrics.json, */curves.png)"
 
 bench: $(STAMP)

@@ -20,7 +20,7 @@ from ingest.discover import TEST_LIST
 
 @dataclass(frozen=True)
 class DemoSpec:
-    identities: int = 12
+    identities: int = 16
     reals_per_identity: int = 2
     fakes_per_identity: int = 4
     youtube: int = 4
