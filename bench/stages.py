@@ -22,7 +22,7 @@ from ingest.build import BuildConfig, build_cache
 from ingest.decoders import CPU_DECODERS, available, make_decoder
 from ingest.frames import resize_clip
 from train.augment import ClipTransform
-from train.data import TimedBatches
+from train.data import TimedBatches, make_loader
 from train.models import MODEL_NAMES, ModelConfig, build_model
 
 STAGES = ("decode", "resize", "write", "ingest", "read", "feed", "h2d", "train")
@@ -283,13 +283,14 @@ def _pread_rate(places: list[tuple[Path, int]], nbytes: int, repeat: int) -> Rat
 def _loader_rate(path: Path, workers: int, repeat: int, samples: int) -> Rate:
     dataset = ClipDataset(path)
     sampler = RandomSampler(dataset, replacement=True, num_samples=samples, generator=torch.Generator().manual_seed(0))
-    loader = DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
+    loader = make_loader(dataset, 4, workers, sampler, keep_workers=True)
     return Rate.measure(lambda: sum(len(labels) for _, labels in loader), repeat, "clips/s")
 
 
 def feed(config: BenchConfig, context: Context) -> list[Row]:
     dataset = ClipDataset(config.cache, "train")
-    ours_loader = DataLoader(dataset, batch_size=4, shuffle=True, num_workers=config.workers, persistent_workers=True)
+    shuffled = RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
+    ours_loader = make_loader(dataset, 4, config.workers, shuffled, keep_workers=True)
     ours = Rate.measure(lambda: sum(len(labels) for _, labels in ours_loader), config.repeat, "clips/s")
     with open_store(config.cache) as store:
         root = Path(store.spec.data_root)
@@ -383,14 +384,7 @@ def _train_rates(model, optimizer, dataset, transform, device, precision, steps,
     sampler = RandomSampler(
         dataset, replacement=True, num_samples=4 * steps, generator=torch.Generator().manual_seed(0)
     )
-    loader = DataLoader(
-        dataset,
-        batch_size=4,
-        sampler=sampler,
-        num_workers=config.workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=config.workers > 0,
-    )
+    loader = make_loader(dataset, 4, config.workers, sampler, keep_workers=True)
     waits: list[float] = []
     totals: list[float] = []
 
@@ -409,7 +403,7 @@ def _train_rates(model, optimizer, dataset, transform, device, precision, steps,
 
     model.train()
     fed_rate = Rate.measure(fed, config.repeat, "clips/s")
-    clips, labels = (t.to(device) for t in next(iter(DataLoader(dataset, batch_size=4))))
+    clips, labels = (t.to(device) for t in next(iter(make_loader(dataset, 4, 0))))
 
     def resident() -> float:
         for _ in range(steps):

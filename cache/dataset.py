@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from cache.store import ClipStore, open_store
 
@@ -16,7 +16,8 @@ class ClipDataset(Dataset):
     """uint8 clips (T, H, W, 3) and labels of the ok rows of one split (and each clip's row, with `with_rows`).
 
     Each process opens its own store handle on first use, so the dataset is safe to hand to
-    DataLoader workers. `__getitems__` lets the DataLoader fetch a whole batch in one `read`.
+    DataLoader workers. `__getitems__` lets the DataLoader fetch a whole batch in one `read`; with
+    `collate_fn=collate_clips` that batch is handed on as read, not copied again by `default_collate`.
     """
 
     def __init__(self, store_path: str | Path, split: str | None = None, with_rows: bool = False):
@@ -44,9 +45,22 @@ class ClipDataset(Dataset):
     def __getitem__(self, index: int) -> tuple:
         return self.__getitems__([index])[0]
 
-    def __getitems__(self, indices: list[int]) -> list[tuple]:
+    def __getitems__(self, indices: list[int]) -> ClipBatch:
         rows = self.rows[indices]
-        clips = torch.from_numpy(self.store().read(rows))
+        columns = [torch.from_numpy(self.store().read(rows)), torch.from_numpy(self.labels[indices])]
         if self.with_rows:
-            return [(clip, int(self.labels[i]), int(r)) for clip, i, r in zip(clips, indices, rows, strict=True)]
-        return [(clip, int(self.labels[i])) for clip, i in zip(clips, indices, strict=True)]
+            columns.append(torch.from_numpy(rows))
+        return ClipBatch(columns)
+
+
+class ClipBatch(list):
+    """The samples of one `__getitems__` call (views into one array), which also keeps them as columns."""
+
+    def __init__(self, columns: list[torch.Tensor]):
+        super().__init__(zip(*columns, strict=True))
+        self.columns = tuple(columns)
+
+
+def collate_clips(batch: list) -> tuple | list:
+    """A ClipBatch's columns as they are (no copy); anything else as `default_collate` would make it."""
+    return list(batch.columns) if isinstance(batch, ClipBatch) else default_collate(batch)

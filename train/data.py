@@ -12,7 +12,7 @@ from accelerate import Accelerator
 from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
 
-from cache import ClipDataset
+from cache import ClipDataset, collate_clips
 from cache.schema import FAKE, REAL
 
 BALANCE = ("none", "weights", "sampler")
@@ -52,15 +52,21 @@ def train_sampler(dataset: ClipDataset, balance: str, seed: int, epoch: int) -> 
     return RandomSampler(dataset, generator=generator)
 
 
-def make_loader(dataset: ClipDataset, batch_size: int, workers: int, sampler: Sampler | None = None) -> DataLoader:
-    """Whole batches read in one store call (ClipDataset.__getitems__), pinned for asynchronous copies to a GPU."""
+def make_loader(
+    dataset: ClipDataset, batch_size: int, workers: int, sampler: Sampler | None = None, keep_workers: bool = False
+) -> DataLoader:
+    """Whole batches read in one store call and passed on uncopied, pinned for asynchronous copies to a GPU.
+
+    `keep_workers` keeps worker processes across passes, for a loader iterated many times.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler or SequentialSampler(dataset),
         num_workers=workers,
+        collate_fn=collate_clips,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
+        persistent_workers=keep_workers and workers > 0,
     )
 
 
