@@ -9,9 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ingest.frames import sample_indices
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+from train.augment import IMAGENET_MEAN, IMAGENET_STD
 
 
 def seed_read_frames(path: str, count: int = 16) -> np.ndarray:
@@ -59,5 +57,5 @@ class SeedVideoDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         clip = seed_resize(seed_read_frames(self.paths[index], self.frames), self.size).astype(np.float32) / 255
-        clip = (clip - IMAGENET_MEAN) / IMAGENET_STD
+        clip = (clip - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
         return torch.from_numpy(clip).permute(0, 3, 1, 2), self.labels[index]

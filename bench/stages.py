@@ -6,10 +6,12 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
@@ -17,6 +19,7 @@ from tqdm import tqdm
 from bench.baselines import SeedVideoDataset, decode_floor, seed_read_frames, seed_resize
 from bench.timing import Rate, Row, skipped
 from cache import ClipDataset, open_store
+from cache.schema import StoreSpec
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.build import BuildConfig, build_cache
 from ingest.decoders import CPU_DECODERS, available, make_decoder
@@ -118,8 +121,6 @@ def write(config: BenchConfig, context: Context) -> list[Row]:
         def ours(suffix: str = suffix) -> float:
             path = config.work / f"write.{suffix}"
             _remove(path)
-            from cache.schema import StoreSpec
-
             create_store(path, table, StoreSpec(frames=clips.shape[1], size=clips.shape[2], clips_per_shard=per_shard))
             with StoreWriter(path) as writer:
                 for start in range(0, len(clips), per_shard):
@@ -134,9 +135,7 @@ def write(config: BenchConfig, context: Context) -> list[Row]:
     return rows
 
 
-def _table(n: int):
-    import pandas as pd
-
+def _table(n: int) -> pd.DataFrame:
     return pd.DataFrame(
         {"path": [f"v{i}.mp4" for i in range(n)], "label": [i % 2 for i in range(n)], "split": 0, "group": "g"}
     )
@@ -349,8 +348,6 @@ def train(config: BenchConfig, context: Context) -> list[Row]:
     transform = ClipTransform(train=True, seed=0, size=size)
     rows = []
     for name in MODEL_NAMES:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = build_model(ModelConfig(name)).to(device)
@@ -449,8 +446,6 @@ def replicate(source: Path, dest: Path, rows: int, per_shard: int = 8) -> Path:
         picks = np.resize(store.rows(), rows)
         paths = store.path[picks]
         spec = replace(store.spec, clips_per_shard=per_shard)
-        import pandas as pd
-
         table = pd.DataFrame({"path": paths, "label": store.label[picks], "split": 0, "group": paths})
         create_store(dest, table, spec)
         with StoreWriter(dest) as writer:
