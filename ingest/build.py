@@ -7,13 +7,9 @@ the shard whole (see `cache.writer`). Under `accelerate launch` or `torchrun` ea
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +20,11 @@ from tqdm import tqdm
 from cache.schema import FAILED, OK, PENDING, PROBE_FIELDS, StoreSpec, shard_count, shard_rows, store_format
 from cache.store import open_store
 from cache.writer import ShardResult, StoreWriter, create_store
-from ingest.clips import RowJob, RowOutcome, decode_row
-from ingest.decoders import Probe, resolve
+from ingest.clips import RowJob, RowOutcome
+from ingest.decoders import resolve
 from ingest.discover import UsageError, find_videos
 from ingest.frames import RESIZE_MODES
+from ingest.pool import decode_rows
 from ingest.splits import assign_splits
 
 
@@ -118,7 +115,7 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
     ]
     jobs = _jobs(config, spec, table["path"].tolist(), shards)
     outcomes = tqdm(
-        _run(jobs, config.workers),
+        decode_rows(jobs, config.workers),
         total=len(jobs),
         unit="video",
         desc=f"decode ({spec.decoder})" + (f" rank {ranks.index}" if ranks.count > 1 else ""),
@@ -195,53 +192,6 @@ def _jobs(config: BuildConfig, spec: StoreSpec, paths: list[str], shards: list[i
         for shard in shards
         for row in shard_rows(shard, spec.clips_per_shard, len(paths))
     ]
-
-
-def _run(jobs: list[RowJob], workers: int) -> Iterator[RowOutcome]:
-    """Outcomes as they finish: in this process for one worker, else in a pool, a few jobs ahead.
-
-    A worker that dies (a decoder crash, the OOM killer) breaks the pool; the videos it may have been
-    decoding are then retried one at a time, so only the one that kills its process again fails.
-    """
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(decode_row, jobs)
-        return
-    queue = deque(jobs)
-    while queue:
-        suspects: list[RowJob] = []
-        with _pool(workers, jobs[0].threads) as pool:
-            running: dict[Future, RowJob] = {}
-            while queue or running:
-                while queue and len(running) < 2 * workers:
-                    job = queue.popleft()
-                    running[pool.submit(decode_row, job)] = job
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    job = running.pop(future)
-                    if isinstance(future.exception(), BrokenProcessPool):
-                        suspects.append(job)
-                    else:
-                        yield future.result()
-                if suspects:
-                    suspects += running.values()
-                    break
-        for job in sorted(suspects, key=lambda job: job.row):
-            yield _decode_alone(job)
-
-
-def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
-    """Workers fork from a server that has imported the decoding code once, not each on its own."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["ingest.clips"])
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,))
-
-
-def _decode_alone(job: RowJob) -> RowOutcome:
-    with _pool(1, job.threads) as pool:
-        try:
-            return pool.submit(decode_row, job).result()
-        except BrokenProcessPool:
-            return RowOutcome(job.row, None, None, Probe(), "the decoding process died on this video")
 
 
 def _collect_shards(outcomes: Iterable[RowOutcome], spec: StoreSpec, n: int) -> Iterator[ShardResult]:
