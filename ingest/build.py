@@ -21,7 +21,7 @@ from cache.schema import FAILED, OK, PENDING, PROBE_FIELDS, StoreSpec, shard_cou
 from cache.store import open_store
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.clips import RowJob, RowOutcome
-from ingest.decoders import resolve
+from ingest.decoders import choose
 from ingest.discover import UsageError, find_videos
 from ingest.frames import RESIZE_MODES
 from ingest.pool import decode_rows
@@ -92,7 +92,9 @@ class Ranks:
 def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> BuildSummary:
     ranks = Ranks()
     started = time.perf_counter()
-    spec = _check(config, ranks)
+    spec, choice = _check(config, ranks)
+    if ranks.main:
+        log(choice)
     table = assign_splits(
         find_videos(config.data_root, config.manifest, config.test_list), config.val_fraction, config.seed
     )
@@ -137,11 +139,11 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
     return summary
 
 
-def _check(config: BuildConfig, ranks: Ranks) -> StoreSpec:
-    """Every argument error, found before anything is written."""
+def _check(config: BuildConfig, ranks: Ranks) -> tuple[StoreSpec, str]:
+    """Every argument error, found before anything is written; the store's spec and the decoder choice."""
     try:
         fmt = store_format(config.out)
-        decoder = resolve(config.decoder)
+        decoder, choice = choose(config.decoder)
     except Exception as error:
         raise UsageError(str(error)) from error
     if fmt == "hdf5" and ranks.count > 1:
@@ -153,7 +155,7 @@ def _check(config: BuildConfig, ranks: Ranks) -> StoreSpec:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if not config.out.parent.is_dir():
         raise UsageError(f"--out {config.out}: folder {config.out.parent} does not exist")
-    return StoreSpec(
+    spec = StoreSpec(
         frames=config.frames,
         size=config.size,
         resize=config.resize,
@@ -161,6 +163,7 @@ def _check(config: BuildConfig, ranks: Ranks) -> StoreSpec:
         clips_per_shard=config.clips_per_shard,
         data_root=str(config.data_root.resolve()),
     )
+    return spec, choice
 
 
 def _check_resumable(out: Path, paths: list[str], spec: StoreSpec) -> None:

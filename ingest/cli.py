@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ingest.build import BuildConfig, build_cache
-from ingest.decoders import CPU_DECODERS
+from ingest.decoders import DECODERS
 from ingest.demo import DemoSpec, make_demo
 from ingest.discover import UsageError
 from ingest.frames import RESIZE_MODES
@@ -42,12 +42,18 @@ def parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--decoder",
-        choices=("auto", *CPU_DECODERS),
+        choices=("auto", *DECODERS),
         default="auto",
-        help="video decoder; auto takes the fastest installed one (default)",
+        help=(
+            "video decoder: nvdec (PyNvVideoCodec) and dali decode on an NVIDIA GPU's video engines, pyav and "
+            "decord on the CPU; auto (default) takes a GPU decoder where one works, else pyav, and says which"
+        ),
     )
     build.add_argument(
-        "--workers", type=int, default=len(os.sched_getaffinity(0)), help="decoding processes (default: one per core)"
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="decoding processes, or videos in flight with a GPU decoder (default: one per core)",
     )
     build.add_argument("--val-fraction", type=float, default=0.2, help="share of train/val videos in val (default 0.2)")
     build.add_argument("--seed", type=int, default=42, help="seed of the train/val split (default 42)")

@@ -2,7 +2,8 @@
 
 A decoder returns exactly the frames at `sample_indices(n, count)` of a video's `n` decodable
 frames, at full resolution, in RGB. `n` is counted, not read from container metadata, which can
-claim frames that are not there. GPU decoders register beside the CPU ones under the same interface.
+claim frames that are not there. The GPU decoders (`ingest.gpu_decoders`) sit beside the CPU ones under
+the same names and interface.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from itertools import chain
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from ingest.frames import sample_indices
 
@@ -299,28 +301,77 @@ class DecordDecoder:
 
 
 CPU_DECODERS: dict[str, type] = {"pyav": PyAVDecoder, "decord": DecordDecoder}
-MODULES = {"pyav": "av", "decord": "decord"}
-# Fastest first: `auto` takes the first one that is installed.
-PREFERENCE = ("pyav", "decord")
+GPU_DECODERS = ("nvdec", "dali")  # written in ingest.gpu_decoders, imported only where a GPU is used
+# `auto` takes the first that works here: a GPU decoder where there is a GPU, else the fastest CPU one.
+DECODERS = (*GPU_DECODERS, *CPU_DECODERS)
+MODULES = {"pyav": "av", "decord": "decord", "nvdec": "PyNvVideoCodec", "dali": "nvidia.dali"}
+
+
+def unavailable(name: str) -> str | None:
+    """Why decoder `name` cannot run here, or None when it can."""
+    if name in GPU_DECODERS and not torch.cuda.is_available():
+        return f"{name} decodes on an NVIDIA GPU, and torch sees none here"
+    if not _installed(MODULES[name]):
+        extra = " (pip install 'clipcache[gpu]')" if name in GPU_DECODERS else ""
+        return f"{name} is not installed{extra}"
+    return None
 
 
 def available(name: str) -> bool:
-    return importlib.util.find_spec(MODULES[name]) is not None
+    return unavailable(name) is None
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package (`nvidia`) is missing
+        return False
+
+
+def choose(name: str) -> tuple[str, str]:
+    """The decoder `name` stands for, and a line saying why: for `auto`, the first of DECODERS that works."""
+    if name == "auto":
+        gpu = torch.cuda.is_available()
+        passed = [] if gpu else ["no NVIDIA GPU here for nvdec or dali"]
+        for candidate in DECODERS if gpu else CPU_DECODERS:
+            why = unavailable(candidate)
+            if why is None:
+                return candidate, f"decoder auto: {candidate}" + (f" ({'; '.join(passed)})" if passed else "")
+            passed.append(why)
+        raise DecodeError(f"no decoder works here: {'; '.join(passed)}")
+    if name not in DECODERS:
+        raise DecodeError(f"unknown decoder {name!r}: choose from auto, {', '.join(DECODERS)}")
+    why = unavailable(name)
+    if why is not None:
+        raise DecodeError(why)
+    return name, f"decoder {name}"
 
 
 def resolve(name: str) -> str:
-    """The decoder `name` stands for: itself, or for `auto` the fastest installed one."""
-    if name == "auto":
-        for candidate in PREFERENCE:
-            if available(candidate):
-                return candidate
-        raise DecodeError("no decoder is installed (pip install av)")
-    if name not in CPU_DECODERS:
-        raise DecodeError(f"unknown decoder {name!r}: choose from auto, {', '.join(CPU_DECODERS)}")
-    if not available(name):
-        raise DecodeError(f"decoder {name!r} is not installed")
-    return name
+    return choose(name)[0]
 
 
 def make_decoder(name: str, threads: int = 0) -> Decoder:
-    return CPU_DECODERS[resolve(name)](threads=threads)
+    """A decoder for one video at a time; `threads` is the CPU decoders' thread count."""
+    name = resolve(name)
+    if name in GPU_DECODERS:
+        from ingest.gpu_decoders import make_gpu_decoder
+
+        return make_gpu_decoder(name)
+    return CPU_DECODERS[name](threads=threads)
+
+
+def probe_video(path: str) -> Probe:
+    """A video's facts, its frame count counted from the packets present (demuxed, not decoded).
+
+    GPU decoders count frames this way too, so that every decoder samples the same frame numbers.
+    """
+    try:
+        probe, _ = PyAVDecoder()._index(path)
+    except DecodeError:
+        raise
+    except Exception as error:
+        raise DecodeError(_reason(error)) from error
+    if probe.frames == 0:
+        raise DecodeError("the video stream has no frames")
+    return probe

@@ -11,15 +11,21 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 
 from ingest.clips import RowJob, RowOutcome, decode_row
-from ingest.decoders import Probe
+from ingest.decoders import GPU_DECODERS, Probe
 
 
 def decode_rows(jobs: list[RowJob], workers: int) -> Iterator[RowOutcome]:
     """Outcomes as they finish (in any order): in this process for one worker, else in a pool, a few jobs ahead.
 
+    A GPU decoder runs in this process (CUDA does not survive a fork) with `workers` videos in flight.
     A worker that dies (a decoder crash, the OOM killer) breaks the pool; the videos it may have been
     decoding are then retried one at a time, so only the one that kills its process again fails.
     """
+    if jobs and jobs[0].decoder in GPU_DECODERS:
+        from ingest.gpu_decoders import gpu_rows
+
+        yield from gpu_rows(jobs, workers)
+        return
     if workers <= 1 or len(jobs) <= 1:
         yield from map(decode_row, jobs)
         return
