@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import zarr
 from conftest import SIZE, build_args, read_number, run_cli
 
@@ -138,6 +139,18 @@ def test_bad_arguments_exit_2_with_one_line_and_nothing_written(celebdf_root, tm
     assert "one class" in one_line_error(run_cli(*build_args(fakes_only, out), check=False))
     assert "ends in" in one_line_error(run_cli(*build_args(celebdf_root, tmp_path / "out.npy"), check=False))
     assert not list(tmp_path.glob("*.zarr")) and not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_gpu_decoders_without_a_gpu_exit_2_and_auto_says_it_chose_a_cpu_decoder(celebdf_root, tmp_path):
+    for decoder in ("nvdec", "dali"):
+        result = run_cli(*build_args(celebdf_root, tmp_path / "g.zarr", "--decoder", decoder), check=False)
+        assert "NVIDIA GPU" in one_line_error(result)
+    assert not (tmp_path / "g.zarr").exists()
+    result = run_cli(*build_args(celebdf_root, tmp_path / "auto.zarr", "--workers", "1"))
+    assert result.stdout.startswith("decoder auto: pyav (no NVIDIA GPU")
+    with open_store(tmp_path / "auto.zarr") as store:
+        assert store.spec.decoder == "pyav" and (store.status != PENDING).all()
 
 
 def test_an_existing_store_needs_resume(stores, celebdf_root):

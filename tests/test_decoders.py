@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import (
     SIZE,
     encode_lying,
@@ -12,7 +13,18 @@ from conftest import (
     write_broken,
 )
 
-from ingest.decoders import CPU_DECODERS, DecodeError, Packets, PyAVDecoder, _feed_mask, make_decoder, resolve
+from ingest.decoders import (
+    CPU_DECODERS,
+    GPU_DECODERS,
+    DecodeError,
+    Packets,
+    PyAVDecoder,
+    _feed_mask,
+    choose,
+    make_decoder,
+    probe_video,
+    resolve,
+)
 from ingest.frames import resize_clip, sample_indices
 
 DECODERS = list(CPU_DECODERS)
@@ -98,10 +110,24 @@ def test_broken_files_raise_a_decode_error_with_a_reason(tmp_path, decoder):
         assert str(error.value).strip(), name
 
 
-def test_auto_picks_an_installed_cpu_decoder():
-    assert resolve("auto") in CPU_DECODERS
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: auto may pick a GPU decoder")
+def test_auto_picks_a_cpu_decoder_without_a_gpu_and_says_why():
+    name, why = choose("auto")
+    assert name == "pyav" and "no NVIDIA GPU" in why
     with pytest.raises(DecodeError):
         resolve("nonesuch")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("decoder", GPU_DECODERS)
+def test_gpu_decoders_say_plainly_that_they_need_a_gpu(decoder):
+    with pytest.raises(DecodeError, match="NVIDIA GPU"):
+        make_decoder(decoder)
+
+
+def test_probe_counts_the_frames_every_decoder_samples(videos):
+    for path, n in videos.values():
+        assert probe_video(str(path)).frames == n
 
 
 def test_zero_frame_stream_is_reported_as_such(tmp_path):
