@@ -22,12 +22,19 @@ from cache import ClipDataset, open_store
 from cache.schema import StoreSpec
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.build import BuildConfig, build_cache
-from ingest.decoders import CPU_DECODERS, available, make_decoder
+from ingest.clips import RowJob
+from ingest.decoders import CPU_DECODERS, GPU_DECODERS, available, make_decoder, probe_video, unavailable
 from ingest.frames import resize_clip
+from ingest.gpu_decoders import make_gpu_decoder
 from train.augment import ClipTransform
 from train.data import TimedBatches, make_loader
 from train.models import MODEL_NAMES, ModelConfig, build_model
 
+# Decode engines per GPU (NVIDIA's specifications) and one engine's H.264 1080p rate (Video Codec SDK
+# application note, Turing-class engine at 1860 MHz, which Hopper's match clock for clock).
+NVDEC_ENGINES = {"H100": 7, "H200": 7}
+NVDEC_1080P_FPS = 771
+SEED = "seed: OpenCV seek per frame"
 STAGES = ("decode", "resize", "write", "ingest", "read", "feed", "h2d", "train")
 MB = 2**20
 
@@ -74,14 +81,63 @@ def decode(config: BenchConfig, context: Context) -> list[Row]:
                 f"{name}, 1 process, 1 thread, {n} videos",
                 ours,
                 seed,
-                "seed: OpenCV seek per frame",
+                SEED,
                 floor,
                 "decode floor: every frame to the last sampled, 1 thread, no RGB",
                 note=f"{ours.median * config.frames:,.0f} frames/s",
             )
         )
-    rows.append(skipped("decode + sample 16 frames", "GPU decoders (dali, nvdec)", "no GPU decoder on this machine"))
+    return rows + gpu_decode(config, paths, seed)
+
+
+def gpu_decode(config: BenchConfig, paths: list[str], seed: Rate) -> list[Row]:
+    """Each GPU decoder with many videos in flight (the bench's few videos repeated), beside NVDEC's limit."""
+    stage = "decode + sample 16 frames + resize, GPU"
+    if not torch.cuda.is_available():
+        return [skipped(stage, "nvdec, dali", "no GPU on this machine")]
+    in_flight = gpu_in_flight(config)
+    jobs = [RowJob(i, p, "", 1, config.frames, config.size, "squash") for i, p in enumerate(paths * in_flight)]
+    limit, limit_name = nvdec_limit(paths)
+    rows = []
+    for name in GPU_DECODERS:
+        why = unavailable(name)
+        if why is not None:
+            rows.append(skipped(stage, name, why))
+            continue
+        decoder = make_gpu_decoder(name)
+        named = [replace(job, decoder=name) for job in jobs]
+        errors: list[str] = []
+
+        def work(decoder=decoder, named=named, errors=errors) -> float:
+            outcomes = list(decoder.clips(named, in_flight))
+            errors[:] = [outcome.error for outcome in outcomes if outcome.clip is None]
+            return len(outcomes) - len(errors)
+
+        rate = Rate.measure(work, config.repeat, "videos/s")
+        note = f"{rate.median * config.frames:,.0f} sampled frames/s" + (
+            f"; {len(errors)} of {len(jobs)} failed, e.g. {errors[0]}" if errors else ""
+        )
+        measures = f"{name}, {in_flight} videos in flight, {len(jobs)} videos"
+        rows.append(Row(stage, measures, rate, seed, SEED, limit, limit_name, note))
     return rows
+
+
+def gpu_in_flight(config: BenchConfig) -> int:
+    return max(8, config.workers)
+
+
+def nvdec_limit(paths: list[str]) -> tuple[Rate | None, str]:
+    """What the GPU's decode engines could do decoding every frame of these videos, from NVIDIA's figures."""
+    gpu = torch.cuda.get_device_name()
+    engines = next((count for model, count in NVDEC_ENGINES.items() if model in gpu), None)
+    if engines is None:
+        return None, ""
+    pixels = sum(p.frames * p.width * p.height for p in map(probe_video, paths)) / len(paths)
+    frames_1080p = pixels / (1920 * 1080)
+    return (
+        Rate.of_seconds(frames_1080p / (engines * NVDEC_1080P_FPS), "videos/s"),
+        f"NVDEC: {engines} engines x {NVDEC_1080P_FPS} H.264 1080p frames/s each, every frame, scaled by pixels",
+    )
 
 
 def resize(config: BenchConfig, context: Context) -> list[Row]:
@@ -168,23 +224,26 @@ def _remove(path: Path) -> None:
 
 
 def ingest(config: BenchConfig, context: Context) -> list[Row]:
+    builds = [("pyav", workers) for workers in sorted({1, config.workers})]
+    builds += [(name, gpu_in_flight(config)) for name in GPU_DECODERS if available(name)]
     rows = []
-    for workers in sorted({1, config.workers}):
+    for decoder, workers in builds:
 
-        def build(workers: int = workers) -> float:
+        def build(decoder: str = decoder, workers: int = workers) -> float:
             out = config.work / "ingest.zarr"
             _remove(out)
-            build_cache(BuildConfig(config.data_root, out, workers=workers, decoder="pyav"), log=lambda _: None)
+            build_cache(BuildConfig(config.data_root, out, workers=workers, decoder=decoder), log=lambda _: None)
             with open_store(out) as store:
                 return len(store)
 
         rate = Rate.measure(build, max(1, config.repeat // 2), "videos/s", warmup=0)
-        one = _ingest_limit(config, context)
+        one = _ingest_limit(config, context) if decoder == "pyav" else None
         limit = one.scaled(workers, one.unit) if one else None
+        unit = "worker(s)" if decoder == "pyav" else "videos in flight"
         rows.append(
             Row(
                 "ingest end to end",
-                f"build-cache, {workers} worker(s), pyav",
+                f"build-cache, {workers} {unit}, {decoder}",
                 rate,
                 limit=limit,
                 limit_name=f"sum of decode, resize and write, x{workers} processes" if limit else "",
