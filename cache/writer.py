@@ -115,16 +115,16 @@ def _create_hdf5(path: Path, table: pd.DataFrame, spec: StoreSpec) -> None:
     with h5py.File(path, "w") as f:
         for name, value in spec.attrs().items():
             f.attrs[name] = value
-        _allocate(f, "clips", (len(table), *spec.clip_shape()), h5py.h5t.STD_U8LE)
+        allocate(f, "clips", (len(table), *spec.clip_shape()), h5py.h5t.STD_U8LE)
         widths = {"error": ERROR_BYTES, "probe/codec": CODEC_BYTES}
         for name, values in _initial_arrays(table, spec).items():
             if values.dtype.kind == "U":
                 values = _encode(values, widths.get(name))
-            dataset = _allocate(f, name, values.shape, h5py.h5t.py_create(values.dtype, logical=True))
+            dataset = allocate(f, name, values.shape, h5py.h5t.py_create(values.dtype, logical=True))
             dataset[...] = values
 
 
-def _allocate(f: h5py.File, name: str, shape: tuple[int, ...], h5type) -> h5py.Dataset:
+def allocate(f: h5py.File, name: str, shape: tuple[int, ...], h5type) -> h5py.Dataset:
     """A contiguous dataset whose bytes exist from the start: later writes never change file metadata."""
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)

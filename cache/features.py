@@ -1,0 +1,158 @@
+"""Per-frame backbone embeddings kept beside the clips, as `features/<entry>` in the same store.
+
+An entry holds float16 `values` (N, T, D), one chunk per shard of the store, and int8 `done` (N,), which a
+writer sets for a shard only after the shard's values are on disk, so a killed run resumes where it
+stopped. The entry's name carries the backbone, a digest of its weights and the frame size, so other
+weights or preprocessing make another entry and never mix with this one. What made the features (the
+model that computes them) is not this package's business: it stores and serves them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cache.dataset import ClipBatch
+from cache.schema import StoreError
+from cache.store import StoreHandle, open_store
+from cache.writer import allocate
+
+FEATURES = "features"
+FEATURES_SCHEMA = "clipcache-features/1"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What one entry's features are: saved as the entry's attributes and checked before every write."""
+
+    backbone: str
+    weights: str  # a safetensors file the backbone weights came from, or ""
+    pretrained: bool  # timm's ImageNet weights
+    seed: int  # what drew random weights, with neither
+    weights_sha256: str
+    frame_size: int
+    frames: int
+    dim: int
+    normalize: str = "imagenet"
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}-{self.weights_sha256[:10]}-{self.frame_size}px"
+
+    @property
+    def source(self) -> str:
+        return self.weights or ("timm pretrained" if self.pretrained else f"random, seed {self.seed}")
+
+    def attrs(self) -> dict:
+        return {"schema": FEATURES_SCHEMA, **asdict(self)}
+
+    @classmethod
+    def from_attrs(cls, attrs) -> FeatureSpec:
+        values = {name: _plain(attrs[name]) for name in cls.__dataclass_fields__ if name in attrs}
+        if _plain(attrs.get("schema")) != FEATURES_SCHEMA:
+            raise StoreError(f"not a {FEATURES_SCHEMA} entry")
+        return cls(**values)
+
+
+def _plain(value):
+    """HDF5 gives attributes back as numpy scalars or bytes."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def feature_entries(store: StoreHandle) -> dict[str, FeatureSpec]:
+    """The store's feature entries by name."""
+    root = store._root
+    if FEATURES not in root:
+        return {}
+    return {name: FeatureSpec.from_attrs(root[FEATURES][name].attrs) for name in sorted(root[FEATURES].keys())}
+
+
+class FeatureWriter(StoreHandle):
+    """Creates an entry (or checks an existing one) and writes it a shard at a time."""
+
+    def __init__(self, path: str | Path):
+        super().__init__(path, writable=True)
+
+    def open_entry(self, spec: FeatureSpec, rows: int, chunk_rows: int) -> np.ndarray:
+        """The entry's `done` flags, after creating it where it does not exist yet."""
+        existing = feature_entries(self)
+        if spec.name in existing:
+            if existing[spec.name] != spec:
+                raise StoreError(f"features/{spec.name} holds other features ({existing[spec.name]}), not {spec}")
+        elif self.format == "zarr":
+            group = self._root.require_group(FEATURES).create_group(spec.name)
+            shape = (rows, spec.frames, spec.dim)
+            group.create_array("values", shape=shape, dtype="float16", chunks=(chunk_rows, *shape[1:]), fill_value=0)
+            group.create_array("done", shape=(rows,), dtype="int8", chunks=(chunk_rows,), fill_value=0)
+            group.attrs.update(spec.attrs())
+        else:
+            group = self._root.require_group(FEATURES).create_group(spec.name)
+            shape = (rows, spec.frames, spec.dim)
+            allocate(self._root, f"{FEATURES}/{spec.name}/values", shape, h5py.h5t.IEEE_F16LE)
+            allocate(self._root, f"{FEATURES}/{spec.name}/done", (rows,), h5py.h5t.STD_I8LE)[...] = 0
+            group.attrs.update(spec.attrs())
+            self._root.flush()
+        return np.asarray(self._entry(spec.name)["done"][...]).astype(bool)
+
+    def _entry(self, name: str):
+        return self._root[FEATURES][name]
+
+    def write(self, name: str, rows: slice, values: np.ndarray) -> None:
+        """Values first, then the rows' done flags, each on disk before the next."""
+        entry = self._entry(name)
+        entry["values"][rows] = values.astype(np.float16)
+        self._flush()
+        entry["done"][rows] = 1
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.format == "hdf5":
+            self._root.flush()
+
+
+class FeatureDataset(Dataset):
+    """The features (T, D) float16 and labels of the ok, computed rows of one split, held in memory.
+
+    Features are small (16 x 512 halves are 16 KB a clip), so a split fits in memory and an epoch reads
+    nothing from disk; `__getitems__` hands batches on like `ClipDataset`'s.
+    """
+
+    def __init__(self, store_path: str | Path, entry: str, split: str | None = None, with_rows: bool = False):
+        self.store_path = Path(store_path)
+        self.with_rows = with_rows
+        with open_store(self.store_path) as store:
+            entries = feature_entries(store)
+            if entry not in entries:
+                raise StoreError(f"{store_path}: no feature entry {entry!r} (has: {', '.join(entries) or 'none'})")
+            self.spec = entries[entry]
+            group = store._root[FEATURES][entry]
+            done = np.asarray(group["done"][...]).astype(bool)
+            rows = store.rows(split)
+            missing = rows[~done[rows]]
+            if len(missing):
+                raise StoreError(
+                    f"features/{entry}: {len(missing)} ok clips of {split or 'the store'} have no features yet "
+                    "(run `cache features` again to finish)"
+                )
+            self.rows = rows
+            self.labels = store.label[rows].astype(np.int64)
+            self.values = torch.from_numpy(np.asarray(group["values"][...])[rows])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> ClipBatch:
+        columns = [self.values[indices], torch.from_numpy(self.labels[indices])]
+        if self.with_rows:
+            columns.append(torch.from_numpy(self.rows[indices]))
+        return ClipBatch(columns)
