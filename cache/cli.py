@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cache.features import feature_entries
 from cache.schema import FAILED, LABEL_NAMES, SPLIT_NAMES, STATUS_NAMES, StoreError
 from cache.store import ClipStore, open_store
 
@@ -31,17 +32,68 @@ def parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("store", type=Path)
     verify.add_argument("--batch", type=int, default=16, help="clips read at a time (default 16)")
+    add_features_parser(commands)
     return main
+
+
+def add_features_parser(commands) -> None:
+    features = commands.add_parser(
+        "features",
+        help="run a frozen backbone once over every ok clip and keep its per-frame features",
+        description=(
+            "Run a frozen timm backbone over every ok clip of STORE and keep its per-frame embeddings (float16, "
+            "(N, T, D)) under features/<backbone>-<weights digest>-<size>px in the same store. Run it again to "
+            "finish an interrupted run; other weights or sizes make another entry. Uses the GPU when there is "
+            "one; `accelerate launch -m cache features ...` splits the work between processes. Then train the "
+            "layers after the backbone alone with `train/run.py --from-features`."
+        ),
+    )
+    features.add_argument("store", type=Path)
+    features.add_argument("--backbone", choices=("resnet18", "efficientnet_b0"), required=True, help="timm backbone")
+    source = features.add_mutually_exclusive_group()
+    source.add_argument("--weights", type=Path, help="backbone weights from a local safetensors file")
+    source.add_argument("--pretrained", action="store_true", help="timm's ImageNet weights (needs network)")
+    features.add_argument("--seed", type=int, default=42, help="seed of random weights, without either (default 42)")
+    features.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
+    features.add_argument("--frame-size", type=int, help="resize frames to N x N first (default: as stored)")
+    features.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="autocast")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "features":
+        return features(args)
     try:
         with open_store(args.store) as store:
             return info(store) if args.command == "info" else verify(store, args.batch)
     except StoreError as error:
         print(f"cache: error: {error}", file=sys.stderr)
         return 2
+
+
+def features(args: argparse.Namespace) -> int:
+    """Computing features needs the models, which live in `train`: imported only for this command."""
+    from train.data import UsageError
+    from train.features import FeatureConfig, compute_features
+
+    config = FeatureConfig(
+        store=args.store,
+        backbone=args.backbone,
+        weights=args.weights,
+        pretrained=args.pretrained,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        frame_size=args.frame_size,
+        mixed_precision=args.mixed_precision,
+    )
+    try:
+        if config.batch_size < 1 or (config.frame_size is not None and config.frame_size < 8):
+            raise UsageError("--batch-size must be at least 1 and --frame-size at least 8")
+        compute_features(config)
+    except (UsageError, StoreError) as error:
+        print(f"cache: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def disk_size(path: Path) -> int:
@@ -72,6 +124,8 @@ def info(store: ClipStore) -> int:
     )
     print(f"  data root {spec.data_root}")
     print(counts(store).to_string())
+    for name, entry in feature_entries(store).items():
+        print(f"  features/{name}: {entry.backbone} ({entry.source}), {entry.frame_size}px, dim {entry.dim}")
     failed = np.flatnonzero(store.status == FAILED)
     for row in failed:
         print(f"  failed {store.path[row]}: {store.error[row]}")
