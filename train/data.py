@@ -26,12 +26,17 @@ def split_dataset(cache: Path, split: str, need_both_classes: bool) -> ClipDatas
     """The ok clips of a split, with their row numbers; refuses a split that cannot be trained or judged on."""
     dataset = ClipDataset(cache, split, with_rows=True)
     if need_both_classes:
-        if len(dataset) == 0:
-            raise UsageError(f"{cache}: the {split} split holds no ok clips")
-        present = set(np.unique(dataset.labels).tolist())
-        if not {REAL, FAKE} <= present:
-            raise UsageError(f"{cache}: the {split} split holds one class only ({sorted(present)}); both are needed")
+        check_classes(cache, split, dataset.labels)
     return dataset
+
+
+def check_classes(cache: Path, split: str, labels: np.ndarray) -> None:
+    """A split trained or judged on needs clips of both classes."""
+    if len(labels) == 0:
+        raise UsageError(f"{cache}: the {split} split holds no ok clips")
+    present = set(np.unique(labels).tolist())
+    if not {REAL, FAKE} <= present:
+        raise UsageError(f"{cache}: the {split} split holds one class only ({sorted(present)}); both are needed")
 
 
 def class_weights(labels: np.ndarray) -> torch.Tensor:

@@ -11,7 +11,8 @@ import contextlib
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from train.augment import ClipTransform
@@ -34,11 +36,13 @@ from train.data import (
     split_dataset,
     train_sampler,
 )
+from train.features import feature_split, find_entry, model_for_features
 from train.metrics import SELECT_BY, better, choose_threshold, evaluate
-from train.models import DEFAULT_LR, MODEL_NAMES, ModelConfig, build_model, count_parameters
+from train.models import DEFAULT_LR, MODEL_NAMES, ClipClassifier, ModelConfig, build_model, count_parameters
 
 LR_FACTOR = 0.5  # the seed's ReduceLROnPlateau
 LR_PATIENCE = 1
+SPLITS = (("train", True), ("val", True), ("test", False))  # and whether the split needs both classes
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class TrainConfig:
     pretrained: bool = False
     weights: Path | None = None
     resume: bool = False
+    from_features: str | None = None  # a feature entry of the store, or "auto": train the head alone on it
 
     @property
     def learning_rate(self) -> float:
@@ -75,6 +80,8 @@ class TrainConfig:
             raise UsageError("--epochs and --batch-size must be at least 1, --workers at least 0")
         if self.weights is not None and not Path(self.weights).is_file():
             raise UsageError(f"--weights {self.weights}: no such file")
+        if self.from_features and (self.pretrained or self.weights is not None):
+            raise UsageError("--from-features takes the backbone the features were computed with: drop --weights")
 
     def as_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -103,33 +110,36 @@ def fit(config: TrainConfig, accelerator: Accelerator) -> dict:
     """Train `config.model`, write RUN_DIR/MODEL/{best.safetensors,last/,metrics.json}; return the metrics."""
     config.check()
     model_dir = config.out / config.model
-    train_set = split_dataset(config.cache, "train", need_both_classes=True)
-    val_set = split_dataset(config.cache, "val", need_both_classes=True)
-    test_set = split_dataset(config.cache, "test", need_both_classes=False)
+    data = training_data(config)
+    config = data.config
     if accelerator.is_main_process:
         model_dir.mkdir(parents=True, exist_ok=True)
 
-    torch.manual_seed(config.seed)
-    model = build_model(ModelConfig(config.model, config.dropout, config.pretrained, config.weights))
+    model = data.model
     parameters = count_parameters(model)
-    channels_last = accelerator.device.type == "cuda"
+    channels_last = accelerator.device.type == "cuda" and data.transform is None
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    # From features only the head learns; its backbone stays as it was when the features were computed.
+    trained = model.head if config.from_features else model
+    optimizer = torch.optim.Adam(trained.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=LR_FACTOR, patience=LR_PATIENCE)
+    train_set, val_set, test_set = data.train, data.val, data.test
     weight = class_weights(train_set.labels) if config.balance == "weights" else None
     criterion = nn.CrossEntropyLoss(weight=weight, reduction="none").to(accelerator.device)
 
     progress = restore(model_dir / "last", model, optimizer, scheduler) if config.resume else Progress()
     if progress.epoch:
         accelerator.print(f"{config.model}: resuming after epoch {progress.epoch}")
-    model, optimizer = accelerator.prepare(model, optimizer)
+    trained, optimizer = accelerator.prepare(trained, optimizer)
 
-    evaluate_transform = ClipTransform(train=False, size=config.frame_size, channels_last=channels_last)
-    val_loader = shard_loader(make_loader(val_set, config.batch_size, config.workers), accelerator, True)
+    evaluate_transform = data.transform or ClipTransform(
+        train=False, size=config.frame_size, channels_last=channels_last
+    )
+    val_loader = shard_loader(make_loader(val_set, config.batch_size, data.workers), accelerator, True)
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         torch.manual_seed(config.seed * 1_000_003 + epoch * 101 + accelerator.process_index)
-        augment = ClipTransform(
+        augment = data.transform or ClipTransform(
             train=True,
             seed=config.seed + 7919 * epoch + accelerator.process_index,
             size=config.frame_size,
@@ -137,20 +147,20 @@ def fit(config: TrainConfig, accelerator: Accelerator) -> dict:
         )
         sampler = train_sampler(train_set, config.balance, config.seed, epoch)
         train_loader = shard_loader(
-            make_loader(train_set, config.batch_size, config.workers, sampler), accelerator, False
+            make_loader(train_set, config.batch_size, data.workers, sampler), accelerator, False
         )
         started = time.perf_counter()
-        trained = train_epoch(
-            model, train_loader, optimizer, criterion, augment, accelerator, f"{config.model} {epoch}"
+        summary = train_epoch(
+            trained, train_loader, optimizer, criterion, augment, accelerator, f"{config.model} {epoch}"
         )
-        val = run_evaluation(model, val_loader, criterion, evaluate_transform, accelerator)
+        val = run_evaluation(trained, val_loader, criterion, evaluate_transform, accelerator)
         scheduler.step(val.loss)
         val_metrics = evaluate(val.labels, val.probs)
         record = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - started, 3),
-            **trained,
+            **summary,
             "val_loss": val.loss,
             "val": val_metrics,
         }
@@ -161,12 +171,14 @@ def fit(config: TrainConfig, accelerator: Accelerator) -> dict:
         if improved:
             progress.best_epoch, progress.best_score = epoch, score
         if accelerator.is_main_process:
-            checkpoint(model_dir, accelerator.unwrap_model(model), optimizer, scheduler, progress, improved)
+            checkpoint(model_dir, model, optimizer, scheduler, progress, improved)
         accelerator.wait_for_everyone()
         accelerator.print(epoch_line(config.model, record, config.select_by))
 
-    accelerator.unwrap_model(model).load_state_dict(load_weights(model_dir / "best.safetensors"))
-    threshold, final = final_evaluation(model, val_loader, test_set, criterion, evaluate_transform, accelerator, config)
+    model.load_state_dict(load_weights(model_dir / "best.safetensors"))
+    threshold, final = final_evaluation(
+        trained, val_loader, test_set, criterion, evaluate_transform, accelerator, config, data.workers
+    )
     metrics = {
         "model": config.model,
         "parameters": parameters,
@@ -182,6 +194,40 @@ def fit(config: TrainConfig, accelerator: Accelerator) -> dict:
         write_json(model_dir / "metrics.json", metrics)
     accelerator.wait_for_everyone()
     return metrics
+
+
+@dataclass
+class TrainingData:
+    """What one run trains on: clips, or a feature entry's embeddings with the model whose backbone made them."""
+
+    config: TrainConfig
+    model: ClipClassifier
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    transform: Callable[[torch.Tensor], torch.Tensor] | None  # None: clips, through a ClipTransform
+    workers: int
+
+
+def training_data(config: TrainConfig) -> TrainingData:
+    torch.manual_seed(config.seed)
+    if not config.from_features:
+        model = build_model(ModelConfig(config.model, config.dropout, config.pretrained, config.weights))
+        splits = [split_dataset(config.cache, split, need) for split, need in SPLITS]
+        return TrainingData(config, model, *splits, transform=None, workers=config.workers)
+    entry = find_entry(config.cache, config.model, config.from_features)
+    if config.frame_size not in (None, entry.frame_size):
+        raise UsageError(f"features/{entry.name} are of {entry.frame_size}px frames, not {config.frame_size}px")
+    # The run records the entry and its frame size, so that prediction feeds the model what it was trained on.
+    config = replace(config, from_features=entry.name, frame_size=entry.frame_size)
+    model = model_for_features(entry, config.dropout)
+    splits = [feature_split(config.cache, entry, split, need) for split, need in SPLITS]
+    # The features sit in memory: worker processes would only copy them.
+    return TrainingData(config, model, *splits, transform=as_float, workers=0)
+
+
+def as_float(features: torch.Tensor) -> torch.Tensor:
+    return features.float()
 
 
 def restore(folder: Path, model: nn.Module, optimizer, scheduler) -> Progress:
@@ -205,14 +251,14 @@ def checkpoint(model_dir: Path, model: nn.Module, optimizer, scheduler, progress
 
 
 def final_evaluation(
-    model: nn.Module, val_loader, test_set, criterion, transform: ClipTransform, accelerator: Accelerator, config
+    model: nn.Module, val_loader, test_set, criterion, transform, accelerator: Accelerator, config, workers: int
 ) -> tuple[float, dict]:
     """The chosen weights on val (which also picks the verdict threshold), then on test, once."""
     val = run_evaluation(model, val_loader, criterion, transform, accelerator)
     threshold = choose_threshold(val.labels, val.probs)
     final = {"val": {**evaluate(val.labels, val.probs, threshold), "loss": val.loss}, "test": None}
     if len(test_set) and (test_set.labels >= 0).all():  # an unlabelled Testing folder has nothing to score
-        test_loader = shard_loader(make_loader(test_set, config.batch_size, config.workers), accelerator, True)
+        test_loader = shard_loader(make_loader(test_set, config.batch_size, workers), accelerator, True)
         test = run_evaluation(model, test_loader, criterion, transform, accelerator)
         final["test"] = {**evaluate(test.labels, test.probs, threshold), "loss": test.loss}
     return threshold, final

@@ -52,6 +52,16 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument("--pretrained", action="store_true", help="start the backbone from timm's ImageNet weights")
     main.add_argument("--weights", type=Path, help="start the backbone from a local safetensors file")
     main.add_argument("--resume", action="store_true", help="continue from RUN_DIR/MODEL/last")
+    main.add_argument(
+        "--from-features",
+        nargs="?",
+        const="auto",
+        metavar="ENTRY",
+        help=(
+            "train only the layers after the backbone (resnet18, effnet_lstm) on embeddings that `cache features` "
+            "stored: the store's one entry for the model's backbone, or the entry named; no augmentation"
+        ),
+    )
     main.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per process (default 2)")
     main.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     return main
@@ -62,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     # Without a GPU, `cpu=True` makes a multi-process launch use gloo ranks rather than one process each.
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
     try:
-        if args.model == "all" and args.weights is not None:
-            raise UsageError("--weights fits one backbone: train one --model at a time with it")
+        if args.model == "all" and (args.weights is not None or args.from_features):
+            raise UsageError("--weights and --from-features fit one backbone: train one --model at a time with them")
         names = list(MODEL_NAMES) if args.model == "all" else [args.model]
         results = []
         for name in names:
@@ -84,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 pretrained=args.pretrained,
                 weights=args.weights,
                 resume=args.resume,
+                from_features=args.from_features,
             )
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore" if not accelerator.is_main_process else "default")
