@@ -1,0 +1,154 @@
+"""The feature cache on real stores: what it stores, resuming after SIGKILL, never mixing, training on it."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from conftest import build_args, run_cli, train_args
+
+from cache import open_store
+from cache.features import FeatureDataset, FeatureWriter, feature_entries
+from cache.schema import OK, StoreError
+from train.augment import ClipTransform
+from train.checkpoint import load_weights
+from train.features import backbone_model
+
+pytestmark = pytest.mark.slow
+
+
+def build_store(demo_root: Path, out: Path, suffix: str = "zarr") -> Path:
+    """The demo videos as 4-frame 32 x 32 clips, 2 to a shard (14 shards: room for a kill to land mid-run)."""
+    store = out / f"features.{suffix}"
+    run_cli(*build_args(demo_root, store, "--workers", "1", "--frames", "4", "--clips-per-shard", "2"), "--size", "32")
+    return store
+
+
+def features_args(store: Path, *extra: str) -> list[str]:
+    return ["cache", "features", str(store), "--backbone", "resnet18", *extra]
+
+
+@pytest.fixture(scope="module")
+def computed(demo_root, tmp_path_factory) -> Path:
+    store = build_store(demo_root, tmp_path_factory.mktemp("computed"))
+    run_cli(*features_args(store))
+    return store
+
+
+def only_entry(store: Path):
+    with open_store(store) as handle:
+        entries = feature_entries(handle)
+    assert len(entries) == 1
+    return next(iter(entries.values()))
+
+
+def stored_values(store: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    group = zarr.open_group(store, mode="r")["features"][name]
+    return group["values"][...], group["done"][...]
+
+
+@pytest.mark.parametrize("suffix", ["zarr", "h5"])
+def test_features_are_the_frozen_backbones_per_frame_output(demo_root, tmp_path, suffix):
+    store = build_store(demo_root, tmp_path, suffix)
+    result = run_cli(*features_args(store))
+    spec = only_entry(store)
+    assert spec.backbone == "resnet18" and spec.dim == 512 and spec.frame_size == 32 and spec.frames == 4
+    assert f"features/{spec.name}" in result.stdout and "random, seed 42" in result.stdout
+    assert f"features/{spec.name}: resnet18" in run_cli("cache", "info", str(store)).stdout
+    with open_store(store) as handle:
+        ok = handle.rows()
+        clips = handle.read(ok[:3])
+        dataset = FeatureDataset(store, spec.name)
+    assert dataset.values.dtype == torch.float16 and tuple(dataset.values.shape) == (len(ok), 4, 512)
+    model = backbone_model("resnet18", None, False, 42).eval()
+    with torch.no_grad():
+        expected = model.forward_features(ClipTransform(train=False)(torch.from_numpy(clips)))
+    torch.testing.assert_close(dataset.values[:3].float(), expected, atol=2e-2, rtol=2e-3)
+    assert dataset.values.abs().sum(dim=(1, 2)).min() > 0  # every ok clip has its features
+
+
+def done_count(store: Path) -> int:
+    try:
+        group = zarr.open_group(store, mode="r")["features"]
+        return int(sum(group[name]["done"][...].sum() for name in group.group_keys()))
+    except (KeyError, FileNotFoundError, ValueError):
+        return 0
+
+
+def test_a_killed_run_resumes_to_what_an_uninterrupted_run_stores(demo_root, computed, tmp_path):
+    store = build_store(demo_root, tmp_path)
+    args = [sys.executable, "-m", *features_args(store, "--batch-size", "1")]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while process.poll() is None and done_count(store) < 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    with open_store(store) as handle:
+        rows = len(handle)
+    assert 4 <= done_count(store) < rows
+    resumed = run_cli(*features_args(store)).stdout
+    computed_now = int(re.search(r": (\d+) clips computed", resumed).group(1))
+    assert 0 < computed_now < rows
+    name = only_entry(store).name
+    assert name == only_entry(computed).name
+    values, done = stored_values(store, name)
+    whole, whole_done = stored_values(computed, name)
+    assert done.all() and whole_done.all()
+    np.testing.assert_allclose(values.astype(np.float32), whole.astype(np.float32), atol=2e-3)
+    again = run_cli(*features_args(store)).stdout
+    assert "0 clips computed" in again and "all were done already" in again
+
+
+def test_other_weights_make_another_entry_and_never_mix(computed, tmp_path):
+    first = only_entry(computed)
+    before, _ = stored_values(computed, first.name)
+    run_cli(*features_args(computed, "--seed", "7"))
+    with open_store(computed) as handle:
+        entries = feature_entries(handle)
+    assert len(entries) == 2 and first.name in entries
+    second = next(spec for name, spec in entries.items() if name != first.name)
+    assert second.seed == 7 and second.weights_sha256 != first.weights_sha256
+    after, _ = stored_values(computed, first.name)
+    assert (after == before).all()
+    with FeatureWriter(computed) as writer, pytest.raises(StoreError, match="holds other features"):
+        writer.open_entry(type(first)(**{**first.__dict__, "dim": 256}), 28, 2)
+    several = run_cli(*train_args(computed, tmp_path / "r", "resnet18", "--from-features"), check=False)
+    assert several.returncode == 2 and "several feature entries" in several.stderr
+    wrong = run_cli(*train_args(computed, tmp_path / "r", "effnet_lstm", "--from-features", first.name), check=False)
+    assert wrong.returncode == 2 and "not effnet_lstm's" in wrong.stderr
+    cnn = run_cli(*train_args(computed, tmp_path / "r", "simple_cnn", "--from-features"), check=False)
+    assert cnn.returncode == 2 and "simple_cnn has none" in cnn.stderr
+
+
+@pytest.mark.parametrize(("model", "backbone"), [("resnet18", "resnet18"), ("effnet_lstm", "efficientnet_b0")])
+def test_training_from_features_gives_the_model_a_full_forward_agrees_with(demo_root, tmp_path, model, backbone):
+    store = build_store(demo_root, tmp_path)
+    run_cli("cache", "features", str(store), "--backbone", backbone)
+    spec = only_entry(store)
+    run_cli(*train_args(store, tmp_path / "run", model, "--epochs", "2", "--from-features"))
+    metrics = json.loads((tmp_path / "run" / model / "metrics.json").read_text())
+    assert metrics["config"]["from_features"] == spec.name and metrics["config"]["frame_size"] == 32
+    assert len(metrics["history"]) == 2 and metrics["final"]["val"]["roc_auc"] is not None
+    # The checkpoint is the whole classifier: the frozen backbone that made the features, and the trained head.
+    classifier = backbone_model(backbone, None, False, 0)
+    classifier.load_state_dict(load_weights(tmp_path / "run" / model / "best.safetensors"))
+    classifier.eval()
+    dataset = FeatureDataset(store, spec.name, "val")
+    with open_store(store) as handle:
+        clips = torch.from_numpy(handle.read(dataset.rows))
+        assert (handle.status[dataset.rows] == OK).all()
+    with torch.no_grad():
+        full = classifier(ClipTransform(train=False, size=32)(clips)).softmax(dim=1)
+        head = classifier.forward_head(dataset.values.float()).softmax(dim=1)
+    torch.testing.assert_close(head, full, atol=1e-2, rtol=1e-2)
