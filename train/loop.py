@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,7 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float = 1e-4
     dropout: float = 0.5
+    lstm_hidden: int = 128
     balance: str = "weights"
     select_by: str = "roc_auc"
     frame_size: int | None = None
@@ -71,8 +73,8 @@ class TrainConfig:
             raise UsageError(f"--balance must be one of {', '.join(BALANCE)}")
         if self.select_by not in SELECT_BY:
             raise UsageError(f"--select-by must be one of {', '.join(SELECT_BY)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.workers < 0:
-            raise UsageError("--epochs and --batch-size must be at least 1, --workers at least 0")
+        if min(self.epochs, self.batch_size, self.lstm_hidden) < 1 or self.workers < 0:
+            raise UsageError("--epochs, --batch-size and --lstm-hidden must be at least 1, --workers at least 0")
         if self.weights is not None and not Path(self.weights).is_file():
             raise UsageError(f"--weights {self.weights}: no such file")
 
@@ -99,8 +101,12 @@ class Evaluation:
     loss: float
 
 
-def fit(config: TrainConfig, accelerator: Accelerator) -> dict:
-    """Train `config.model`, write RUN_DIR/MODEL/{best.safetensors,last/,metrics.json}; return the metrics."""
+def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+    """Train `config.model`, write RUN_DIR/MODEL/{best.safetensors,last/,metrics.json}; return the metrics.
+
+    `on_epoch(epoch, val_metrics)` runs after each epoch's checkpoint, so an exception it raises (a search
+    pruning a poor trial) stops training between epochs and leaves a `last/` that `resume` continues from.
+    """
     config.check()
     model_dir = config.out / config.model
     train_set = split_dataset(config.cache, "train", need_both_classes=True)
@@ -110,7 +116,9 @@ def fit(config: TrainConfig, accelerator: Accelerator) -> dict:
         model_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(config.seed)
-    model = build_model(ModelConfig(config.model, config.dropout, config.pretrained, config.weights))
+    model = build_model(
+        ModelConfig(config.model, config.dropout, config.pretrained, config.weights, lstm_hidden=config.lstm_hidden)
+    )
     parameters = count_parameters(model)
     channels_last = accelerator.device.type == "cuda"
     if channels_last:
@@ -164,6 +172,8 @@ def fit(config: TrainConfig, accelerator: Accelerator) -> dict:
             checkpoint(model_dir, accelerator.unwrap_model(model), optimizer, scheduler, progress, improved)
         accelerator.wait_for_everyone()
         accelerator.print(epoch_line(config.model, record, config.select_by))
+        if on_epoch is not None:
+            on_epoch(epoch, val_metrics)
 
     accelerator.unwrap_model(model).load_state_dict(load_weights(model_dir / "best.safetensors"))
     threshold, final = final_evaluation(model, val_loader, test_set, criterion, evaluate_transform, accelerator, config)
