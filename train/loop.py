@@ -55,6 +55,7 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float = 1e-4
     dropout: float = 0.5
+    lstm_hidden: int = 128
     balance: str = "weights"
     select_by: str = "roc_auc"
     frame_size: int | None = None
@@ -76,8 +77,8 @@ class TrainConfig:
             raise UsageError(f"--balance must be one of {', '.join(BALANCE)}")
         if self.select_by not in SELECT_BY:
             raise UsageError(f"--select-by must be one of {', '.join(SELECT_BY)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.workers < 0:
-            raise UsageError("--epochs and --batch-size must be at least 1, --workers at least 0")
+        if min(self.epochs, self.batch_size, self.lstm_hidden) < 1 or self.workers < 0:
+            raise UsageError("--epochs, --batch-size and --lstm-hidden must be at least 1, --workers at least 0")
         if self.weights is not None and not Path(self.weights).is_file():
             raise UsageError(f"--weights {self.weights}: no such file")
         if self.from_features and (self.pretrained or self.weights is not None):
@@ -106,8 +107,12 @@ class Evaluation:
     loss: float
 
 
-def fit(config: TrainConfig, accelerator: Accelerator) -> dict:
-    """Train `config.model`, write RUN_DIR/MODEL/{best.safetensors,last/,metrics.json}; return the metrics."""
+def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+    """Train `config.model`, write RUN_DIR/MODEL/{best.safetensors,last/,metrics.json}; return the metrics.
+
+    `on_epoch(epoch, val_metrics)` runs after each epoch's checkpoint, so an exception it raises (a search
+    pruning a poor trial) stops training between epochs and leaves a `last/` that `resume` continues from.
+    """
     config.check()
     model_dir = config.out / config.model
     data = training_data(config)
@@ -174,6 +179,8 @@ def fit(config: TrainConfig, accelerator: Accelerator) -> dict:
             checkpoint(model_dir, model, optimizer, scheduler, progress, improved)
         accelerator.wait_for_everyone()
         accelerator.print(epoch_line(config.model, record, config.select_by))
+        if on_epoch is not None:
+            on_epoch(epoch, val_metrics)
 
     model.load_state_dict(load_weights(model_dir / "best.safetensors"))
     threshold, final = final_evaluation(
@@ -212,7 +219,9 @@ class TrainingData:
 def training_data(config: TrainConfig) -> TrainingData:
     torch.manual_seed(config.seed)
     if not config.from_features:
-        model = build_model(ModelConfig(config.model, config.dropout, config.pretrained, config.weights))
+        model = build_model(
+            ModelConfig(config.model, config.dropout, config.pretrained, config.weights, lstm_hidden=config.lstm_hidden)
+        )
         splits = [split_dataset(config.cache, split, need) for split, need in SPLITS]
         return TrainingData(config, model, *splits, transform=None, workers=config.workers)
     entry = find_entry(config.cache, config.model, config.from_features)
@@ -220,7 +229,7 @@ def training_data(config: TrainConfig) -> TrainingData:
         raise UsageError(f"features/{entry.name} are of {entry.frame_size}px frames, not {config.frame_size}px")
     # The run records the entry and its frame size, so that prediction feeds the model what it was trained on.
     config = replace(config, from_features=entry.name, frame_size=entry.frame_size)
-    model = model_for_features(entry, config.dropout)
+    model = model_for_features(entry, config.dropout, config.lstm_hidden)
     splits = [feature_split(config.cache, entry, split, need) for split, need in SPLITS]
     # The features sit in memory: worker processes would only copy them.
     return TrainingData(config, model, *splits, transform=as_float, workers=0)

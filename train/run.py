@@ -7,8 +7,11 @@ how it is launched.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,6 +25,36 @@ from train.models import MODEL_NAMES
 from train.report import format_comparison, write_comparison, write_model_report
 
 
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """The options train/run.py and train/tune.py share; their dests are TrainConfig fields (see `train_config`)."""
+    parser.add_argument("--cache", type=Path, required=True, help="the store built by `ingest build-cache`")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs (default 2, as the seed)")
+    parser.add_argument(
+        "--balance",
+        choices=BALANCE,
+        default="weights",
+        help="class-weighted loss (default), balanced sampling, or none",
+    )
+    parser.add_argument("--frame-size", type=int, help="resize frames to N x N on the device (default: as stored)")
+    parser.add_argument(
+        "--mixed-precision", choices=("no", "bf16", "fp16"), help="overrides accelerate launch's setting"
+    )
+    parser.add_argument("--pretrained", action="store_true", help="start the backbone from timm's ImageNet weights")
+    parser.add_argument("--weights", type=Path, help="start the backbone from a local safetensors file")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per process (default 2)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    parser.add_argument(
+        "--from-features",
+        nargs="?",
+        const="auto",
+        metavar="ENTRY",
+        help=(
+            "train only the layers after the backbone (resnet18, effnet_lstm) on embeddings that `cache features` "
+            "stored: the store's one entry for the model's backbone, or the entry named; no augmentation"
+        ),
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="train/run.py",
@@ -32,76 +65,115 @@ def parser() -> argparse.ArgumentParser:
             "evaluated once at the end. Exit status 2 on bad input."
         ),
     )
-    main.add_argument("--cache", type=Path, required=True, help="the store built by `ingest build-cache`")
+    add_training_options(main)
     main.add_argument("--model", choices=(*MODEL_NAMES, "all"), required=True, help="which model, or all three")
     main.add_argument("--out", type=Path, required=True, help="run folder (created)")
-    main.add_argument("--epochs", type=int, default=2, help="epochs (default 2, as the seed)")
+    main.add_argument(
+        "--config",
+        type=Path,
+        help="JSON object of option defaults, keyed by option name with underscores (as train/tune.py's "
+        "best_params.json); flags given on the command line still win",
+    )
     main.add_argument("--batch-size", type=int, default=4, help="clips per batch and process (default 4)")
     main.add_argument("--lr", type=float, help="learning rate (default 1e-3 for simple_cnn, 1e-4 for the others)")
     main.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay (default 1e-4)")
     main.add_argument("--dropout", type=float, default=0.5, help="dropout of the heads (default 0.5)")
     main.add_argument(
-        "--balance",
-        choices=BALANCE,
-        default="weights",
-        help="class-weighted loss (default), balanced sampling, or none",
+        "--lstm-hidden", type=int, default=128, help="hidden size of effnet_lstm's LSTM (default 128; others ignore it)"
     )
     main.add_argument("--select-by", choices=SELECT_BY, default="roc_auc", help="val metric choosing the best epoch")
-    main.add_argument("--frame-size", type=int, help="resize frames to N x N on the device (default: as stored)")
-    main.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), help="overrides accelerate launch's setting")
-    main.add_argument("--pretrained", action="store_true", help="start the backbone from timm's ImageNet weights")
-    main.add_argument("--weights", type=Path, help="start the backbone from a local safetensors file")
     main.add_argument("--resume", action="store_true", help="continue from RUN_DIR/MODEL/last")
-    main.add_argument(
-        "--from-features",
-        nargs="?",
-        const="auto",
-        metavar="ENTRY",
-        help=(
-            "train only the layers after the backbone (resnet18, effnet_lstm) on embeddings that `cache features` "
-            "stored: the store's one entry for the model's backbone, or the entry named; no augmentation"
-        ),
-    )
-    main.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per process (default 2)")
-    main.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     return main
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse twice when --config is given: its values become the defaults that the flags of the second pass override."""
+    main = parser()
+    args = main.parse_args(argv)
+    if args.config is None:
+        return args
+    try:
+        main.set_defaults(**config_defaults(main, args.config))
+    except UsageError as error:
+        main.exit(2, f"train: error: {error}\n")
+    return main.parse_args(argv)
+
+
+def config_defaults(main: argparse.ArgumentParser, path: Path) -> dict:
+    """The values of a --config file, checked and converted as the options' own flags would be."""
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--config {path}: {error}") from error
+    if not isinstance(values, dict):
+        raise UsageError(f"--config {path}: not a JSON object")
+    options = {
+        action.dest: action
+        for action in main._actions
+        if action.option_strings and not action.required and action.dest not in ("help", "config")
+    }
+    unknown = sorted(values.keys() - options.keys())
+    if unknown:
+        raise UsageError(f"--config {path}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(options))}")
+    defaults = {}
+    for key, value in values.items():
+        flag = options[key].option_strings[0]
+        try:
+            defaults[key] = option_value(options[key], value)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"--config {path}: {key}: {value!r} does not fit {flag} ({error})") from error
+    return defaults
+
+
+def option_value(action: argparse.Action, value):
+    """`value` as `action`'s flag would have set it: true/false for a switch, else through its type and choices."""
+    if action.nargs == 0:
+        if not isinstance(value, bool):
+            raise TypeError("a switch takes true or false")
+        return value
+    if value is None:
+        return None
+    value = action.type(str(value)) if action.type is not None else str(value)
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"not one of {action.choices}")
+    return value
+
+
+def make_accelerator(args: argparse.Namespace) -> Accelerator:
     # Without a GPU, `cpu=True` makes a multi-process launch use gloo ranks rather than one process each.
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
+    return Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def train_config(args: argparse.Namespace, **fields) -> TrainConfig:
+    """A TrainConfig from the options whose dests name its fields, then `fields`: new fields pass straight through."""
+    names = {field.name for field in dataclasses.fields(TrainConfig)}
+    given = {name: value for name, value in vars(args).items() if name in names}
+    return TrainConfig(**{**given, **fields})
+
+
+def train_one(
+    config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, dict], None] | None = None
+) -> dict:
+    """`fit` and the model's report; the accelerator lets go of the model afterwards, so the next one starts clean."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore" if not accelerator.is_main_process else "default")
+            metrics = fit(config, accelerator, on_epoch)
+    finally:
+        accelerator.free_memory()
+    if accelerator.is_main_process:
+        write_model_report(config.out / config.model, metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    accelerator = make_accelerator(args)
     try:
         if args.model == "all" and (args.weights is not None or args.from_features):
             raise UsageError("--weights and --from-features fit one backbone: train one --model at a time with them")
         names = list(MODEL_NAMES) if args.model == "all" else [args.model]
-        results = []
-        for name in names:
-            config = TrainConfig(
-                cache=args.cache,
-                out=args.out,
-                model=name,
-                epochs=args.epochs,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                weight_decay=args.weight_decay,
-                dropout=args.dropout,
-                balance=args.balance,
-                select_by=args.select_by,
-                frame_size=args.frame_size,
-                workers=args.workers,
-                seed=args.seed,
-                pretrained=args.pretrained,
-                weights=args.weights,
-                resume=args.resume,
-                from_features=args.from_features,
-            )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore" if not accelerator.is_main_process else "default")
-                metrics = fit(config, accelerator)
-            if accelerator.is_main_process:
-                write_model_report(args.out / name, metrics)
-            results.append(metrics)
+        results = [train_one(train_config(args, model=name), accelerator) for name in names]
         if accelerator.is_main_process:
             if len(results) > 1:
                 write_comparison(args.out, results)
