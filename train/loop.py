@@ -34,6 +34,7 @@ from train.data import (
     split_dataset,
     train_sampler,
 )
+from train.inference import ClipSettings
 from train.metrics import SELECT_BY, better, choose_threshold, evaluate
 from train.models import DEFAULT_LR, MODEL_NAMES, ModelConfig, build_model, count_parameters
 
@@ -171,6 +172,7 @@ def fit(config: TrainConfig, accelerator: Accelerator) -> dict:
         "model": config.model,
         "parameters": parameters,
         "config": config.as_dict(),
+        "clip": ClipSettings.of_store(config.cache).as_dict(),
         "processes": accelerator.num_processes,
         "select_by": config.select_by,
         "best_epoch": progress.best_epoch,
