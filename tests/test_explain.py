@@ -1,5 +1,7 @@
 """Explanations of the three trained models on clips of the tiny store and on a real video."""
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,21 @@ def test_each_frames_explanation_is_its_own(all_run, tiny_cache, model):
         forward, backward = explain.explain(trained, clip), explain.explain(trained, clip[::-1].copy())
         np.testing.assert_allclose(backward.heatmap, forward.heatmap[::-1], atol=1e-5)
         np.testing.assert_allclose(backward.contributions, forward.contributions[::-1], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_heatmaps_come_back_at_the_clips_size_when_the_model_saw_smaller_frames(all_run, tiny_cache, tmp_path):
+    # As `--frame-size` trains: the store's 32 x 32 frames reach simple_cnn (any size fits it) at 16 x 16.
+    run = tmp_path / "simple_cnn"
+    shutil.copytree(all_run[0] / "simple_cnn", run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["config"]["frame_size"] = 16
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    trained = TrainedModel.load(run)
+    _, clips = stored_clips(tiny_cache, 1)
+    assert trained.inputs(clips).shape[-2:] == (16, 16)
+    heatmap = explain.explain(trained, clips[0]).heatmap
+    assert heatmap.shape == clips.shape[1:4] and heatmap.min() >= 0 and heatmap.max() <= 1
 
 
 @pytest.mark.slow
