@@ -140,6 +140,13 @@ def train_args(cache: Path, out: Path, model: str, *extra: str) -> list[str]:
     return ["train.run", "--cache", str(cache), "--model", model, "--out", str(out), "--workers", "0", *extra]
 
 
+@pytest.fixture(scope="session")
+def all_run(tiny_cache, tmp_path_factory) -> tuple[Path, str]:
+    """`--model all` for one epoch on the tiny store: the three models in turn, then the comparison; and stdout."""
+    out = tmp_path_factory.mktemp("all")
+    return out, run_cli(*train_args(tiny_cache, out, "all", "--epochs", "1")).stdout
+
+
 def encode_numbered_with(path: Path, frames: int, codec: str, options: dict[str, str]) -> Path:
     """A 96 x 64 numbered video with encoder `options` (x264-params, x265-params): to choose GOP length and
     open or closed GOPs, which `encode_numbered` leaves at the codec's defaults."""

@@ -33,13 +33,6 @@ def read_metrics(run: Path, model: str) -> dict:
     return json.loads((run / model / "metrics.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def all_run(tiny_cache, tmp_path_factory) -> tuple[Path, str]:
-    """`--model all` for one epoch: the three models in turn, then the comparison."""
-    out = tmp_path_factory.mktemp("all")
-    return out, run_cli(*train_args(tiny_cache, out, "all", "--epochs", "1")).stdout
-
-
 @pytest.mark.parametrize("model", list(PARAMETERS))
 def test_each_model_trains_and_reports_honest_metrics(tiny_cache, all_run, model):
     run, stdout = all_run

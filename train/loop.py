@@ -37,6 +37,7 @@ from train.data import (
     train_sampler,
 )
 from train.features import feature_split, find_entry, model_for_features
+from train.inference import ClipSettings
 from train.metrics import SELECT_BY, better, choose_threshold, evaluate
 from train.models import DEFAULT_LR, MODEL_NAMES, ClipClassifier, ModelConfig, build_model, count_parameters
 
@@ -190,6 +191,7 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
         "model": config.model,
         "parameters": parameters,
         "config": config.as_dict(),
+        "clip": ClipSettings.of_store(config.cache).as_dict(),
         "processes": accelerator.num_processes,
         "select_by": config.select_by,
         "best_epoch": progress.best_epoch,

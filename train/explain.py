@@ -1,0 +1,219 @@
+"""Why did the model call this clip fake? Grad-CAM heatmaps on its frames, and how much each frame counted.
+
+Two views, because the three models look at a clip in two stages: a backbone looks at each frame alone
+(Grad-CAM shows where in the frame), then a head weighs the frames together (for effnet_lstm, in order),
+which gradient x feature per frame shows. Both explain the "fake" logit. Clips come from a store by row,
+or from videos decoded as the model's training store was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from cache import StoreError, open_store
+from cache.schema import FAKE, LABEL_NAMES, OK, UNKNOWN
+from train.data import UsageError
+from train.inference import ClipSettings, TrainedModel, decode_videos
+from train.models import ClipClassifier
+
+GRID_COLUMNS = 8
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One clip to explain and what to call it."""
+
+    name: str  # the PNG's name, beside the model's
+    source: str  # shown in the title
+    frames: np.ndarray  # uint8 (T, H, W, 3)
+    indices: np.ndarray  # source frame number of each frame
+    label: str  # real, fake or unknown
+
+
+@dataclass(frozen=True)
+class Explanation:
+    probability: float
+    heatmap: np.ndarray  # (T, H, W) in [0, 1], one Grad-CAM map per frame
+    contributions: np.ndarray  # (T,) gradient x feature of each frame: > 0 pushed towards fake
+
+
+class FramesAsBatch(nn.Module):
+    """A clip classifier fed one clip as its frames (T, 3, H, W): the 4-D image batch Grad-CAM expects, so the
+    target layer's (T, C, h, w) activations give one heatmap per frame, at the frame's size."""
+
+    def __init__(self, model: ClipClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.model(frames.unsqueeze(0))
+
+
+def target_layer(trained: TrainedModel) -> nn.Module:
+    """The backbone's last convolutional stage: the finest map that still sees whole objects."""
+    backbone = trained.model.backbone
+    if trained.name == "simple_cnn":
+        return backbone[-3]  # the last conv block, before the pooling and flattening
+    if trained.name == "resnet18":
+        return backbone.layer4[-1]
+    return backbone.bn2  # efficientnet_b0: conv_head after its batch norm and activation, as it is pooled
+
+
+def explain(trained: TrainedModel, clip: np.ndarray) -> Explanation:
+    """Grad-CAM per frame and per-frame contributions of one uint8 clip (T, H, W, 3), for the fake class."""
+    inputs = trained.inputs(clip[None])
+    with GradCAM(model=FramesAsBatch(trained.model), target_layers=[target_layer(trained)]) as cam:
+        heatmap = cam(input_tensor=inputs[0], targets=[ClassifierOutputTarget(FAKE)])
+    probability, contributions = frame_contributions(trained.model, inputs)
+    return Explanation(probability, fit_heatmap(heatmap, clip.shape[1:3]), contributions)
+
+
+def frame_contributions(model: ClipClassifier, inputs: torch.Tensor) -> tuple[float, np.ndarray]:
+    """The fake probability of one clip (1, T, 3, H, W), and gradient x feature of the fake logit summed per frame."""
+    features = model.forward_features(inputs).detach().requires_grad_()
+    logits = model.forward_head(features)
+    (gradient,) = torch.autograd.grad(logits[0, FAKE], features)
+    probability = float(logits.detach().float().softmax(dim=1)[0, FAKE])
+    return probability, (gradient * features).sum(dim=-1)[0].detach().cpu().numpy()
+
+
+def fit_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Heatmaps of the model's input size brought to the clip's frames (they differ with --frame-size)."""
+    if heatmap.shape[1:] == tuple(size):
+        return heatmap
+    resized = F.interpolate(torch.from_numpy(heatmap)[:, None], size=size, mode="bilinear", align_corners=False)
+    return resized[:, 0].clamp(0, 1).numpy()
+
+
+def plot(trained: TrainedModel, clip: Clip, explanation: Explanation) -> Figure:
+    """The frames in a grid with their heatmaps, and under them a bar of each frame's contribution."""
+    frames = len(clip.frames)
+    columns = min(frames, GRID_COLUMNS)
+    rows = math.ceil(frames / columns)
+    figure = Figure(figsize=(1.8 * columns + 0.6, 1.8 * rows + 2.4), layout="constrained")
+    grid = figure.add_gridspec(rows + 1, columns, height_ratios=[1] * rows + [1.1])
+    for t in range(frames):
+        axes = figure.add_subplot(grid[t // columns, t % columns])
+        axes.imshow(clip.frames[t])
+        axes.imshow(explanation.heatmap[t], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        axes.set_title(f"frame {clip.indices[t]}", fontsize=8)
+        axes.set_axis_off()
+    bars = figure.add_subplot(grid[rows, :])
+    colours = ["tab:red" if value > 0 else "tab:blue" for value in explanation.contributions]
+    bars.bar(range(frames), explanation.contributions, color=colours)
+    bars.axhline(0, color="black", linewidth=0.6)
+    bars.set_xticks(range(frames), [str(index) for index in clip.indices], fontsize=7)
+    bars.set_xlabel("source frame")
+    bars.set_ylabel("towards fake (+)\ntowards real (-)", fontsize=8)
+    verdict = "fake" if explanation.probability >= trained.threshold else "real"
+    figure.suptitle(
+        f"{trained.name}: {clip.source}\n"
+        f"p(fake) {explanation.probability:.3f}, {verdict} at threshold {trained.threshold:.3f}; label {clip.label}",
+        fontsize=10,
+    )
+    return figure
+
+
+def store_clips(cache: Path, rows: list[int], settings: ClipSettings) -> list[Clip]:
+    """Rows of a store whose clips were made as the model's were."""
+    with open_store(cache) as store:
+        if ClipSettings.of_spec(store.spec) != settings:
+            raise UsageError(f"--cache {cache} holds {store.spec} clips, but the model was trained on {settings}")
+        for row in rows:
+            if not 0 <= row < len(store) or store.status[row] != OK:
+                raise UsageError(f"--rows {row}: not a decoded clip of {cache} (rows 0..{len(store) - 1})")
+        frames = store.read(rows)
+        return [
+            Clip(
+                f"row{row}",
+                f"row {row}, {store.path[row]}",
+                frames[i],
+                store.frame_index[row],
+                LABEL_NAMES[int(store.label[row])],
+            )
+            for i, row in enumerate(rows)
+        ]
+
+
+def video_clips(paths: list[Path], settings: ClipSettings, workers: int) -> tuple[list[Clip], list[str]]:
+    """Clips of videos, decoded as the model's store was; and a line for each video that would not decode."""
+    clips, failures = [], []
+    stems = [path.stem for path in paths]
+    for outcome in decode_videos(paths, settings, workers):
+        path = paths[outcome.row]
+        if outcome.clip is None:
+            failures.append(f"{path}: {outcome.error}")
+            continue
+        name = path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{outcome.row}"
+        clips.append(Clip(name, path.name, outcome.clip, outcome.indices, LABEL_NAMES[UNKNOWN]))
+    return sorted(clips, key=lambda clip: clip.name), failures
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(
+        prog="python -m train.explain",
+        description=(
+            "Draw Grad-CAM heatmaps of the 'fake' class over the frames of clips, with each frame's contribution "
+            "to the decision (gradient x feature) as bars beneath: one PNG per clip, OUT/MODEL_CLIP.png. "
+            "Exit status 2 on bad input."
+        ),
+    )
+    main.add_argument("--run", type=Path, required=True, help="a trained model's folder, RUN_DIR/MODEL")
+    source = main.add_mutually_exclusive_group(required=True)
+    source.add_argument("--cache", type=Path, help="explain clips of this store (its clips must match the run's)")
+    source.add_argument("--video", type=Path, nargs="+", help="explain these videos, decoded as the run's store was")
+    main.add_argument("--rows", type=int, nargs="+", help="with --cache: the store rows to explain")
+    main.add_argument("--out", type=Path, required=True, help="folder for the PNGs (created)")
+    main.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="with --video: decoding processes (default: one per CPU core)",
+    )
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if (args.cache is None) != (args.rows is None):
+            raise UsageError("--rows goes with --cache, and --cache needs --rows")
+        if args.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        for video in args.video or []:
+            if not video.is_file():
+                raise UsageError(f"--video {video}: no such file")
+        trained = TrainedModel.load(args.run)
+        if args.cache is not None:
+            clips, failures = store_clips(args.cache, args.rows, trained.clip), []
+        else:
+            clips, failures = video_clips(args.video, trained.clip, args.workers)
+    except (UsageError, StoreError) as error:
+        print(f"explain: error: {error}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    for clip in clips:
+        path = args.out / f"{trained.name}_{clip.name}.png"
+        plot(trained, clip, explain(trained, clip.frames)).savefig(path, dpi=100)
+        print(path)
+    for failure in failures:
+        print(f"explain: cannot decode {failure}", file=sys.stderr)
+    print(f"{len(clips)} explanations in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

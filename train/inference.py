@@ -1,0 +1,119 @@
+"""A trained run folder as a model ready to use: one loader for prediction and explanations alike.
+
+A model only means what it was trained on: the clips must be decoded, sampled and resized as the store's
+were, and normalised as the trainer's evaluation did. So the clip settings come from the run (the
+trainer records them in metrics.json), and new videos are decoded by the ingest code that built the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cache import StoreError, StoreSpec, open_store
+from ingest.clips import RowJob, RowOutcome
+from ingest.pool import decode_rows
+from train.augment import ClipTransform
+from train.checkpoint import load_weights
+from train.data import UsageError
+from train.models import ClipClassifier, ModelConfig, build_model
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """How a store's clips were made from videos: what a new video must go through to match them."""
+
+    frames: int
+    size: int
+    resize: str
+    decoder: str
+
+    @classmethod
+    def of_spec(cls, spec: StoreSpec) -> ClipSettings:
+        return cls(spec.frames, spec.size, spec.resize, spec.decoder)
+
+    @classmethod
+    def of_store(cls, path: str | Path) -> ClipSettings:
+        with open_store(path) as store:
+            return cls.of_spec(store.spec)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def decode_videos(paths: list[Path], clip: ClipSettings, workers: int) -> Iterator[RowOutcome]:
+    """Clips of `paths` made as the store's were, in parallel; outcome `row` is the index into `paths`."""
+    threads = max(1, len(os.sched_getaffinity(0)) // max(workers, 1))
+    jobs = [
+        RowJob(i, str(path), clip.decoder, threads, clip.frames, clip.size, clip.resize) for i, path in enumerate(paths)
+    ]
+    return decode_rows(jobs, workers)
+
+
+@dataclass
+class TrainedModel:
+    """The chosen weights of one trained model, in eval mode, with the input transform and verdict threshold
+    of its own evaluation."""
+
+    name: str
+    model: ClipClassifier
+    transform: ClipTransform
+    threshold: float
+    clip: ClipSettings
+    device: torch.device
+
+    @classmethod
+    def load(cls, run_dir: Path, device: torch.device | None = None) -> TrainedModel:
+        """RUN_DIR/MODEL as written by `train/run.py`: metrics.json and best.safetensors."""
+        metrics_file, weights_file = run_dir / "metrics.json", run_dir / "best.safetensors"
+        for needed in (metrics_file, weights_file):
+            if not needed.is_file():
+                raise UsageError(f"--run {run_dir}: no {needed.name} (give a trained model's folder, RUN_DIR/MODEL)")
+        metrics = json.loads(metrics_file.read_text())
+        config = metrics["config"]
+        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        with warnings.catch_warnings():
+            # The backbone's random start is overwritten by the checkpoint at once.
+            warnings.filterwarnings("ignore", message=".*starts from random weights")
+            model = build_model(
+                ModelConfig(
+                    config["model"], config["dropout"], lstm_hidden=config.get("lstm_hidden", ModelConfig.lstm_hidden)
+                )
+            )
+        model.load_state_dict(load_weights(weights_file))
+        return cls(
+            name=config["model"],
+            model=model.to(device).eval(),
+            transform=ClipTransform(train=False, size=config["frame_size"]),
+            threshold=float(metrics["threshold"]),
+            clip=run_clip_settings(metrics),
+            device=device,
+        )
+
+    def inputs(self, clips: np.ndarray) -> torch.Tensor:
+        """uint8 clips (B, T, H, W, 3) as the model's normalised float input on its device."""
+        return self.transform(torch.from_numpy(clips).to(self.device))
+
+    @torch.inference_mode()
+    def probabilities(self, clips: np.ndarray) -> np.ndarray:
+        """Fake probability of each uint8 clip (B, T, H, W, 3), computed as the trainer's evaluation does."""
+        logits = self.model(self.inputs(clips))
+        return logits.float().softmax(dim=1)[:, 1].double().cpu().numpy()
+
+
+def run_clip_settings(metrics: dict) -> ClipSettings:
+    """The clip settings a run recorded; a run from before they were recorded reads them from its store."""
+    if "clip" in metrics:
+        return ClipSettings(**metrics["clip"])
+    cache = metrics["config"]["cache"]
+    try:
+        return ClipSettings.of_store(cache)
+    except StoreError as error:
+        raise UsageError(f"the run does not record its clip settings and its store is unreadable: {error}") from error
