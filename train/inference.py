@@ -19,6 +19,7 @@ import torch
 
 from cache import StoreError, StoreSpec, open_store
 from ingest.clips import RowJob, RowOutcome
+from ingest.decoders import available, resolve
 from ingest.pool import decode_rows
 from train.augment import ClipTransform
 from train.checkpoint import load_weights
@@ -49,11 +50,14 @@ class ClipSettings:
 
 
 def decode_videos(paths: list[Path], clip: ClipSettings, workers: int) -> Iterator[RowOutcome]:
-    """Clips of `paths` made as the store's were, in parallel; outcome `row` is the index into `paths`."""
+    """Clips of `paths` made as the store's were, in parallel; outcome `row` is the index into `paths`.
+
+    Where the store's decoder cannot run (a GPU decoder on a machine without one), `auto` stands in: every
+    decoder samples the same frames and gives them within a few grey levels.
+    """
     threads = max(1, len(os.sched_getaffinity(0)) // max(workers, 1))
-    jobs = [
-        RowJob(i, str(path), clip.decoder, threads, clip.frames, clip.size, clip.resize) for i, path in enumerate(paths)
-    ]
+    decoder = clip.decoder if available(clip.decoder) else resolve("auto")
+    jobs = [RowJob(i, str(path), decoder, threads, clip.frames, clip.size, clip.resize) for i, path in enumerate(paths)]
     return decode_rows(jobs, workers)
 
 
