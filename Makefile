@@ -22,7 +22,15 @@ demo: $(STAMP)
 	$(VENV)/bin/ingest build-cache --data-root $(DEMO)/data --out $(DEMO)/cache.zarr
 	$(VENV)/bin/cache info $(DEMO)/cache.zarr
 	$(PY) train/run.py --cache $(DEMO)/cache.zarr --model all --out $(DEMO)/run --epochs 8 --frame-size 64
-	@echo "demo: models, metrics and plots in $(DEMO)/run/ (comparison.md, */metrics.json, */curves.png)"
+	$(VENV)/bin/cache features $(DEMO)/cache.zarr --backbone resnet18 --frame-size 64
+	$(PY) train/run.py --cache $(DEMO)/cache.zarr --model resnet18 --out $(DEMO)/run-features --epochs 8 --from-features
+	$(PY) -m train.predict --run $(DEMO)/run/simple_cnn --csv $(DEMO)/predictions.csv \
+		$(DEMO)/data/Celeb-real/id0_0000.mp4 $(DEMO)/data/Celeb-synthesis/id0_id1_0000.mp4
+	$(PY) -m train.explain --run $(DEMO)/run/simple_cnn --video $(DEMO)/data/Celeb-synthesis/id0_id1_0000.mp4 \
+		--out $(DEMO)/explain
+	@echo "demo: models, metrics and plots in $(DEMO)/run/ (comparison.md, */metrics.json, */curves.png);"
+	@echo "      resnet18 trained on cached features in $(DEMO)/run-features/; predictions in $(DEMO)/predictions.csv;"
+	@echo "      Grad-CAM explanation in $(DEMO)/explain/"
 
 bench: $(STAMP)
 	$(PY) -m bench run --demo --quick
