@@ -152,3 +152,14 @@ def test_training_from_features_gives_the_model_a_full_forward_agrees_with(demo_
         full = classifier(ClipTransform(train=False, size=32)(clips)).softmax(dim=1)
         head = classifier.forward_head(dataset.values.float()).softmax(dim=1)
     torch.testing.assert_close(head, full, atol=1e-2, rtol=1e-2)
+
+
+def test_two_processes_store_what_one_process_stores(demo_root, computed, tmp_path):
+    store = build_store(demo_root, tmp_path)
+    launch = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", *features_args(store)]
+    assert "by 2 process(es)" in run_cli(*launch).stdout
+    name = only_entry(store).name  # the same backbone and weights as `computed`'s first entry
+    values, done = stored_values(store, name)
+    whole, _ = stored_values(computed, name)
+    assert done.all() and (values == whole).all()
