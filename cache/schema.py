@@ -73,6 +73,23 @@ class StoreSpec:
         return (self.frames, self.size, self.size, 3)
 
 
+@dataclass(frozen=True)
+class ClipSettings:
+    """How a store's clips were made from videos: what a new video must go through to match them."""
+
+    frames: int
+    size: int
+    resize: str
+    decoder: str
+
+    @classmethod
+    def of_spec(cls, spec: StoreSpec) -> ClipSettings:
+        return cls(spec.frames, spec.size, spec.resize, spec.decoder)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
 def store_format(path: str | Path) -> str:
     """`zarr` or `hdf5`, from the file name, so that users choose the format by naming the store."""
     suffix = Path(path).suffix.lower()

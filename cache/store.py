@@ -19,7 +19,7 @@ import zarr
 from zarr.codecs import BytesCodec, ShardingCodec
 from zarr.storage import LocalStore
 
-from cache.schema import OK, PROBE_FIELDS, ROW_ARRAYS, SPLIT_CODES, StoreError, StoreSpec, store_format
+from cache.schema import OK, PROBE_FIELDS, ROW_ARRAYS, SPLIT_CODES, ClipSettings, StoreError, StoreSpec, store_format
 
 MISSING = 2**64 - 1
 
@@ -122,6 +122,12 @@ class ClipStore(StoreHandle):
 
 def open_store(path: str | Path) -> ClipStore:
     return ClipStore(path)
+
+
+def clip_settings(path: str | Path) -> ClipSettings:
+    """How the store's clips were made: what a new video must go through to match them."""
+    with open_store(path) as store:
+        return ClipSettings.of_spec(store.spec)
 
 
 def _attr_value(value):

@@ -12,9 +12,10 @@ from conftest import run_cli, write_broken
 from torch import nn
 
 from cache import ClipDataset, open_store
+from cache.store import clip_settings
 from train import predict
 from train.data import UsageError, make_loader, shard_loader
-from train.inference import ClipSettings, TrainedModel, decode_videos
+from train.inference import TrainedModel, decode_videos
 from train.loop import run_evaluation
 
 
@@ -71,7 +72,7 @@ def test_prediction_is_the_trainers_evaluation_of_the_stored_clip(all_run, tiny_
 def test_decoding_a_video_again_gives_its_stored_clip(tiny_cache, demo_root):
     videos = source_videos(tiny_cache, demo_root)
     rows, paths = list(videos), list(videos.values())
-    outcomes = sorted(decode_videos(paths, ClipSettings.of_store(tiny_cache), workers=2), key=lambda o: o.row)
+    outcomes = sorted(decode_videos(paths, clip_settings(tiny_cache), workers=2), key=lambda o: o.row)
     with open_store(tiny_cache) as store:
         stored = store.read(rows)
         for outcome, clip, indices in zip(outcomes, stored, store.frame_index[rows], strict=True):
@@ -134,7 +135,7 @@ def test_bad_arguments_exit_2_with_one_line(all_run, demo_root, tmp_path, capsys
 @pytest.mark.slow
 def test_the_run_records_how_its_clips_were_made(all_run, tiny_cache, tmp_path):
     run = all_run[0] / "simple_cnn"
-    settings = ClipSettings.of_store(tiny_cache)
+    settings = clip_settings(tiny_cache)
     assert json.loads((run / "metrics.json").read_text())["clip"] == settings.as_dict()
     assert TrainedModel.load(run).clip == settings
     # A run from before the clip settings were recorded reads them from its store, while the store is there.

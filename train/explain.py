@@ -24,9 +24,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from cache import StoreError, open_store
-from cache.schema import FAKE, LABEL_NAMES, OK, UNKNOWN
+from cache.schema import FAKE, LABEL_NAMES, OK, UNKNOWN, ClipSettings
 from train.data import UsageError
-from train.inference import ClipSettings, TrainedModel, decode_videos
+from train.inference import TrainedModel, decode_videos
 from train.models import ClipClassifier
 
 GRID_COLUMNS = 8

@@ -11,13 +11,15 @@ import json
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from cache import StoreError, StoreSpec, open_store
+from cache import StoreError
+from cache.schema import ClipSettings
+from cache.store import clip_settings
 from ingest.clips import RowJob, RowOutcome
 from ingest.decoders import available, resolve
 from ingest.pool import decode_rows
@@ -25,28 +27,6 @@ from train.augment import ClipTransform
 from train.checkpoint import load_weights
 from train.data import UsageError
 from train.models import ClipClassifier, ModelConfig, build_model
-
-
-@dataclass(frozen=True)
-class ClipSettings:
-    """How a store's clips were made from videos: what a new video must go through to match them."""
-
-    frames: int
-    size: int
-    resize: str
-    decoder: str
-
-    @classmethod
-    def of_spec(cls, spec: StoreSpec) -> ClipSettings:
-        return cls(spec.frames, spec.size, spec.resize, spec.decoder)
-
-    @classmethod
-    def of_store(cls, path: str | Path) -> ClipSettings:
-        with open_store(path) as store:
-            return cls.of_spec(store.spec)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def decode_videos(paths: list[Path], clip: ClipSettings, workers: int) -> Iterator[RowOutcome]:
@@ -118,6 +98,6 @@ def run_clip_settings(metrics: dict) -> ClipSettings:
         return ClipSettings(**metrics["clip"])
     cache = metrics["config"]["cache"]
     try:
-        return ClipSettings.of_store(cache)
+        return clip_settings(cache)
     except StoreError as error:
         raise UsageError(f"the run does not record its clip settings and its store is unreadable: {error}") from error

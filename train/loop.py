@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from cache.store import clip_settings
 from train.augment import ClipTransform
 from train.checkpoint import find_last, load_last, load_weights, save_last, save_weights, write_json
 from train.data import (
@@ -37,7 +38,6 @@ from train.data import (
     train_sampler,
 )
 from train.features import feature_split, find_entry, model_for_features
-from train.inference import ClipSettings
 from train.metrics import SELECT_BY, better, choose_threshold, evaluate
 from train.models import DEFAULT_LR, MODEL_NAMES, ClipClassifier, ModelConfig, build_model, count_parameters
 
@@ -191,7 +191,7 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
         "model": config.model,
         "parameters": parameters,
         "config": config.as_dict(),
-        "clip": ClipSettings.of_store(config.cache).as_dict(),
+        "clip": clip_settings(config.cache).as_dict(),
         "processes": accelerator.num_processes,
         "select_by": config.select_by,
         "best_epoch": progress.best_epoch,
