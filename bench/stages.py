@@ -19,6 +19,7 @@ from tqdm import tqdm
 from bench.baselines import SeedVideoDataset, decode_floor, seed_read_frames, seed_resize
 from bench.timing import Rate, Row, skipped
 from cache import ClipDataset, open_store
+from cache.features import FeatureDataset
 from cache.schema import StoreSpec
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.build import BuildConfig, build_cache
@@ -28,14 +29,16 @@ from ingest.frames import resize_clip
 from ingest.gpu_decoders import make_gpu_decoder
 from train.augment import ClipTransform
 from train.data import TimedBatches, make_loader
-from train.models import MODEL_NAMES, ModelConfig, build_model
+from train.features import FeatureConfig, compute_features, model_for_features
+from train.loop import as_float
+from train.models import MODEL_NAMES, TIMM_BACKBONES, ModelConfig, build_model
 
 # Decode engines per GPU (NVIDIA's specifications) and one engine's H.264 1080p rate (Video Codec SDK
 # application note, Turing-class engine at 1860 MHz, which Hopper's match clock for clock).
 NVDEC_ENGINES = {"H100": 7, "H200": 7}
 NVDEC_1080P_FPS = 771
 SEED = "seed: OpenCV seek per frame"
-STAGES = ("decode", "resize", "write", "ingest", "read", "feed", "h2d", "train")
+STAGES = ("decode", "resize", "write", "ingest", "read", "feed", "h2d", "train", "features")
 MB = 2**20
 
 
@@ -413,6 +416,7 @@ def train(config: BenchConfig, context: Context) -> list[Row]:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         for precision in precisions:
             fed, waited, resident = _train_rates(model, optimizer, dataset, transform, device, precision, steps, config)
+            context.rates[f"train/{name}/{precision}"] = fed
             rows.append(
                 Row(
                     "train step",
@@ -423,6 +427,40 @@ def train(config: BenchConfig, context: Context) -> list[Row]:
                     note=f"data stall: {100 * waited:.1f}% of the step waiting for data",
                 )
             )
+    return rows
+
+
+def features(config: BenchConfig, context: Context) -> list[Row]:
+    """The feature cache: computing it once, then a training step of the head alone beside the full model's."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size = 64 if config.quick else config.size
+    steps = 20 if config.quick else 100
+    rows = []
+    for name, backbone in TIMM_BACKBONES.items():
+        started = time.perf_counter()
+        spec = compute_features(FeatureConfig(config.cache, backbone, frame_size=size), log=lambda _: None)
+        dataset = FeatureDataset(config.cache, spec.name, "train")
+        rows.append(
+            Row(
+                "feature cache",
+                f"{backbone}, compute once, {len(dataset)} clips at {size}px, {device.type}",
+                Rate.of_seconds((time.perf_counter() - started) / len(dataset), "clips/s"),
+                note="one run, not repeated: the second finds every clip done",
+            )
+        )
+        head = model_for_features(spec, dropout=0.5).head.to(device)
+        optimizer = torch.optim.Adam(head.parameters(), lr=1e-4)
+        fed, waited, _ = _train_rates(head, optimizer, dataset, as_float, device, "fp32", steps, config)
+        rows.append(
+            Row(
+                "train step from features",
+                f"{name}'s head, fp32, batch 4 x {config.frames} frames, {device.type}",
+                fed,
+                context.rates.get(f"train/{name}/fp32"),
+                f"the whole {name}'s step on clips at {size}px (train stage)",
+                note=f"data stall: {100 * waited:.1f}% of the step waiting for data",
+            )
+        )
     return rows
 
 
@@ -485,6 +523,7 @@ RUNNERS = {
     "feed": feed,
     "h2d": h2d,
     "train": train,
+    "features": features,
 }
 
 

@@ -6,7 +6,7 @@ import pytest
 from conftest import encode_numbered, run_cli
 
 from bench.results import append_markdown, latest, plot, save, table
-from bench.stages import BenchConfig, Context, decode, read, replicate
+from bench.stages import BenchConfig, Context, decode, features, read, replicate
 from bench.timing import Rate, Row, skipped
 from cache import open_store
 
@@ -73,6 +73,14 @@ def test_decode_and_read_stages_fill_their_rows(bench_config):
     assert any("not run" in row.note for row in rows)
     reads = [row for row in rows if row.stage == "store random read"]
     assert {"zarr", "h5"} == {row.measures.split(",")[0] for row in reads} and all(row.ours for row in reads)
+
+
+def test_features_stage_computes_each_backbone_once_and_times_its_head(bench_config):
+    context = Context()
+    rows = features(bench_config, context)
+    assert [row.stage for row in rows] == ["feature cache", "train step from features"] * 2
+    assert all(row.ours and row.ours.median > 0 for row in rows)
+    assert {row.measures.split(",")[0] for row in rows[::2]} == {"resnet18", "efficientnet_b0"}
 
 
 def test_bench_run_command_writes_results(demo_root, tmp_path):
