@@ -48,7 +48,7 @@ def add_features_parser(commands) -> None:
             "layers after the backbone alone with `train/run.py --from-features`."
         ),
     )
-    features.add_argument("store", type=Path)
+    features.add_argument("store", type=Path, help="a store built by `ingest build-cache` (.zarr, .h5)")
     features.add_argument("--backbone", choices=("resnet18", "efficientnet_b0"), required=True, help="timm backbone")
     source = features.add_mutually_exclusive_group()
     source.add_argument("--weights", type=Path, help="backbone weights from a local safetensors file")
@@ -56,7 +56,12 @@ def add_features_parser(commands) -> None:
     features.add_argument("--seed", type=int, default=42, help="seed of random weights, without either (default 42)")
     features.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
     features.add_argument("--frame-size", type=int, help="resize frames to N x N first (default: as stored)")
-    features.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no", help="autocast")
+    features.add_argument(
+        "--mixed-precision",
+        choices=("no", "bf16", "fp16"),
+        default="no",
+        help="run the backbone under autocast in this precision (default no); features are stored as float16",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
