@@ -89,7 +89,7 @@ class PyAVDecoder:
         except DecodeError:
             raise
         except Exception as error:
-            raise DecodeError(_reason(error)) from error
+            raise DecodeError(error_line(error)) from error
 
     def _index(self, path: str) -> tuple[Probe, Packets | None]:
         """Stream facts with the frame count from the packets present, and the packets' timestamps and
@@ -266,7 +266,7 @@ def _video_stream(container):
     return stream
 
 
-def _reason(error: Exception) -> str:
+def error_line(error: Exception) -> str:
     """One line, without the file name; decord's `[time] file.cc:line:` prefix dropped."""
     text = getattr(error, "strerror", None) or str(error)
     text = DECORD_PREFIX.sub("", " ".join(text.split())) or type(error).__name__
@@ -297,7 +297,7 @@ class DecordDecoder:
         except DecodeError:
             raise
         except Exception as error:
-            raise DecodeError(_reason(error)) from error
+            raise DecodeError(error_line(error)) from error
 
 
 CPU_DECODERS: dict[str, type] = {"pyav": PyAVDecoder, "decord": DecordDecoder}
@@ -371,7 +371,7 @@ def probe_video(path: str) -> Probe:
     except DecodeError:
         raise
     except Exception as error:
-        raise DecodeError(_reason(error)) from error
+        raise DecodeError(error_line(error)) from error
     if probe.frames == 0:
         raise DecodeError("the video stream has no frames")
     return probe

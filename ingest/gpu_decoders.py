@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ingest.clips import RowJob, RowOutcome, decode_row
-from ingest.decoders import DecodedClip, DecodeError, Probe, available, probe_video
+from ingest.decoders import DecodedClip, DecodeError, Probe, available, error_line, probe_video
 from ingest.frames import resize_clip, sample_indices
 
 FALLBACK = "pyav"
@@ -46,7 +46,8 @@ def _unique(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _failed(job: RowJob, error: Exception) -> RowOutcome:
-    reason = str(error) if isinstance(error, DecodeError) else f"{type(error).__name__}: {error}"
+    """The row's one-line reason (DALI's errors run over many lines)."""
+    reason = error_line(error) if isinstance(error, DecodeError) else f"{type(error).__name__}: {error_line(error)}"
     return RowOutcome(job.row, None, None, Probe(), f"{job.decoder}: {reason}"[:200])
 
 
@@ -199,7 +200,9 @@ def _dali_pipeline(batch: int, size: int | None, crop: bool, device_id: int):
     videos on GPU `device_id`."""
     from nvidia.dali import fn, pipeline_def, types
 
-    @pipeline_def(batch_size=batch, num_threads=min(batch, os.cpu_count() or 1), device_id=device_id)
+    @pipeline_def(
+        batch_size=batch, num_threads=min(batch, os.cpu_count() or 1), device_id=device_id, prefetch_queue_depth=1
+    )
     def pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
