@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from cache.dataset import ClipBatch
 from cache.schema import StoreError
-from cache.store import StoreHandle, open_store
+from cache.store import StoreHandle, attr_value, open_store
 from cache.writer import allocate
 
 FEATURES = "features"
@@ -53,17 +53,10 @@ class FeatureSpec:
 
     @classmethod
     def from_attrs(cls, attrs) -> FeatureSpec:
-        values = {name: _plain(attrs[name]) for name in cls.__dataclass_fields__ if name in attrs}
-        if _plain(attrs.get("schema")) != FEATURES_SCHEMA:
+        values = {name: attr_value(attrs[name]) for name in cls.__dataclass_fields__ if name in attrs}
+        if attr_value(attrs.get("schema")) != FEATURES_SCHEMA:
             raise StoreError(f"not a {FEATURES_SCHEMA} entry")
         return cls(**values)
-
-
-def _plain(value):
-    """HDF5 gives attributes back as numpy scalars or bytes."""
-    if isinstance(value, bytes):
-        return value.decode()
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def feature_entries(store: StoreHandle) -> dict[str, FeatureSpec]:
@@ -86,20 +79,21 @@ class FeatureWriter(StoreHandle):
         if spec.name in existing:
             if existing[spec.name] != spec:
                 raise StoreError(f"features/{spec.name} holds other features ({existing[spec.name]}), not {spec}")
-        elif self.format == "zarr":
-            group = self._root.require_group(FEATURES).create_group(spec.name)
-            shape = (rows, spec.frames, spec.dim)
+        else:
+            self._create_entry(spec, rows, chunk_rows)
+        return np.asarray(self._entry(spec.name)["done"][...]).astype(bool)
+
+    def _create_entry(self, spec: FeatureSpec, rows: int, chunk_rows: int) -> None:
+        group = self._root.require_group(FEATURES).create_group(spec.name)
+        shape = (rows, spec.frames, spec.dim)
+        if self.format == "zarr":
             group.create_array("values", shape=shape, dtype="float16", chunks=(chunk_rows, *shape[1:]), fill_value=0)
             group.create_array("done", shape=(rows,), dtype="int8", chunks=(chunk_rows,), fill_value=0)
-            group.attrs.update(spec.attrs())
         else:
-            group = self._root.require_group(FEATURES).create_group(spec.name)
-            shape = (rows, spec.frames, spec.dim)
             allocate(self._root, f"{FEATURES}/{spec.name}/values", shape, h5py.h5t.IEEE_F16LE)
             allocate(self._root, f"{FEATURES}/{spec.name}/done", (rows,), h5py.h5t.STD_I8LE)[...] = 0
-            group.attrs.update(spec.attrs())
-            self._root.flush()
-        return np.asarray(self._entry(spec.name)["done"][...]).astype(bool)
+        group.attrs.update(spec.attrs())
+        self.flush()
 
     def _entry(self, name: str):
         return self._root[FEATURES][name]
@@ -107,14 +101,10 @@ class FeatureWriter(StoreHandle):
     def write(self, name: str, rows: slice, values: np.ndarray) -> None:
         """Values first, then the rows' done flags, each on disk before the next."""
         entry = self._entry(name)
-        entry["values"][rows] = values.astype(np.float16)
-        self._flush()
+        entry["values"][rows] = values.astype(np.float16, copy=False)
+        self.flush()
         entry["done"][rows] = 1
-        self._flush()
-
-    def _flush(self) -> None:
-        if self.format == "hdf5":
-            self._root.flush()
+        self.flush()
 
 
 class FeatureDataset(Dataset):

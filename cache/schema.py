@@ -105,5 +105,11 @@ def shard_rows(shard: int, clips_per_shard: int, rows: int) -> range:
     return range(start, min(start + clips_per_shard, rows))
 
 
+def shard_slice(shard: int, clips_per_shard: int, rows: int) -> slice:
+    """`shard_rows` as a slice, for indexing arrays."""
+    span = shard_rows(shard, clips_per_shard, rows)
+    return slice(span.start, span.stop)
+
+
 def shard_count(rows: int, clips_per_shard: int) -> int:
     return -(-rows // clips_per_shard)

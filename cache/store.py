@@ -46,6 +46,11 @@ class StoreHandle:
         if self.format == "hdf5":
             self._root.close()
 
+    def flush(self) -> None:
+        """Put what was written on disk before what comes next (Zarr's local store writes each chunk at once)."""
+        if self.format == "hdf5":
+            self._root.flush()
+
 
 class ClipStore(StoreHandle):
     """A read-only store: the per-row arrays in memory, the clips on disk."""
@@ -59,7 +64,7 @@ class ClipStore(StoreHandle):
             raise
         except Exception as error:
             raise StoreError(f"{path}: cannot open as a store: {error}") from error
-        self.attrs = {name: _attr_value(value) for name, value in self._root.attrs.items()}
+        self.attrs = {name: attr_value(value) for name, value in self._root.attrs.items()}
         self.spec = StoreSpec.from_attrs(self.attrs)
         self.clips = self._root["clips"]
         arrays = {name: _load(self._root[name]) for name in ROW_ARRAYS}
@@ -130,11 +135,11 @@ def clip_settings(path: str | Path) -> ClipSettings:
         return ClipSettings.of_spec(store.spec)
 
 
-def _attr_value(value):
+def attr_value(value):
     """HDF5 keeps nested attributes as JSON text; zarr keeps them as they are."""
     if isinstance(value, bytes):
         value = value.decode()
-    if isinstance(value, str) and value[:1] in "[{":
+    if isinstance(value, str) and value.startswith(("[", "{")):
         return json.loads(value)
     if isinstance(value, np.generic):
         return value.item()

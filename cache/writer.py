@@ -153,14 +153,14 @@ class StoreWriter(StoreHandle):
     def write_shard(self, shard: ShardResult) -> None:
         rows = shard.rows
         self._root["clips"][rows] = shard.clips
-        self._flush()
+        self.flush()
         self._set("frame_index", rows, shard.frame_index)
         self._set("error", rows, np.array(shard.error, dtype=str))
         for name in PROBE_FIELDS:
             self._set(f"probe/{name}", rows, shard.probe[name])
-        self._flush()
+        self.flush()
         self._set("status", rows, shard.status)
-        self._flush()
+        self.flush()
 
     def _set(self, name: str, rows: slice, values: np.ndarray) -> None:
         array = self._root[name]
@@ -168,14 +168,10 @@ class StoreWriter(StoreHandle):
             values = _encode(values, array.dtype.itemsize)
         array[rows] = values
 
-    def _flush(self) -> None:
-        if self.format == "hdf5":
-            self._root.flush()
-
     def update_attrs(self, attrs: dict) -> None:
         """Nested values become JSON strings in HDF5, which has no nested attributes."""
         for name, value in attrs.items():
             if self.format == "hdf5" and isinstance(value, dict | list):
                 value = json.dumps(value)
             self._root.attrs[name] = value
-        self._flush()
+        self.flush()

@@ -17,7 +17,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cache.schema import FAILED, OK, PENDING, PROBE_FIELDS, StoreSpec, shard_count, shard_rows, store_format
+from cache.schema import (
+    FAILED,
+    OK,
+    PENDING,
+    PROBE_FIELDS,
+    StoreSpec,
+    shard_count,
+    shard_rows,
+    shard_slice,
+    store_format,
+)
 from cache.store import open_store
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.clips import RowJob, RowOutcome
@@ -113,7 +123,7 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
     shards = [
         s
         for s in range(ranks.index, shard_count(len(table), spec.clips_per_shard), ranks.count)
-        if (status[_rows(s, spec, len(table))] == PENDING).any()
+        if (status[shard_slice(s, spec.clips_per_shard, len(table))] == PENDING).any()
     ]
     jobs = _jobs(config, spec, table["path"].tolist(), shards)
     outcomes = tqdm(
@@ -179,11 +189,6 @@ def _check_resumable(out: Path, paths: list[str], spec: StoreSpec) -> None:
             )
     if old_paths != paths:
         raise UsageError(f"--resume {out}: the videos under the data root are not those the store was built from")
-
-
-def _rows(shard: int, spec: StoreSpec, n: int) -> slice:
-    rows = shard_rows(shard, spec.clips_per_shard, n)
-    return slice(rows.start, rows.stop)
 
 
 def _jobs(config: BuildConfig, spec: StoreSpec, paths: list[str], shards: list[int]) -> list[RowJob]:

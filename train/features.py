@@ -20,7 +20,7 @@ from accelerate.utils import gather_object
 from tqdm import tqdm
 
 from cache.features import FeatureDataset, FeatureSpec, FeatureWriter, feature_entries
-from cache.schema import OK, StoreError, shard_count, shard_rows
+from cache.schema import OK, StoreError, shard_count, shard_slice
 from cache.store import open_store
 from train.augment import ClipTransform
 from train.data import UsageError, check_classes
@@ -109,16 +109,16 @@ def _fill(config, spec, model: ClipClassifier, state: PartialState, status: np.n
     shards = [
         s
         for s in range(state.process_index, shard_count(len(status), per_shard), state.num_processes)
-        if not done[_span(s, per_shard, len(status))].all()
+        if not done[shard_slice(s, per_shard, len(status))].all()
     ]
-    todo = sum(int((status[_span(s, per_shard, len(status))] == OK).sum()) for s in shards)
+    todo = sum(int((status[shard_slice(s, per_shard, len(status))] == OK).sum()) for s in shards)
     transform = ClipTransform(train=False, size=spec.frame_size, channels_last=state.device.type == "cuda")
     autocast = _autocast(state.device, config.mixed_precision)
     bar = tqdm(total=todo, unit="clip", desc=f"features {spec.backbone}", disable=not state.is_main_process)
     # The writer opens first: HDF5 lets a file open for writing be opened again for reading, not the reverse.
     with FeatureWriter(config.store) as writer, open_store(config.store) as store, bar, torch.inference_mode():
         for shard in shards:
-            span = _span(shard, per_shard, len(status))
+            span = shard_slice(shard, per_shard, len(status))
             values = np.zeros((span.stop - span.start, spec.frames, spec.dim), np.float16)
             ok = np.flatnonzero(status[span] == OK)
             for start in range(0, len(ok), config.batch_size):
@@ -130,11 +130,6 @@ def _fill(config, spec, model: ClipClassifier, state: PartialState, status: np.n
                 bar.update(len(picked))
             writer.write(spec.name, span, values)
     return todo
-
-
-def _span(shard: int, per_shard: int, n: int) -> slice:
-    rows = shard_rows(shard, per_shard, n)
-    return slice(rows.start, rows.stop)
 
 
 def _autocast(device: torch.device, precision: str):
