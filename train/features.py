@@ -104,31 +104,32 @@ def compute_features(config: FeatureConfig, log=print) -> FeatureSpec:
 
 def _fill(config, spec, model: ClipClassifier, state: PartialState, status: np.ndarray, per_shard: int) -> int:
     """Compute this process's unfinished shards; returns how many clips it computed."""
-    with FeatureWriter(config.store) as writer:
-        done = writer.open_entry(spec, len(status), per_shard)
-    shards = [
-        s
-        for s in range(state.process_index, shard_count(len(status), per_shard), state.num_processes)
-        if not done[shard_slice(s, per_shard, len(status))].all()
-    ]
-    todo = sum(int((status[shard_slice(s, per_shard, len(status))] == OK).sum()) for s in shards)
+    n = len(status)
     transform = ClipTransform(train=False, size=spec.frame_size, channels_last=state.device.type == "cuda")
     autocast = _autocast(state.device, config.mixed_precision)
-    bar = tqdm(total=todo, unit="clip", desc=f"features {spec.backbone}", disable=not state.is_main_process)
     # The writer opens first: HDF5 lets a file open for writing be opened again for reading, not the reverse.
-    with FeatureWriter(config.store) as writer, open_store(config.store) as store, bar, torch.inference_mode():
-        for shard in shards:
-            span = shard_slice(shard, per_shard, len(status))
-            values = np.zeros((span.stop - span.start, spec.frames, spec.dim), np.float16)
-            ok = np.flatnonzero(status[span] == OK)
-            for start in range(0, len(ok), config.batch_size):
-                picked = ok[start : start + config.batch_size]
-                clips = torch.from_numpy(store.read(picked + span.start)).to(state.device, non_blocking=True)
-                with autocast:
-                    features = model.forward_features(transform(clips))
-                values[picked] = features.float().cpu().numpy().astype(np.float16)
-                bar.update(len(picked))
-            writer.write(spec.name, span, values)
+    with FeatureWriter(config.store) as writer, open_store(config.store) as store, torch.inference_mode():
+        done = writer.open_entry(spec, n, per_shard)
+        shards = [
+            s
+            for s in range(state.process_index, shard_count(n, per_shard), state.num_processes)
+            if not done[shard_slice(s, per_shard, n)].all()
+        ]
+        todo = sum(int((status[shard_slice(s, per_shard, n)] == OK).sum()) for s in shards)
+        progress = tqdm(total=todo, unit="clip", desc=f"features {spec.backbone}", disable=not state.is_main_process)
+        with progress as bar:
+            for shard in shards:
+                span = shard_slice(shard, per_shard, n)
+                values = np.zeros((span.stop - span.start, spec.frames, spec.dim), np.float16)
+                ok = np.flatnonzero(status[span] == OK)
+                for start in range(0, len(ok), config.batch_size):
+                    picked = ok[start : start + config.batch_size]
+                    clips = torch.from_numpy(store.read(picked + span.start)).to(state.device, non_blocking=True)
+                    with autocast:
+                        features = model.forward_features(transform(clips))
+                    values[picked] = features.to(torch.float16).cpu().numpy()
+                    bar.update(len(picked))
+                writer.write(spec.name, span, values)
     return todo
 
 
