@@ -34,7 +34,7 @@ from ingest.clips import RowJob, RowOutcome
 from ingest.decoders import choose
 from ingest.discover import UsageError, find_videos
 from ingest.frames import RESIZE_MODES
-from ingest.pool import decode_rows
+from ingest.pool import decode_rows, threads_per_worker
 from ingest.splits import assign_splits
 
 
@@ -192,8 +192,7 @@ def _check_resumable(out: Path, paths: list[str], spec: StoreSpec) -> None:
 
 
 def _jobs(config: BuildConfig, spec: StoreSpec, paths: list[str], shards: list[int]) -> list[RowJob]:
-    cores = len(os.sched_getaffinity(0))
-    threads = max(1, cores // config.workers)
+    threads = threads_per_worker(config.workers)
     root = config.data_root
     return [
         RowJob(row, str(root / paths[row]), spec.decoder, threads, spec.frames, spec.size, spec.resize)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ingest.decoders import DecodeError, Probe, make_decoder
+from ingest.decoders import DecodeError, Probe, error_line, make_decoder
 from ingest.frames import resize_clip
 
 
@@ -39,7 +39,11 @@ def decode_row(job: RowJob) -> RowOutcome:
         decoded = make_decoder(job.decoder, job.threads).decode(job.path, job.frames)
         clip = resize_clip(decoded.frames, job.size, job.resize).numpy()
         return RowOutcome(job.row, clip, decoded.indices.astype(np.int32), decoded.probe)
-    except DecodeError as error:
-        return RowOutcome(job.row, None, None, Probe(), str(error) or "cannot decode")
     except Exception as error:
-        return RowOutcome(job.row, None, None, Probe(), f"{type(error).__name__}: {error}"[:200])
+        return failed_row(job.row, error)
+
+
+def failed_row(row: int, error: Exception, source: str = "") -> RowOutcome:
+    """A row that did not decode, its reason on one line: a DecodeError's message, else the exception's type too."""
+    reason = error_line(error) if isinstance(error, DecodeError) else f"{type(error).__name__}: {error_line(error)}"
+    return RowOutcome(row, None, None, Probe(), f"{source}{reason}"[:200])

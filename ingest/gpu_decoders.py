@@ -17,8 +17,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ingest.clips import RowJob, RowOutcome, decode_row
-from ingest.decoders import DecodedClip, DecodeError, Probe, available, error_line, probe_video
+from ingest.clips import RowJob, RowOutcome, decode_row, failed_row
+from ingest.decoders import DecodedClip, DecodeError, Probe, available, probe_video
 from ingest.frames import resize_clip, sample_indices
 
 FALLBACK = "pyav"
@@ -27,10 +27,10 @@ FALLBACK = "pyav"
 def gpu_rows(jobs: list[RowJob], in_flight: int) -> Iterator[RowOutcome]:
     """Outcomes of `jobs` (one GPU decoder, named in the jobs), `in_flight` videos at a time."""
     decoder = make_gpu_decoder(jobs[0].decoder)
+    by_row = {job.row: job for job in jobs}
     for outcome in decoder.clips(jobs, max(1, in_flight)):
         if outcome.clip is None and available(FALLBACK):
-            job = next(job for job in jobs if job.row == outcome.row)
-            outcome = decode_row(replace(job, decoder=FALLBACK, threads=1))
+            outcome = decode_row(replace(by_row[outcome.row], decoder=FALLBACK, threads=1))
         yield outcome
 
 
@@ -46,9 +46,7 @@ def _unique(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _failed(job: RowJob, error: Exception) -> RowOutcome:
-    """The row's one-line reason (DALI's errors run over many lines)."""
-    reason = error_line(error) if isinstance(error, DecodeError) else f"{type(error).__name__}: {error_line(error)}"
-    return RowOutcome(job.row, None, None, Probe(), f"{job.decoder}: {reason}"[:200])
+    return failed_row(job.row, error, source=f"{job.decoder}: ")
 
 
 class NvdecDecoder:
@@ -81,13 +79,16 @@ class NvdecDecoder:
         decoded = torch.stack([_hwc(torch.from_dlpack(surface)) for surface in surfaces])
         return decoded[torch.from_numpy(positions).to(self.device)]
 
-    def decode(self, path: str, count: int) -> DecodedClip:
+    def decode(self, path: str, count: int, size: int | None = None, resize: str = "squash") -> DecodedClip:
+        """The sampled frames on the host: full size, or resized on the GPU to `size` first."""
         probe = probe_video(path)
         indices = sample_indices(probe.frames, count)
         stream = torch.cuda.Stream(self.device)
         with torch.cuda.stream(stream):
-            frames = self.frames(path, indices, stream).cpu().numpy()
-        return DecodedClip(frames, indices, probe)
+            frames = self.frames(path, indices, stream)
+            if size is not None:
+                frames = resize_clip(frames, size, resize)
+            return DecodedClip(frames.cpu().numpy(), indices, probe)
 
     def clips(self, jobs: list[RowJob], in_flight: int) -> Iterator[RowOutcome]:
         with ThreadPoolExecutor(in_flight, thread_name_prefix="nvdec") as pool:
@@ -95,12 +96,8 @@ class NvdecDecoder:
 
     def _row(self, job: RowJob) -> RowOutcome:
         try:
-            probe = probe_video(job.path)
-            indices = sample_indices(probe.frames, job.frames)
-            stream = torch.cuda.Stream(self.device)
-            with torch.cuda.stream(stream):
-                clip = resize_clip(self.frames(job.path, indices, stream), job.size, job.resize).cpu().numpy()
-            return RowOutcome(job.row, clip, indices.astype(np.int32), probe)
+            clip = self.decode(job.path, job.frames, job.size, job.resize)
+            return RowOutcome(job.row, clip.frames, clip.indices.astype(np.int32), clip.probe)
         except Exception as error:
             return _failed(job, error)
 

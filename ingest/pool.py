@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -12,6 +13,11 @@ import torch
 
 from ingest.clips import RowJob, RowOutcome, decode_row
 from ingest.decoders import GPU_DECODERS, Probe
+
+
+def threads_per_worker(workers: int) -> int:
+    """Decoder threads for each of `workers` processes, so that together they use every core once."""
+    return max(1, len(os.sched_getaffinity(0)) // max(workers, 1))
 
 
 def decode_rows(jobs: list[RowJob], workers: int) -> Iterator[RowOutcome]:

@@ -8,7 +8,6 @@ trainer records them in metrics.json), and new videos are decoded by the ingest 
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from cache.schema import ClipSettings
 from cache.store import clip_settings
 from ingest.clips import RowJob, RowOutcome
 from ingest.decoders import available, resolve
-from ingest.pool import decode_rows
+from ingest.pool import decode_rows, threads_per_worker
 from train.augment import ClipTransform
 from train.checkpoint import load_weights
 from train.data import UsageError
@@ -35,7 +34,7 @@ def decode_videos(paths: list[Path], clip: ClipSettings, workers: int) -> Iterat
     Where the store's decoder cannot run (a GPU decoder on a machine without one), `auto` stands in: every
     decoder samples the same frames and gives them within a few grey levels.
     """
-    threads = max(1, len(os.sched_getaffinity(0)) // max(workers, 1))
+    threads = threads_per_worker(workers)
     decoder = clip.decoder if available(clip.decoder) else resolve("auto")
     jobs = [RowJob(i, str(path), decoder, threads, clip.frames, clip.size, clip.resize) for i, path in enumerate(paths)]
     return decode_rows(jobs, workers)
