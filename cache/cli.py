@@ -92,8 +92,6 @@ def features(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
     )
     try:
-        if config.batch_size < 1 or (config.frame_size is not None and config.frame_size < 8):
-            raise UsageError("--batch-size must be at least 1 and --frame-size at least 8")
         compute_features(config)
     except (UsageError, StoreError) as error:
         print(f"cache: error: {error}", file=sys.stderr)

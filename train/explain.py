@@ -118,7 +118,7 @@ def plot(trained: TrainedModel, clip: Clip, explanation: Explanation) -> Figure:
     bars.set_xticks(range(frames), [str(index) for index in clip.indices], fontsize=7)
     bars.set_xlabel("source frame")
     bars.set_ylabel("towards fake (+)\ntowards real (-)", fontsize=8)
-    verdict = "fake" if explanation.probability >= trained.threshold else "real"
+    verdict = trained.verdict(explanation.probability)
     figure.suptitle(
         f"{trained.name}: {clip.source}\n"
         f"p(fake) {explanation.probability:.3f}, {verdict} at threshold {trained.threshold:.3f}; label {clip.label}",

@@ -41,6 +41,14 @@ class FeatureConfig:
     frame_size: int | None = None
     mixed_precision: str = "no"
 
+    def check(self) -> None:
+        if self.backbone not in BACKBONE_MODELS:
+            raise UsageError(f"--backbone must be one of {', '.join(BACKBONE_MODELS)}, not {self.backbone!r}")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise UsageError(f"--weights {self.weights}: no such file")
+        if self.batch_size < 1 or (self.frame_size is not None and self.frame_size < 8):
+            raise UsageError("--batch-size must be at least 1 and --frame-size at least 8")
+
 
 def backbone_model(
     backbone: str, weights: Path | None, pretrained: bool, seed: int, dropout: float = 0.5, lstm_hidden: int = 128
@@ -64,10 +72,7 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 def compute_features(config: FeatureConfig, log=print) -> FeatureSpec:
     """Fill (or finish) the store's entry for this backbone; each process takes every world-th shard."""
-    if config.backbone not in BACKBONE_MODELS:
-        raise UsageError(f"--backbone must be one of {', '.join(BACKBONE_MODELS)}, not {config.backbone!r}")
-    if config.weights is not None and not Path(config.weights).is_file():
-        raise UsageError(f"--weights {config.weights}: no such file")
+    config.check()
     state = PartialState(cpu=not torch.cuda.is_available())
     model = backbone_model(config.backbone, config.weights, config.pretrained, config.seed)
     with open_store(config.store) as store:

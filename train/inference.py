@@ -84,6 +84,10 @@ class TrainedModel:
         """uint8 clips (B, T, H, W, 3) as the model's normalised float input on its device."""
         return self.transform(torch.from_numpy(clips).to(self.device))
 
+    def verdict(self, probability: float) -> str:
+        """Fake at or above the threshold chosen on validation, as the trainer's metrics count it."""
+        return "fake" if probability >= self.threshold else "real"
+
     @torch.inference_mode()
     def probabilities(self, clips: np.ndarray) -> np.ndarray:
         """Fake probability of each uint8 clip (B, T, H, W, 3), computed as the trainer's evaluation does."""

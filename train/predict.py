@@ -121,8 +121,7 @@ def predict(
     def score() -> None:
         probabilities = trained.probabilities(np.stack([outcome.clip for outcome in waiting]))
         for outcome, probability in zip(waiting, probabilities, strict=True):
-            verdict = "fake" if probability >= trained.threshold else "real"
-            predictions[outcome.row] = Prediction(paths[outcome.row], float(probability), verdict)
+            predictions[outcome.row] = Prediction(paths[outcome.row], float(probability), trained.verdict(probability))
         waiting.clear()
 
     for outcome in outcomes:
