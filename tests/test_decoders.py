@@ -69,6 +69,15 @@ def test_resize_squashes_or_crops_to_a_square():
     assert resize_clip(frames, 32, "crop")[:, :, 0].float().mean() == 0
 
 
+@pytest.mark.parametrize("mode", ["squash", "crop"])
+def test_the_float_resize_cuda_runs_stays_within_a_grey_level_of_the_uint8_one(mode):
+    frames = torch.randint(0, 256, (3, 500, 942, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    in_uint8 = resize_clip(frames, 224, mode, in_float=False)
+    in_float = resize_clip(frames, 224, mode, in_float=True)
+    assert in_float.dtype == torch.uint8 and in_float.shape == in_uint8.shape == (3, 224, 224, 3)
+    assert (in_float.int() - in_uint8.int()).abs().max() <= 1
+
+
 @pytest.mark.parametrize("decoder", DECODERS)
 @pytest.mark.parametrize("name", [v[0] for v in VIDEOS])
 def test_decoder_returns_exactly_the_sampled_frames(videos, decoder, name):
