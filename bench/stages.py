@@ -23,10 +23,9 @@ from cache.features import FeatureDataset
 from cache.schema import StoreSpec
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.build import BuildConfig, build_cache
-from ingest.clips import RowJob
+from ingest.clips import FELL_BACK, RowJob, RowOutcome, gpu_rows
 from ingest.decoders import CPU_DECODERS, GPU_DECODERS, available, make_decoder, probe_video, unavailable
 from ingest.frames import resize_clip
-from ingest.gpu_decoders import make_gpu_decoder
 from train.augment import ClipTransform
 from train.data import TimedBatches, make_loader
 from train.features import FeatureConfig, compute_features, model_for_features
@@ -107,22 +106,27 @@ def gpu_decode(config: BenchConfig, paths: list[str], seed: Rate) -> list[Row]:
         if why is not None:
             rows.append(skipped(stage, name, why))
             continue
-        decoder = make_gpu_decoder(name)
         named = [replace(job, decoder=name) for job in jobs]
-        errors: list[str] = []
+        outcomes: list = []
 
-        def work(decoder=decoder, named=named, errors=errors) -> float:
-            outcomes = list(decoder.clips(named, in_flight))
-            errors[:] = [outcome.error for outcome in outcomes if outcome.clip is None]
-            return len(outcomes) - len(errors)
+        def work(named=named, outcomes=outcomes) -> float:
+            outcomes[:] = list(gpu_rows(named, in_flight))
+            return sum(not outcome.fell_back and outcome.clip is not None for outcome in outcomes)
 
         rate = Rate.measure(work, config.repeat, "videos/s")
-        note = f"{rate.median * config.frames:,.0f} sampled frames/s" + (
-            f"; {len(errors)} of {len(jobs)} failed, e.g. {errors[0]}" if errors else ""
-        )
+        note = f"{rate.median * config.frames:,.0f} sampled frames/s; " + fallback_note(outcomes)
         measures = f"{name}, {in_flight} videos in flight, {len(jobs)} videos"
         rows.append(Row(stage, measures, rate, seed, SEED, limit, limit_name, note))
     return rows
+
+
+def fallback_note(outcomes: list[RowOutcome]) -> str:
+    """How many rows of a GPU measurement PyAV decoded, or nobody did: neither counts in a GPU rate."""
+    fell_back = [outcome.error[len(FELL_BACK) :] for outcome in outcomes if outcome.fell_back]
+    failed = [outcome.error for outcome in outcomes if outcome.clip is None]
+    note = f"{len(fell_back)} of {len(outcomes)} rows fell back to PyAV, not counted"
+    note += f" (e.g. {fell_back[0]})" if fell_back else ""
+    return note + (f"; {len(failed)} failed, e.g. {failed[0]}" if failed else "")
 
 
 def gpu_in_flight(config: BenchConfig) -> int:

@@ -30,8 +30,8 @@ from cache.schema import (
 )
 from cache.store import open_store
 from cache.writer import ShardResult, StoreWriter, create_store
-from ingest.clips import RowJob, RowOutcome
-from ingest.decoders import choose
+from ingest.clips import FELL_BACK, RowJob, RowOutcome
+from ingest.decoders import GPU_DECODERS, choose
 from ingest.discover import UsageError, find_videos
 from ingest.frames import RESIZE_MODES
 from ingest.pool import decode_rows, threads_per_worker
@@ -65,6 +65,7 @@ class BuildSummary:
     seconds: float
     decoder: str
     failures: list[tuple[str, str]]
+    fallbacks: list[tuple[str, str]]  # rows the GPU decoder failed on and PyAV decoded, with the GPU's reason
 
     @property
     def videos_per_second(self) -> float:
@@ -74,8 +75,12 @@ class BuildSummary:
         return (
             f"{out}: {self.ok} ok, {self.failed} failed, {self.pending} pending; "
             f"{self.done} videos decoded in {self.seconds:.1f} s ({self.videos_per_second:.2f} videos/s, "
-            f"decoder {self.decoder})"
+            f"decoder {self.decoder}{self._fallback_note()})"
         )
+
+    def _fallback_note(self) -> str:
+        """A GPU build says how many of its ok rows PyAV decoded instead: all of them must not pass for a GPU build."""
+        return f"; {len(self.fallbacks)} of {self.ok} ok rows fell back to pyav" if self.decoder in GPU_DECODERS else ""
 
 
 class Ranks:
@@ -142,10 +147,8 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
     if ranks.main:
         _finish(config.out, summary)
         log(summary.line(config.out))
-        for path, reason in summary.failures[:20]:
-            log(f"  failed {path}: {reason}")
-        if len(summary.failures) > 20:
-            log(f"  ... and {len(summary.failures) - 20} more (cache info {config.out})")
+        _log_rows(log, "failed", summary.failures, config.out)
+        _log_rows(log, "fell back", summary.fallbacks, config.out)
     return summary
 
 
@@ -237,6 +240,7 @@ def _summarise(out: Path, settled_before: int, seconds: float, decoder: str) -> 
     with open_store(out) as store:
         status = store.status
         failed = np.flatnonzero(status == FAILED)
+        fell_back = np.flatnonzero((status == OK) & np.char.startswith(store.error.astype(str), FELL_BACK))
         return BuildSummary(
             ok=int((status == OK).sum()),
             failed=len(failed),
@@ -245,7 +249,15 @@ def _summarise(out: Path, settled_before: int, seconds: float, decoder: str) -> 
             seconds=seconds,
             decoder=decoder,
             failures=[(store.path[i], store.error[i]) for i in failed],
+            fallbacks=[(store.path[i], store.error[i][len(FELL_BACK) :]) for i in fell_back],
         )
+
+
+def _log_rows(log: Callable[[str], None], what: str, rows: list[tuple[str, str]], out: Path) -> None:
+    for path, reason in rows[:20]:
+        log(f"  {what} {path}: {reason}")
+    if len(rows) > 20:
+        log(f"  ... and {len(rows) - 20} more (cache info {out})")
 
 
 def _finish(out: Path, summary: BuildSummary) -> None:
@@ -263,6 +275,7 @@ def _finish(out: Path, summary: BuildSummary) -> None:
                     "seconds": round(summary.seconds, 3),
                     "videos_per_second": round(summary.videos_per_second, 3),
                     "decoder": summary.decoder,
+                    "fallbacks": len(summary.fallbacks),
                 },
                 "probe": probe,
             }

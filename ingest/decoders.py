@@ -308,12 +308,16 @@ MODULES = {"pyav": "av", "decord": "decord", "nvdec": "PyNvVideoCodec", "dali": 
 
 
 def unavailable(name: str) -> str | None:
-    """Why decoder `name` cannot run here, or None when it can."""
+    """Why decoder `name` cannot run here, or None when it can; a GPU decoder is started once to tell."""
     if name in GPU_DECODERS and not torch.cuda.is_available():
         return f"{name} decodes on an NVIDIA GPU, and torch sees none here"
     if not _installed(MODULES[name]):
         extra = " (pip install 'clipcache[gpu]')" if name in GPU_DECODERS else ""
         return f"{name} is not installed{extra}"
+    if name in GPU_DECODERS:
+        from ingest.gpu_decoders import gpu_unavailable
+
+        return gpu_unavailable(name)
     return None
 
 

@@ -3,40 +3,108 @@
 Both count a video's frames with the same demux pass as the CPU decoders (`probe_video`), so every
 decoder samples the same frame numbers; ask the GPU for exactly those frames; resize them on the GPU;
 and copy only the small clips back to the host. One decoder instance keeps at most one decode engine
-busy (an H100 has seven), so several videos are always in flight. A video a GPU decoder cannot decode
-is decoded again by PyAV, whose careful path handles damaged files, before it is called failed.
+busy (an H100 has seven), so several videos are always in flight. Every exception of the GPU libraries
+becomes a one-line `DecodeError` for its video; `ingest.clips.gpu_rows` decodes such videos again with PyAV.
+
+This module needs only the decoders' common types, never the registry or the row code that calls it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from ingest.clips import RowJob, RowOutcome, decode_row, failed_row
-from ingest.decoders import DecodedClip, DecodeError, Probe, available, probe_video
+from ingest.decoders import DecodedClip, DecodeError, Probe, error_line, probe_video
 from ingest.frames import resize_clip, sample_indices
 
-FALLBACK = "pyav"
+
+class Job(Protocol):
+    """What a GPU decoder needs of a row's job (`ingest.clips.RowJob`)."""
+
+    row: int
+    path: str
+    decoder: str
+    frames: int
+    size: int
+    resize: str
 
 
-def gpu_rows(jobs: list[RowJob], in_flight: int) -> Iterator[RowOutcome]:
-    """Outcomes of `jobs` (one GPU decoder, named in the jobs), `in_flight` videos at a time."""
-    decoder = make_gpu_decoder(jobs[0].decoder)
-    by_row = {job.row: job for job in jobs}
-    for outcome in decoder.clips(jobs, max(1, in_flight)):
-        if outcome.clip is None and available(FALLBACK):
-            outcome = decode_row(replace(by_row[outcome.row], decoder=FALLBACK, threads=1))
-        yield outcome
+Result = DecodedClip | DecodeError  # a job's clip (resized to the job's size), or why there is none
+
+
+def gpu_results(jobs: list[Job], in_flight: int) -> Iterator[tuple[Job, Result]]:
+    """Each of `jobs` (one GPU decoder, named in the jobs) with its result, `in_flight` videos at a time.
+
+    Nothing raises past this: a decoder that cannot start, or a batch loop that breaks, leaves its
+    remaining jobs with the error as their result, so that they fall back rather than end the build.
+    """
+    pending = {job.row: job for job in jobs}
+    try:
+        with refusals():
+            decoder = make_gpu_decoder(jobs[0].decoder)
+            for job, result in decoder.clips(jobs, max(1, in_flight)):
+                pending.pop(job.row, None)
+                yield job, result
+    except DecodeError as error:
+        for job in pending.values():
+            yield job, error
 
 
 def make_gpu_decoder(name: str) -> NvdecDecoder | DaliDecoder:
     device = torch.device("cuda", torch.cuda.current_device())
     return NvdecDecoder(device) if name == "nvdec" else DaliDecoder(device)
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """PyNvVideoCodec's, DALI's and CUDA's own exceptions as a one-line DecodeError naming their type."""
+    try:
+        yield
+    except DecodeError:
+        raise
+    except Exception as error:
+        raise DecodeError(f"{type(error).__name__}: {error_line(error)}") from error
+
+
+@functools.cache
+def gpu_unavailable(name: str) -> str | None:
+    """Why GPU decoder `name` cannot run in this process though its package is installed, or None; tried once.
+
+    Finding the package is not enough: PyNvVideoCodec's import loads the driver's libnvidia-encode and its
+    first decoder query loads libnvcuvid, which a container without the driver's video capability lacks.
+    """
+    try:
+        with refusals():
+            _nvdec_caps() if name == "nvdec" else _dali_import()
+    except DecodeError as error:
+        return f"{name} cannot start here: {error}"
+    return None
+
+
+def _nvdec_caps() -> None:
+    """Import PyNvVideoCodec and ask the decode engines whether they take 8-bit 4:2:0 H.264."""
+    import PyNvVideoCodec as nvc
+
+    chroma = next(value for key, value in nvc.cudaVideoChromaFormat.__members__.items() if "420" in key)
+    caps = nvc.GetDecoderCaps(
+        gpuid=torch.cuda.current_device(), codec=nvc.cudaVideoCodec.H264, chromaformat=chroma, bitdepth=8
+    )
+    refused = [key for key, value in dict(caps).items() if "supported" in key.lower() and not value]
+    if refused:
+        raise DecodeError(f"the GPU's decoder does not support 8-bit 4:2:0 H.264 ({', '.join(refused)})")
+
+
+def _dali_import() -> None:
+    from nvidia.dali import fn, pipeline_def  # noqa: F401  (the import is the check)
 
 
 def _unique(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,61 +113,92 @@ def _unique(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(indices, return_inverse=True)
 
 
-def _failed(job: RowJob, error: Exception) -> RowOutcome:
-    return failed_row(job.row, error, source=f"{job.decoder}: ")
+def _bounded(work: Callable[[Job], Result], jobs: Iterable[Job], threads: int) -> Iterator[tuple[Job, Result]]:
+    """`work` on `jobs` in `threads` threads, in order, at most two per thread submitted: finished clips
+    wait for the consumer in a short queue, not all of them in memory."""
+    with ThreadPoolExecutor(threads, thread_name_prefix="gpu-decode") as pool:
+        running: deque[tuple[Job, Future]] = deque()
+        for job in jobs:
+            running.append((job, pool.submit(work, job)))
+            if len(running) >= 2 * threads:
+                done, future = running.popleft()
+                yield done, future.result()
+        while running:
+            done, future = running.popleft()
+            yield done, future.result()
 
 
 class NvdecDecoder:
-    """PyNvVideoCodec's `SimpleDecoder` into device memory, one instance per video, several threads at once.
+    """PyNvVideoCodec's `SimpleDecoder` into device memory, several threads at once.
 
-    Each thread has its own CUDA stream, handed to the decoder too, so that colour conversion, resize and
-    the copy back of one video overlap with the others'.
+    Each thread keeps one decoder and one CUDA stream (handed to the decoder too, so that colour conversion,
+    resize and the copy back of one video overlap with the others'). Decoders are made under a lock and
+    reconfigured for each next video, as NVIDIA's frame-sampling benchmark does: making one per video costs
+    a decoder session each time.
     """
 
     name = "nvdec"
 
     def __init__(self, device: torch.device):
         self.device = device
+        self._local = threading.local()
+        self._lock = threading.Lock()
 
-    def frames(self, path: str, indices: np.ndarray, stream: torch.cuda.Stream) -> torch.Tensor:
-        """(T, H, W, 3) uint8 RGB on the GPU, the frames at `indices` (repeats kept)."""
+    def _reader(self, path: str, frames: int):
+        """This thread's decoder, pointed at `path`: reconfigured if it can be (and then counts `frames`), else new."""
         import PyNvVideoCodec as nvc
 
-        unique, positions = _unique(indices)
-        reader = nvc.SimpleDecoder(
-            path,
-            gpu_id=self.device.index or 0,
-            cuda_stream=stream.cuda_stream,
-            use_device_memory=True,
-            output_color_type=nvc.OutputColorType.RGB,
-        )
-        surfaces = reader.get_batch_frames_by_index(unique.tolist())
-        if len(surfaces) != len(unique):
-            raise DecodeError(f"asked for {len(unique)} frames, the GPU decoded {len(surfaces)}")
-        decoded = torch.stack([_hwc(torch.from_dlpack(surface)) for surface in surfaces])
-        return decoded[torch.from_numpy(positions).to(self.device)]
+        local = self._local
+        if getattr(local, "reader", None) is not None:
+            try:
+                local.reader.reconfigure_decoder(path)
+                if len(local.reader) == frames:
+                    return local.reader
+            except Exception:  # a decoder that cannot take this video is replaced, not reused
+                pass
+            local.reader = None
+        if getattr(local, "stream", None) is None:
+            local.stream = torch.cuda.Stream(self.device)
+        with self._lock:
+            local.reader = nvc.SimpleDecoder(
+                path,
+                gpu_id=self.device.index or 0,
+                cuda_stream=local.stream.cuda_stream,
+                use_device_memory=True,
+                need_scanned_stream_metadata=True,  # MKV and WebM carry no frame count: count the packets
+                output_color_type=nvc.OutputColorType.RGB,
+            )
+        return local.reader
 
     def decode(self, path: str, count: int, size: int | None = None, resize: str = "squash") -> DecodedClip:
         """The sampled frames on the host: full size, or resized on the GPU to `size` first."""
-        probe = probe_video(path)
-        indices = sample_indices(probe.frames, count)
-        stream = torch.cuda.Stream(self.device)
-        with torch.cuda.stream(stream):
-            frames = self.frames(path, indices, stream)
-            if size is not None:
-                frames = resize_clip(frames, size, resize)
-            return DecodedClip(frames.cpu().numpy(), indices, probe)
+        with refusals():
+            probe = probe_video(path)
+            indices = sample_indices(probe.frames, count)
+            unique, positions = _unique(indices)
+            reader = self._reader(path, probe.frames)
+            stream = self._local.stream
+            with torch.cuda.stream(stream):
+                surfaces = reader.get_batch_frames_by_index(unique.tolist())
+                if len(surfaces) != len(unique):
+                    raise DecodeError(f"asked for {len(unique)} frames, the GPU decoded {len(surfaces)}")
+                frames = torch.stack([_hwc(torch.from_dlpack(surface)) for surface in surfaces])
+                frames = frames[torch.from_numpy(positions).to(self.device)]
+                if size is not None:
+                    frames = resize_clip(frames, size, resize)
+                host = frames.cpu().numpy()
+            stream.synchronize()  # the decoder's surfaces stay alive until every copy out of them is done
+            del surfaces
+            return DecodedClip(host, indices, probe)
 
-    def clips(self, jobs: list[RowJob], in_flight: int) -> Iterator[RowOutcome]:
-        with ThreadPoolExecutor(in_flight, thread_name_prefix="nvdec") as pool:
-            yield from pool.map(self._row, jobs)
+    def clips(self, jobs: list[Job], in_flight: int) -> Iterator[tuple[Job, Result]]:
+        return _bounded(self._result, jobs, in_flight)
 
-    def _row(self, job: RowJob) -> RowOutcome:
+    def _result(self, job: Job) -> Result:
         try:
-            clip = self.decode(job.path, job.frames, job.size, job.resize)
-            return RowOutcome(job.row, clip.frames, clip.indices.astype(np.int32), clip.probe)
-        except Exception as error:
-            return _failed(job, error)
+            return self.decode(job.path, job.frames, job.size, job.resize)
+        except DecodeError as error:
+            return error
 
 
 def _hwc(frame: torch.Tensor) -> torch.Tensor:
@@ -112,14 +211,14 @@ class DaliDecoder:
 
     A pipeline takes a batch of whole files as bytes; `--resize crop` slices the centred square on the GPU
     before the resize. The resize is DALI's linear filter with antialiasing, the same interpolation as
-    the CPU decoders' torch resize.
+    the CPU decoders' torch resize. A pipeline that failed a run is never run again.
     """
 
     name = "dali"
 
     def __init__(self, device: torch.device):
         self.device = device
-        self._pipelines: dict[tuple[int, int | None], object] = {}
+        self._pipelines: dict[tuple[int, int | None, str], object] = {}
 
     def _pipeline(self, batch: int, size: int | None, resize: str):
         key = (batch, size, resize)
@@ -129,6 +228,14 @@ class DaliDecoder:
 
     def run(self, paths: list[str], probes: list[Probe], indices: list[np.ndarray], size: int | None, resize: str):
         """Host arrays (T, S, S, 3), or (T, H, W, 3) full frames with `size` None, one for each of `paths`."""
+        try:
+            with refusals():
+                return self._run(paths, probes, indices, size, resize)
+        except DecodeError:
+            self._pipelines.pop((len(paths), size, resize), None)
+            raise
+
+    def _run(self, paths: list[str], probes: list[Probe], indices: list[np.ndarray], size: int | None, resize: str):
         pipe = self._pipeline(len(paths), size, resize)
         unique = [_unique(i) for i in indices]
         pipe.feed_input("encoded", [np.fromfile(path, dtype=np.uint8) for path in paths])
@@ -139,14 +246,19 @@ class DaliDecoder:
             pipe.feed_input("shape", [shape for _, shape in windows])
         (out,) = pipe.run()
         host = out.as_cpu()
-        return [np.asarray(host[i])[positions] for i, (_, positions) in enumerate(unique)]
+        clips = [np.asarray(host[i]) for i in range(len(paths))]
+        for clip, (frames, _) in zip(clips, unique, strict=True):
+            if len(clip) != len(frames):
+                raise DecodeError(f"asked for {len(frames)} frames, DALI decoded {len(clip)}")
+        return [clip[positions] for clip, (_, positions) in zip(clips, unique, strict=True)]
 
     def decode(self, path: str, count: int) -> DecodedClip:
-        probe = probe_video(path)
-        indices = sample_indices(probe.frames, count)
-        return DecodedClip(self.run([path], [probe], [indices], None, "squash")[0], indices, probe)
+        with refusals():
+            probe = probe_video(path)
+            indices = sample_indices(probe.frames, count)
+            return DecodedClip(self.run([path], [probe], [indices], None, "squash")[0], indices, probe)
 
-    def clips(self, jobs: list[RowJob], in_flight: int) -> Iterator[RowOutcome]:
+    def clips(self, jobs: list[Job], in_flight: int) -> Iterator[tuple[Job, Result]]:
         """Batches of `in_flight` videos per pipeline run; a batch that fails is retried a video at a time."""
         with ThreadPoolExecutor(min(in_flight, os.cpu_count() or 1)) as pool:
             for start in range(0, len(jobs), in_flight):
@@ -155,10 +267,10 @@ class DaliDecoder:
                 ready = [(job, probe) for job, probe in zip(batch, probes, strict=True) if isinstance(probe, Probe)]
                 for job, error in zip(batch, probes, strict=True):
                     if not isinstance(error, Probe):
-                        yield _failed(job, error)
+                        yield job, error
                 yield from self._batch(ready)
 
-    def _batch(self, ready: list[tuple[RowJob, Probe]]) -> Iterator[RowOutcome]:
+    def _batch(self, ready: list[tuple[Job, Probe]]) -> Iterator[tuple[Job, Result]]:
         if not ready:
             return
         first = ready[0][0]
@@ -166,22 +278,22 @@ class DaliDecoder:
         try:
             paths, probes = [job.path for job, _ in ready], [probe for _, probe in ready]
             clips = self.run(paths, probes, indices, first.size, first.resize)
-        except Exception as error:
+        except DecodeError as error:
             if len(ready) == 1:
-                yield _failed(first, error)
+                yield first, error
                 return
-            self._pipelines.clear()  # a pipeline that raised is not reused
             for one in ready:
                 yield from self._batch([one])
             return
         for (job, probe), clip, picked in zip(ready, clips, indices, strict=True):
-            yield RowOutcome(job.row, clip, picked.astype(np.int32), probe)
+            yield job, DecodedClip(clip, picked, probe)
 
 
-def _probe_or_error(path: str) -> Probe | Exception:
+def _probe_or_error(path: str) -> Probe | DecodeError:
     try:
-        return probe_video(path)
-    except Exception as error:
+        with refusals():
+            return probe_video(path)
+    except DecodeError as error:
         return error
 
 
@@ -194,7 +306,7 @@ def _crop_window(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _dali_pipeline(batch: int, size: int | None, crop: bool, device_id: int):
     """Decode (and with `size`, resize, after slicing the centred square with `crop`) a batch of encoded
-    videos on GPU `device_id`."""
+    videos on GPU `device_id`. `pad_mode="none"`: a frame past the end is an error, not a black frame."""
     from nvidia.dali import fn, pipeline_def, types
 
     @pipeline_def(
@@ -203,7 +315,7 @@ def _dali_pipeline(batch: int, size: int | None, crop: bool, device_id: int):
     def pipeline():
         encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
         frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-        video = fn.decoders.video(encoded, device="mixed", frames=frames)
+        video = fn.decoders.video(encoded, device="mixed", frames=frames, pad_mode="none")
         if size is None:
             return video
         if crop:

@@ -11,7 +11,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
-from ingest.clips import RowJob, RowOutcome, decode_row
+from ingest.clips import RowJob, RowOutcome, decode_row, gpu_rows
 from ingest.decoders import GPU_DECODERS, Probe
 
 
@@ -28,8 +28,6 @@ def decode_rows(jobs: list[RowJob], workers: int) -> Iterator[RowOutcome]:
     decoding are then retried one at a time, so only the one that kills its process again fails.
     """
     if jobs and jobs[0].decoder in GPU_DECODERS:
-        from ingest.gpu_decoders import gpu_rows
-
         yield from gpu_rows(jobs, workers)
         return
     if workers <= 1 or len(jobs) <= 1:

@@ -20,12 +20,14 @@ from ingest.decoders import (
     Packets,
     PyAVDecoder,
     _feed_mask,
+    available,
     choose,
     make_decoder,
     probe_video,
     resolve,
 )
 from ingest.frames import resize_clip, sample_indices
+from ingest.gpu_decoders import gpu_unavailable
 
 DECODERS = list(CPU_DECODERS)
 VIDEOS = [  # name, frames, width, height, codec: B-frames and long GOPs, other codecs and containers
@@ -132,6 +134,13 @@ def test_auto_picks_a_cpu_decoder_without_a_gpu_and_says_why():
 def test_gpu_decoders_say_plainly_that_they_need_a_gpu(decoder):
     with pytest.raises(DecodeError, match="NVIDIA GPU"):
         make_decoder(decoder)
+
+
+@pytest.mark.skipif(available("nvdec"), reason="PyNvVideoCodec starts here")
+def test_a_gpu_decoder_that_cannot_start_gives_one_line_once():
+    why = gpu_unavailable("nvdec")
+    assert why.startswith("nvdec cannot start here: ") and "\n" not in why and len(why) < 300
+    assert gpu_unavailable("nvdec") is why  # tried once per process
 
 
 def test_probe_counts_the_frames_every_decoder_samples(videos):

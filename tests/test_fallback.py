@@ -1,0 +1,56 @@
+"""The GPU path's fallback to PyAV, counted: run on a machine without a GPU, where every GPU row fails for real."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import zarr
+from conftest import encode_numbered, read_number
+
+from cache import open_store
+from cache.schema import FAILED, OK, StoreSpec
+from cache.writer import StoreWriter, create_store
+from ingest.build import _collect_shards, _finish, _summarise
+from ingest.clips import FELL_BACK, RowJob, decode_row, gpu_rows
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where the GPU decoder fails")
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory) -> list[RowJob]:
+    """Two good videos and a file that is not one, for nvdec at 4 frames of 32 x 32."""
+    folder = tmp_path_factory.mktemp("fallback")
+    paths = [encode_numbered(folder / "a.mp4", 30), encode_numbered(folder / "b.mp4", 12)]
+    (folder / "c.mp4").write_text("not a video\n")
+    return [RowJob(row, str(path), "nvdec", 1, 4, 32, "squash") for row, path in enumerate([*paths, folder / "c.mp4"])]
+
+
+def test_rows_the_gpu_fails_on_are_decoded_by_pyav_and_marked(jobs):
+    outcomes = {outcome.row: outcome for outcome in gpu_rows(jobs, 2)}
+    assert sorted(outcomes) == [0, 1, 2]
+    for row in (0, 1):
+        outcome, pyav = outcomes[row], decode_row(RowJob(row, jobs[row].path, "pyav", 1, 4, 32, "squash"))
+        assert outcome.fell_back and outcome.error.startswith(f"{FELL_BACK}nvdec: ")
+        assert (outcome.clip == pyav.clip).all() and (outcome.indices == pyav.indices).all()
+        assert [read_number(frame) for frame in outcome.clip] == outcome.indices.tolist()
+    broken = outcomes[2]
+    assert broken.clip is None and not broken.fell_back
+    assert broken.error.startswith("nvdec: ") and "; pyav: " in broken.error and "\n" not in broken.error
+
+
+def test_a_gpu_store_counts_its_fallbacks_in_its_summary(jobs, tmp_path):
+    out = tmp_path / "gpu.zarr"
+    spec = StoreSpec(frames=4, size=32, decoder="nvdec", clips_per_shard=2)
+    paths = [job.path for job in jobs]
+    create_store(out, pd.DataFrame({"path": paths, "label": [0, 1, 0], "split": 0, "group": paths}), spec)
+    with StoreWriter(out) as writer:
+        for shard in _collect_shards(gpu_rows(jobs, 2), spec, len(jobs)):
+            writer.write_shard(shard)
+    summary = _summarise(out, 0, 1.0, "nvdec")
+    assert (summary.ok, summary.failed, len(summary.fallbacks)) == (2, 1, 2)
+    assert "2 of 2 ok rows fell back to pyav" in summary.line(out)
+    assert [path for path, _ in summary.fallbacks] == paths[:2] and summary.fallbacks[0][1].startswith("nvdec: ")
+    _finish(out, summary)
+    assert zarr.open_group(out, mode="r").attrs["summary"]["fallbacks"] == 2
+    with open_store(out) as store:
+        assert store.status.tolist() == [OK, OK, FAILED] and np.char.startswith(store.error[:2], FELL_BACK).all()
