@@ -93,30 +93,59 @@ def decode(config: BenchConfig, context: Context) -> list[Row]:
 
 
 def gpu_decode(config: BenchConfig, paths: list[str], seed: Rate) -> list[Row]:
-    """Each GPU decoder with many videos in flight (the bench's few videos repeated), beside NVDEC's limit."""
+    """Each GPU decoder with 1, 7 (an H100's engines) and 16 videos in flight, beside the engines' limit.
+
+    The limit is the per-engine rate measured here (one decoder decoding every frame of the first video)
+    times the engines, falling back to NVIDIA's published figure where nvdec does not start.
+    """
     stage = "decode + sample 16 frames + resize, GPU"
     if not torch.cuda.is_available():
         return [skipped(stage, "nvdec, dali", "no GPU on this machine")]
-    in_flight = gpu_in_flight(config)
-    jobs = [RowJob(i, p, "", 1, config.frames, config.size, "squash") for i, p in enumerate(paths * in_flight)]
-    limit, limit_name = nvdec_limit(paths)
+    engine_fps = nvdec_engine_fps(paths[0]) if available("nvdec") else None
+    limit, limit_name = nvdec_limit(paths, engine_fps)
     rows = []
     for name in GPU_DECODERS:
         why = unavailable(name)
         if why is not None:
             rows.append(skipped(stage, name, why))
             continue
-        named = [replace(job, decoder=name) for job in jobs]
-        outcomes: list = []
+        for in_flight in gpu_in_flights(config):
+            jobs = [
+                RowJob(i, p, name, 1, config.frames, config.size, "squash")
+                for i, p in enumerate(paths * -(-2 * in_flight // len(paths)))
+            ]
+            outcomes: list[RowOutcome] = []
 
-        def work(named=named, outcomes=outcomes) -> float:
-            outcomes[:] = list(gpu_rows(named, in_flight))
-            return sum(not outcome.fell_back and outcome.clip is not None for outcome in outcomes)
+            def work(jobs=jobs, in_flight=in_flight, outcomes=outcomes) -> float:
+                outcomes[:] = list(gpu_rows(jobs, in_flight))
+                return sum(outcome.clip is not None and not outcome.fell_back for outcome in outcomes)
 
-        rate = Rate.measure(work, config.repeat, "videos/s")
-        note = f"{rate.median * config.frames:,.0f} sampled frames/s; " + fallback_note(outcomes)
-        measures = f"{name}, {in_flight} videos in flight, {len(jobs)} videos"
-        rows.append(Row(stage, measures, rate, seed, SEED, limit, limit_name, note))
+            rate = Rate.measure(work, config.repeat, "videos/s")
+            note = f"{rate.median * config.frames:,.0f} sampled frames/s; {fallback_note(outcomes)}"
+            measures = f"{name}, {in_flight} videos in flight, {len(jobs)} videos"
+            rows.append(Row(stage, measures, rate, seed, SEED, limit, limit_name, note))
+    return rows
+
+
+def gpu_ingest(config: BenchConfig) -> list[Row]:
+    """`build-cache` with each GPU decoder at 1, 7 and 16 videos in flight; rows PyAV decoded are not counted."""
+    rows = []
+    for name in (name for name in GPU_DECODERS if available(name)):
+        for in_flight in gpu_in_flights(config):
+            notes: list[str] = []
+
+            def build(name: str = name, in_flight: int = in_flight, notes: list[str] = notes) -> float:
+                out = config.work / "ingest-gpu.zarr"
+                _remove(out)
+                summary = build_cache(
+                    BuildConfig(config.data_root, out, workers=in_flight, decoder=name), log=lambda _: None
+                )
+                notes[:] = [f"{len(summary.fallbacks)} of {summary.ok} ok rows fell back to PyAV, not counted"]
+                return summary.ok - len(summary.fallbacks)
+
+            rate = Rate.measure(build, max(1, config.repeat // 2), "videos/s", warmup=0)
+            measures = f"build-cache, {in_flight} videos in flight, {name}"
+            rows.append(Row("ingest end to end", measures, rate, note="; ".join(notes)))
     return rows
 
 
@@ -129,18 +158,42 @@ def fallback_note(outcomes: list[RowOutcome]) -> str:
     return note + (f"; {len(failed)} failed, e.g. {failed[0]}" if failed else "")
 
 
-def gpu_in_flight(config: BenchConfig) -> int:
-    return max(8, config.workers)
+def gpu_in_flights(config: BenchConfig) -> tuple[int, ...]:
+    """Videos in flight: one (one engine), an H100's seven engines, and more than the engines; one setting quick."""
+    return (max(8, config.workers),) if config.quick else (1, 7, 16)
 
 
-def nvdec_limit(paths: list[str]) -> tuple[Rate | None, str]:
-    """What the GPU's decode engines could do decoding every frame of these videos, from NVIDIA's figures."""
+def nvdec_engine_fps(path: str) -> float | None:
+    """Frames per second one SimpleDecoder decodes every frame of `path` at (one engine busy); None if it fails."""
+    try:
+        import PyNvVideoCodec as nvc
+
+        reader = nvc.SimpleDecoder(path, gpu_id=torch.cuda.current_device(), use_device_memory=True)
+        reader.get_batch_frames(8)  # warm-up: the decoder session and the first GOP
+        reader.seek_to_index(0)
+        started, frames = time.perf_counter(), 0
+        while batch := reader.get_batch_frames(64):
+            frames += len(batch)
+        torch.cuda.synchronize()
+        return frames / (time.perf_counter() - started)
+    except Exception as error:
+        print(f"bench: nvdec's per-engine rate not measured: {type(error).__name__}: {error}"[:300])
+        return None
+
+
+def nvdec_limit(paths: list[str], engine_fps: float | None = None) -> tuple[Rate | None, str]:
+    """What the GPU's decode engines could do decoding every frame of these videos: the per-engine rate
+    measured here, else NVIDIA's H.264 1080p figure scaled by pixels."""
     gpu = torch.cuda.get_device_name()
     engines = next((count for model, count in NVDEC_ENGINES.items() if model in gpu), None)
     if engines is None:
         return None, ""
-    pixels = sum(p.frames * p.width * p.height for p in map(probe_video, paths)) / len(paths)
-    frames_1080p = pixels / (1920 * 1080)
+    probes = [probe_video(p) for p in paths]
+    if engine_fps:
+        frames = sum(p.frames for p in probes) / len(probes)
+        name = f"NVDEC: {engines} engines x {engine_fps:,.0f} frames/s each (measured here, every frame)"
+        return Rate.of_seconds(frames / (engines * engine_fps), "videos/s"), name
+    frames_1080p = sum(p.frames * p.width * p.height for p in probes) / len(probes) / (1920 * 1080)
     return (
         Rate.of_seconds(frames_1080p / (engines * NVDEC_1080P_FPS), "videos/s"),
         f"NVDEC: {engines} engines x {NVDEC_1080P_FPS} H.264 1080p frames/s each, every frame, scaled by pixels",
@@ -232,7 +285,6 @@ def _remove(path: Path) -> None:
 
 def ingest(config: BenchConfig, context: Context) -> list[Row]:
     builds = [("pyav", workers) for workers in sorted({1, config.workers})]
-    builds += [(name, gpu_in_flight(config)) for name in GPU_DECODERS if available(name)]
     rows = []
     for decoder, workers in builds:
 
@@ -257,7 +309,7 @@ def ingest(config: BenchConfig, context: Context) -> list[Row]:
                 note="includes discovery, process start-up and the store's creation",
             )
         )
-    return rows
+    return rows + gpu_ingest(config)
 
 
 def _ingest_limit(config: BenchConfig, context: Context) -> Rate | None:
@@ -379,28 +431,31 @@ def feed(config: BenchConfig, context: Context) -> list[Row]:
 
 
 def h2d(config: BenchConfig, context: Context) -> list[Row]:
+    """Host-to-device copies: a training batch of clips, then 256 MiB and 1 GiB, where the link's rate shows."""
     if not torch.cuda.is_available():
         return [skipped("host to device", "GB/s, pinned and not", "no GPU on this machine")]
     clips = torch.from_numpy(_clips(config, 4))
+    sources = [(f"uint8 batch of 4 clips ({clips.numel() / MB:.0f} MiB)", clips, (False, True))]
+    sources.append(("256 MiB", torch.empty(256 * MB, dtype=torch.uint8), (False, True)))
+    sources.append(("1 GiB", torch.empty(1024 * MB, dtype=torch.uint8), (True,)))
     rows = []
-    gigabytes = clips.numel() / 2**30
-    device = torch.device("cuda")
-    for pinned in (False, True):
-        source = clips.pin_memory() if pinned else clips
-
-        def copy(source: torch.Tensor = source) -> float:
-            source.to(device, non_blocking=True)
-            torch.cuda.synchronize()
-            return gigabytes
-
-        rows.append(
-            Row(
-                "host to device",
-                f"uint8 batch, {'pinned' if pinned else 'pageable'}",
-                Rate.measure(copy, config.repeat, "GB/s"),
-            )
-        )
+    for what, tensor, pinnings in sources:
+        for pinned in pinnings:
+            rate = _copy_rate(tensor.pin_memory() if pinned else tensor, config.repeat)
+            rows.append(Row("host to device", f"{what}, {'pinned' if pinned else 'pageable'}", rate))
     return rows
+
+
+def _copy_rate(source: torch.Tensor, repeat: int) -> Rate:
+    gigabytes = source.numel() * source.element_size() / 2**30
+    target = torch.empty_like(source, device="cuda")
+
+    def copy() -> float:
+        target.copy_(source, non_blocking=True)
+        torch.cuda.synchronize()
+        return gigabytes
+
+    return Rate.measure(copy, repeat, "GB/s")
 
 
 def train(config: BenchConfig, context: Context) -> list[Row]:
@@ -408,8 +463,7 @@ def train(config: BenchConfig, context: Context) -> list[Row]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     size = 64 if config.quick else config.size
-    steps = 2 if config.quick else 6
-    precisions = ["fp32"] if config.quick else ["fp32", "bf16"]
+    steps, precisions = _train_settings(config, device)
     dataset = ClipDataset(config.cache, "train")
     transform = ClipTransform(train=True, seed=0, size=size)
     rows = []
@@ -432,6 +486,13 @@ def train(config: BenchConfig, context: Context) -> list[Row]:
                 )
             )
     return rows
+
+
+def _train_settings(config: BenchConfig, device: torch.device) -> tuple[int, list[str]]:
+    """Steps per timed epoch and precisions: on a GPU, 50 steps of bf16, enough for the data stall to show."""
+    if config.quick:
+        return 2, ["fp32"]
+    return (50, ["bf16"]) if device.type == "cuda" else (6, ["fp32", "bf16"])
 
 
 def features(config: BenchConfig, context: Context) -> list[Row]:
@@ -510,7 +571,8 @@ def _train_rates(model, optimizer, dataset, transform, device, precision, steps,
         return steps * len(labels)
 
     resident_rate = Rate.measure(resident, config.repeat, "clips/s")
-    return fed_rate, float(np.median(np.array(waits) / np.array(totals))), resident_rate
+    stalls = np.array(waits[1:]) / np.array(totals[1:])  # the first epoch is Rate.measure's warm-up
+    return fed_rate, float(np.median(stalls)), resident_rate
 
 
 def _sync(device: torch.device) -> None:
