@@ -1,89 +1,170 @@
 #!/usr/bin/env bash
-# Every GPU check of clipcache in one run, on a fresh NVIDIA machine that has PyTorch but no network.
+# Every GPU check of clipcache in one command, on a fresh NVIDIA machine that has PyTorch but no network.
 #
-#   bench/gpu_check.sh download [WHEELS]   # here, with network: fetch the wheels the GPU machine lacks
-#   bench/gpu_check.sh install [WHEELS]    # there: install them (only this, where they must come in parts)
-#   bench/gpu_check.sh [RESULTS] [WHEELS]  # there: install the wheels, run the GPU tests, ingest the demo
-#                                          # set with each GPU decoder, run the quick bench
+#   bench/gpu_check.sh download   # here, with network: fetch the wheels the GPU machine lacks into $WHEELS
+#   bench/gpu_check.sh RESULTS    # there: install them, then run the steps below, highest value first
 #
-# WHEELS defaults to .whl (add `/.whl/` to .git/info/exclude), RESULTS to results/gpu-check. The wheels come
-# to about 70 MB (PyAV 36, PyNvVideoCodec 27); where one transfer carries less, split them over two folders,
-# run `install` with the first and the check with the second. Everything the check prints and writes lands
-# in RESULTS: versions.txt, nvidia-smi.txt, tests.log, ingest-*.log, bench.log and the bench's JSON and
-# markdown.
+# Each step runs under `timeout` and writes its log and figures into RESULTS as soon as it ends, with a line
+# in RESULTS/steps.tsv (step, exit status, seconds, verdict): a run cut short still returns what it finished.
+#   1 env       nvidia-smi, driver, libnvcuvid/libnvidia-encode, versions, which decoders start (env.log)
+#   2 ingest    make-demo; a PyAV build on all cores; an nvdec build of the same videos; both compared row
+#               by row (compare-nvdec.json/.md: frame indices, mean absolute difference per channel, fallbacks)
+#   3 train     accelerate launch train/run.py --model all, 1 epoch, bf16, 224 px; cache features on the GPU;
+#               train/run.py --from-features
+#   4 tests     pytest -m gpu tests/test_gpu.py
+#   5 bench     GPU rows on Celeb-DF-shaped video (942x500, 400 frames): decode and ingest at 1, 7 and 16 videos
+#               in flight beside the measured per-engine rate, host-to-device copies, 50-step bf16 data stall
+#   6 dali      a DALI build compared like nvdec's, only where DALI is installed
+# Without a GPU every step runs at toy sizes and the GPU ones say "skipped: no GPU" (a check of this script).
+#
+# Wheels (pip download for CPython 3.12 manylinux x86_64, measured 2026-11-27), as downloaded -> as `download`
+# leaves them (recompressed with LZMA, which pip and zipfile read; PyNvVideoCodec's also stripped of samples,
+# benchmarks, FFmpeg's source tarball, its CUDA 12 build and duplicate FFmpeg libraries), in MB:
+#   av 18.1.0 35.8 -> 26.8; pynvvideocodec 2.2.4 26.9 -> 3.0; numcodecs 0.16.6 9.3 -> 7.0; zarr 3.1.6 0.3;
+#   donfig, google-crc32c 0.06; matplotlib 3.11.2 9.9 -> 8.3 with fonttools 5.4 -> 4.3, kiwisolver 1.5 -> 1.0,
+#   contourpy 0.4 -> 0.3, cycler, pyparsing 0.1 (train/run.py draws its reports; matplotlib imports fontTools).
+# Total 51.1 MB (48.7 MiB; 89.7 MB as downloaded) beside a 0.4 MB tree: one 64 MiB transfer. `download` fails above it
+# (it takes about 3 minutes, mostly LZMA). Not carried: optuna (train/tune.py only), grad-cam (train/explain.py
+# only), decord; DALI's wheel (~200 MB) only with DALI=1, and then it does not fit one transfer.
 set -uo pipefail
 
 PYTHON=${PYTHON:-python3}
-SITE=/tmp/clipcache-site
-# What a PyTorch image usually lacks for the GPU checks. DALI's wheel (about 200 MB) only with DALI=1.
-WANTED="zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c av==18.1.0 pynvvideocodec"
+WHEELS=${WHEELS:-.whl}
+SITE=${SITE:-/tmp/clipcache-site}
+LIMIT_MIB=64
+WANTED="zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0 av==18.1.0 pynvvideocodec==2.2.4
+    matplotlib==3.11.2 contourpy==1.4.0 kiwisolver==1.5.1 cycler==0.12.1 pyparsing==3.3.3 fonttools==4.68.0"
 
-install() {
-    if compgen -G "$1/*.whl" >/dev/null; then
-        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$1"/*.whl
-    fi
-}
-
-if [[ "${1:-}" == download ]]; then
-    wheels=${2:-.whl}
+download() {
+    mkdir -p "$WHEELS"
+    local extra
     extra=$([[ "${DALI:-0}" == 1 ]] && echo "nvidia-dali-cuda130")
     for name in $WANTED $extra; do
         "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
             --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-            --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$wheels" "$name" || exit 1
+            --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$WHEELS" "$name" || return 1
     done
-    du -sh "$wheels"
-    exit 0
-fi
+    "$PYTHON" -m bench.wheels repack "$WHEELS"/*.whl || return 1
+    local total tree
+    total=$(du -cb "$WHEELS"/*.whl | tail -1 | cut -f1)
+    tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+    echo "wheels $((total / 1024)) KiB + tree $((tree / 1024)) KiB; one transfer carries $LIMIT_MIB MiB"
+    ((total + tree <= LIMIT_MIB * 1024 * 1024)) || { echo "too big for one transfer" >&2; return 1; }
+}
 
-if [[ "${1:-}" == install ]]; then
-    install "${2:-.whl}"
+install() {
+    compgen -G "$WHEELS/*.whl" >/dev/null || return 0
+    if "$PYTHON" -m pip --version >/dev/null 2>&1; then
+        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$SITE" "$WHEELS"/*.whl
+    else
+        "$PYTHON" -m bench.wheels unpack "$SITE" "$WHEELS"/*.whl  # no pip here: a wheel is a zip
+    fi
+}
+
+if [[ "${1:-}" == download ]]; then
+    download
     exit $?
 fi
 
 results=${1:-results/gpu-check}
 mkdir -p "$results"
-install "${2:-.whl}" || exit 1
+results=$(cd "$results" && pwd)
 export PYTHONPATH=$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
-
-nvidia-smi >"$results/nvidia-smi.txt" 2>&1
-"$PYTHON" - >"$results/versions.txt" 2>&1 <<'EOF'
-import importlib, torch
-print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")
-for name in ("zarr", "av", "decord", "PyNvVideoCodec", "nvidia.dali", "optuna", "pytorch_grad_cam", "accelerate", "timm"):
-    try:
-        module = importlib.import_module(name)
-        print(name, getattr(module, "__version__", "?"))
-    except Exception as error:
-        print(name, "missing:", error)
-from ingest.decoders import DECODERS, choose, unavailable
-print(choose("auto")[1])
-for name in DECODERS:
-    print(name, unavailable(name) or "works here")
-EOF
-cat "$results/versions.txt"
-
+work=${WORK:-/tmp/clipcache-gpu-check}
+rm -rf "$work" && mkdir -p "$work"
 status=0
-echo "== GPU tests"
-"$PYTHON" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$results/tests.log" || status=1
+printf 'step\texit\tseconds\tverdict\n' >"$results/steps.tsv"
 
-echo "== demo ingest with each GPU decoder"
-demo=/tmp/clipcache-demo
-rm -rf "$demo"
-"$PYTHON" -m ingest make-demo --out "$demo/data" >"$results/make-demo.log" 2>&1 || status=1
-for decoder in pyav nvdec dali; do
-    "$PYTHON" -m ingest build-cache --data-root "$demo/data" --out "$demo/$decoder.zarr" --decoder "$decoder" \
-        >"$results/ingest-$decoder.log" 2>&1
+# step NAME SECONDS COMMAND...: run it under timeout into RESULTS/NAME.log and record how it ended.
+step() {
+    local name=$1 limit=$2 started code verdict
+    shift 2
+    started=$SECONDS
+    # bash -c: the command may be one of this script's functions (exported below), which timeout cannot run.
+    timeout --kill-after=10 "$limit" bash -c '"$@"' step "$@" >"$results/$name.log" 2>&1
     code=$?
-    grep -v '%|' "$results/ingest-$decoder.log"
-    # A decoder missing here is reported, not a failure; one that is here and fails is.
-    if ((code != 0)) && ! grep -q "sees none here\|is not installed" "$results/ingest-$decoder.log"; then
-        status=1
-    fi
-done
+    case $code in
+        0) verdict=ok ;;
+        124 | 137) verdict="timed out after $limit s" ;;
+        *) verdict=failed ;;
+    esac
+    ((code == 0)) || status=1
+    printf '%s\t%s\t%s\t%s\n' "$name" "$code" "$((SECONDS - started))" "$verdict" >>"$results/steps.tsv"
+    echo "== $name: $verdict ($((SECONDS - started)) s)"
+    grep -v '%|' "$results/$name.log" | tail -n "${TAIL:-15}"
+}
 
-echo "== quick bench"
-"$PYTHON" -m bench run --demo --quick --out "$results" --markdown "$results/RESULTS.md" 2>&1 \
-    | tee "$results/bench.log" | grep -v '%|' || status=1
+skip() {
+    printf '%s\t-\t0\tskipped: %s\n' "$1" "$2" >>"$results/steps.tsv"
+    echo "== $1: skipped: $2"
+}
+
+gpu=$("$PYTHON" -c 'import torch; print(int(torch.cuda.is_available()))' 2>/dev/null || echo 0)
+if ((gpu)); then
+    demo=(--identities 16 --frames 48) size=224 frames=16 epochs=1 precision=bf16 loaders=4
+else
+    demo=(--identities 4 --frames 8 --width 96 --height 64) size=32 frames=4 epochs=1 precision=no loaders=0
+fi
+export PYTHON WHEELS SITE work size frames
+# A store at `size` px holding `frames`-frame clips of the demo videos, built with decoder $2 into $1.
+build() { "$PYTHON" -m ingest build-cache --data-root "$work/data" --out "$1" --decoder "$2" --size "$size" \
+    --frames "$frames" "${@:3}"; }
+
+# 1: what this machine is.
+env_report() {
+    nvidia-smi || true
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+    echo "-- video libraries of the driver"
+    ldconfig -p | grep -E 'nvcuvid|nvidia-encode' || echo "none: the container lacks the driver's video capability"
+    "$PYTHON" -m bench.gpu_check env
+}
+export -f install build env_report
+step install 300 install
+step env 120 env_report
+
+# 2: a PyAV build and an nvdec build of the same videos, compared row by row.
+step make-demo 300 "$PYTHON" -m ingest make-demo --out "$work/data" "${demo[@]}"
+step ingest-pyav 600 build "$work/pyav.zarr" pyav --workers "$(nproc)"
+if ((gpu)); then
+    step ingest-nvdec 600 build "$work/nvdec.zarr" nvdec --workers 8
+    step compare-nvdec 300 "$PYTHON" -m bench.gpu_check compare "$work/pyav.zarr" "$work/nvdec.zarr" \
+        --out "$results/compare-nvdec"
+else
+    skip ingest-nvdec "no GPU"
+fi
+
+# 3: training at 224 px in bf16 on the GPU, then the feature cache and a head trained on it.
+launch=("$PYTHON" -m accelerate.commands.launch --num_processes 1 --num_machines 1 --dynamo_backend no)
+((gpu)) && launch+=(--mixed_precision "$precision") || launch+=(--cpu)
+step train-all 900 "${launch[@]}" train/run.py --cache "$work/pyav.zarr" --model all --epochs "$epochs" \
+    --frame-size "$size" --mixed-precision "$precision" --out "$work/run" --workers "$loaders"
+cp "$work/run/comparison.md" "$results/" 2>/dev/null
+step cache-features 600 "$PYTHON" -m cache features "$work/pyav.zarr" --backbone resnet18 --frame-size "$size"
+step train-features 300 "$PYTHON" train/run.py --cache "$work/pyav.zarr" --model resnet18 --from-features \
+    --epochs "$epochs" --out "$work/run-features" --workers "$loaders"
+
+# 4: the GPU tests (skipped, and saying so, without a GPU).
+step tests 900 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_gpu.py
+
+# 5: the bench's GPU rows.
+if ((gpu)); then
+    step bench 1200 "$PYTHON" -m bench run --demo --stages decode ingest h2d train --repeat 3 --videos 8 \
+        --out "$results/bench" --markdown "$results/bench.md"
+else
+    step bench 300 "$PYTHON" -m bench run --data "$work/data" --quick --stages decode h2d --videos 2 \
+        --out "$results/bench" --markdown "$results/bench.md"
+fi
+
+# 6: DALI, where it is installed.
+if ((gpu)) && "$PYTHON" -c 'import nvidia.dali' 2>/dev/null; then
+    step ingest-dali 600 build "$work/dali.zarr" dali --workers 8
+    step compare-dali 300 "$PYTHON" -m bench.gpu_check compare "$work/pyav.zarr" "$work/dali.zarr" \
+        --out "$results/compare-dali"
+else
+    skip dali "$( ((gpu)) && echo "DALI is not installed" || echo "no GPU")"
+fi
+
+echo "== steps (also $results/steps.tsv)"
+column -t -s $'\t' "$results/steps.tsv" 2>/dev/null || cat "$results/steps.tsv"
 exit $status

@@ -6,7 +6,7 @@ import zipfile
 from conftest import build_args, run_cli
 
 from bench.gpu_check import compare, environment
-from bench.wheels import strip
+from bench.wheels import repack
 
 
 def test_two_builds_of_the_same_clips_compare_equal_and_another_resize_does_not(tiny_cache, demo_root, tmp_path):
@@ -29,7 +29,7 @@ def test_environment_names_every_decoder():
     assert any(line.startswith("decoder nvdec: ") for line in lines)
 
 
-def test_the_stripped_pynvvideocodec_wheel_keeps_what_decoding_loads(tmp_path):
+def test_the_repacked_pynvvideocodec_wheel_keeps_what_decoding_loads(tmp_path):
     wheel = tmp_path / "pynvvideocodec-2.2.4-cp312-cp312-manylinux_2_28_x86_64.whl"
     kept = [
         "PyNvVideoCodec/__init__.py",
@@ -51,10 +51,11 @@ def test_the_stripped_pynvvideocodec_wheel_keeps_what_decoding_loads(tmp_path):
         for name in kept + dropped:
             archive.writestr(name, b"\0" * 10000)
         archive.writestr("pynvvideocodec-2.2.4.dist-info/RECORD", record)
-    before, after = strip(wheel)
+    before, after = repack(wheel)
     assert after < before
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
+        assert {item.compress_type for item in archive.infolist()} == {zipfile.ZIP_LZMA}
         assert sorted(names) == sorted([*kept, "pynvvideocodec-2.2.4.dist-info/RECORD"])
         record = archive.read("pynvvideocodec-2.2.4.dist-info/RECORD").decode()
         recorded = [line.split(",")[0] for line in record.split()]
