@@ -130,6 +130,7 @@ def gpu_decode(config: BenchConfig, paths: list[str], seed: Rate) -> list[Row]:
 def gpu_ingest(config: BenchConfig) -> list[Row]:
     """`build-cache` with each GPU decoder at 1, 7 and 16 videos in flight; rows PyAV decoded are not counted."""
     rows = []
+    root = _replicated_root(config, 2 * max(gpu_in_flights(config)))
     for name in (name for name in GPU_DECODERS if available(name)):
         for in_flight in gpu_in_flights(config):
             notes: list[str] = []
@@ -137,9 +138,7 @@ def gpu_ingest(config: BenchConfig) -> list[Row]:
             def build(name: str = name, in_flight: int = in_flight, notes: list[str] = notes) -> float:
                 out = config.work / "ingest-gpu.zarr"
                 _remove(out)
-                summary = build_cache(
-                    BuildConfig(config.data_root, out, workers=in_flight, decoder=name), log=lambda _: None
-                )
+                summary = build_cache(BuildConfig(root, out, workers=in_flight, decoder=name), log=lambda _: None)
                 notes[:] = [f"{len(summary.fallbacks)} of {summary.ok} ok rows fell back to PyAV, not counted"]
                 return summary.ok - len(summary.fallbacks)
 
@@ -147,6 +146,19 @@ def gpu_ingest(config: BenchConfig) -> list[Row]:
             measures = f"build-cache, {in_flight} videos in flight, {name}"
             rows.append(Row("ingest end to end", measures, rate, note="; ".join(notes)))
     return rows
+
+
+def _replicated_root(config: BenchConfig, count: int) -> Path:
+    """A Celeb-DF-shaped folder of `count` links to the bench's videos, real and fake in turn: enough videos to
+    keep 16 in flight, however few the bench has."""
+    root = config.work / "gpu-ingest-data"
+    for i in range(count if not root.exists() else 0):
+        source = config.videos[i % len(config.videos)].resolve()
+        name = f"Celeb-real/id{i}_0000" if i % 2 else f"Celeb-synthesis/id{i}_id{i + 1}_0000"
+        link = root / f"{name}{source.suffix}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(source)
+    return root
 
 
 def fallback_note(outcomes: list[RowOutcome]) -> str:
