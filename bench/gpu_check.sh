@@ -3,6 +3,8 @@
 #
 #   bench/gpu_check.sh download   # here, with network: fetch the wheels the GPU machine lacks into $WHEELS
 #   bench/gpu_check.sh RESULTS    # there: install them, then run the steps below, highest value first
+#   STEPS="bench dali" bench/gpu_check.sh RESULTS   # only these groups (a later call on the same machine
+#                                                   # reuses the demo store; on a fresh one it is rebuilt)
 #
 # Each step runs under `timeout` and writes its log and figures into RESULTS as soon as it ends, with a line
 # in RESULTS/steps.tsv (step, exit status, seconds, verdict): a run cut short still returns what it finished.
@@ -16,6 +18,8 @@
 #               in flight beside the measured per-engine rate, host-to-device copies, 50-step bf16 data stall
 #   6 dali      a DALI build compared like nvdec's, only where DALI is installed
 # Without a GPU every step runs at toy sizes and the GPU ones say "skipped: no GPU" (a check of this script).
+# Timeouts: env..tests take about 10 minutes at most, bench about 9: where one call may run 10 minutes, run
+# STEPS="env ingest train tests" first and STEPS="bench dali" second, into the same RESULTS.
 #
 # Wheels (pip download for CPython 3.12 manylinux x86_64, measured 2026-11-27), as downloaded -> as `download`
 # leaves them (recompressed with LZMA, which pip and zipfile read; PyNvVideoCodec's also stripped of samples,
@@ -71,10 +75,13 @@ mkdir -p "$results"
 results=$(cd "$results" && pwd)
 export PYTHONPATH=$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
-work=${WORK:-/tmp/clipcache-gpu-check}
-rm -rf "$work" && mkdir -p "$work"
+work=${WORK:-/tmp/clipcache-gpu-check}  # kept between runs on one machine: a later group reuses the demo store
+mkdir -p "$work"
 status=0
-printf 'step\texit\tseconds\tverdict\n' >"$results/steps.tsv"
+[[ -f "$results/steps.tsv" ]] || printf 'step\texit\tseconds\tverdict\n' >"$results/steps.tsv"
+
+# want GROUP: whether STEPS (default: every group, in this order) names it.
+want() { [[ " ${STEPS:-env ingest train tests bench dali} " == *" $1 "* ]]; }
 
 # step NAME SECONDS COMMAND...: run it under timeout into RESULTS/NAME.log and record how it ended.
 step() {
@@ -107,9 +114,27 @@ else
     demo=(--identities 4 --frames 8 --width 96 --height 64) size=32 frames=4 epochs=1 precision=no loaders=0
 fi
 export PYTHON WHEELS SITE work size frames
-# A store at `size` px holding `frames`-frame clips of the demo videos, built with decoder $2 into $1.
-build() { "$PYTHON" -m ingest build-cache --data-root "$work/data" --out "$1" --decoder "$2" --size "$size" \
-    --frames "$frames" "${@:3}"; }
+# A store at `size` px holding `frames`-frame clips of the demo videos, built with decoder $2 into $1 (anew).
+build() {
+    rm -rf "$1"
+    "$PYTHON" -m ingest build-cache --data-root "$work/data" --out "$1" --decoder "$2" --size "$size" \
+        --frames "$frames" "${@:3}"
+}
+
+# The demo videos and their PyAV store, unless an earlier group on this machine made them.
+pyav_store() {
+    [[ -f "$work/demo.ok" ]] || { rm -rf "$work/data" &&
+        step make-demo 300 "$PYTHON" -m ingest make-demo --out "$work/data" "${demo[@]}" && touch "$work/demo.ok"; }
+    [[ -f "$work/pyav.ok" ]] || { step ingest-pyav 300 build "$work/pyav.zarr" pyav --workers "$(nproc)" &&
+        touch "$work/pyav.ok"; }
+}
+
+# A GPU decoder's build of the demo videos, compared row by row with PyAV's.
+gpu_build() {
+    step "ingest-$1" 300 build "$work/$1.zarr" "$1" --workers 8
+    step "compare-$1" 120 "$PYTHON" -m bench.gpu_check compare "$work/pyav.zarr" "$work/$1.zarr" \
+        --out "$results/compare-$1"
+}
 
 # 1: what this machine is.
 env_report() {
@@ -121,47 +146,46 @@ env_report() {
 }
 export -f install build env_report
 step install 300 install
-step env 120 env_report
+want env && step env 120 env_report
 
 # 2: a PyAV build and an nvdec build of the same videos, compared row by row.
-step make-demo 300 "$PYTHON" -m ingest make-demo --out "$work/data" "${demo[@]}"
-step ingest-pyav 600 build "$work/pyav.zarr" pyav --workers "$(nproc)"
-if ((gpu)); then
-    step ingest-nvdec 600 build "$work/nvdec.zarr" nvdec --workers 8
-    step compare-nvdec 300 "$PYTHON" -m bench.gpu_check compare "$work/pyav.zarr" "$work/nvdec.zarr" \
-        --out "$results/compare-nvdec"
-else
-    skip ingest-nvdec "no GPU"
+if want ingest; then
+    pyav_store
+    if ((gpu)); then gpu_build nvdec; else skip ingest-nvdec "no GPU"; fi
 fi
 
 # 3: training at 224 px in bf16 on the GPU, then the feature cache and a head trained on it.
-launch=("$PYTHON" -m accelerate.commands.launch --num_processes 1 --num_machines 1 --dynamo_backend no)
-((gpu)) && launch+=(--mixed_precision "$precision") || launch+=(--cpu)
-step train-all 900 "${launch[@]}" train/run.py --cache "$work/pyav.zarr" --model all --epochs "$epochs" \
-    --frame-size "$size" --mixed-precision "$precision" --out "$work/run" --workers "$loaders"
-cp "$work/run/comparison.md" "$results/" 2>/dev/null
-step cache-features 600 "$PYTHON" -m cache features "$work/pyav.zarr" --backbone resnet18 --frame-size "$size"
-step train-features 300 "$PYTHON" train/run.py --cache "$work/pyav.zarr" --model resnet18 --from-features \
-    --epochs "$epochs" --out "$work/run-features" --workers "$loaders"
+if want train; then
+    pyav_store
+    launch=("$PYTHON" -m accelerate.commands.launch --num_processes 1 --num_machines 1 --dynamo_backend no)
+    ((gpu)) && launch+=(--mixed_precision "$precision") || launch+=(--cpu)
+    rm -rf "$work/run" "$work/run-features"
+    step train-all 400 "${launch[@]}" train/run.py --cache "$work/pyav.zarr" --model all --epochs "$epochs" \
+        --frame-size "$size" --mixed-precision "$precision" --out "$work/run" --workers "$loaders"
+    cp "$work/run/comparison.md" "$results/" 2>/dev/null
+    step cache-features 200 "$PYTHON" -m cache features "$work/pyav.zarr" --backbone resnet18 --frame-size "$size"
+    step train-features 200 "$PYTHON" train/run.py --cache "$work/pyav.zarr" --model resnet18 --from-features \
+        --epochs "$epochs" --out "$work/run-features" --workers "$loaders"
+fi
 
 # 4: the GPU tests (skipped, and saying so, without a GPU).
-step tests 900 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_gpu.py
+want tests && step tests 500 "$PYTHON" -m pytest -q -m gpu -p no:cacheprovider -rs tests/test_gpu.py
 
 # 5: the bench's GPU rows.
-if ((gpu)); then
-    step bench 1200 "$PYTHON" -m bench run --demo --stages decode ingest h2d train --repeat 3 --videos 8 \
+if want bench && ((gpu)); then
+    step bench 560 "$PYTHON" -m bench run --demo --stages decode ingest h2d train --repeat 2 --videos 6 \
         --out "$results/bench" --markdown "$results/bench.md"
-else
+elif want bench; then
+    pyav_store
     step bench 300 "$PYTHON" -m bench run --data "$work/data" --quick --stages decode h2d --videos 2 \
         --out "$results/bench" --markdown "$results/bench.md"
 fi
 
 # 6: DALI, where it is installed.
-if ((gpu)) && "$PYTHON" -c 'import nvidia.dali' 2>/dev/null; then
-    step ingest-dali 600 build "$work/dali.zarr" dali --workers 8
-    step compare-dali 300 "$PYTHON" -m bench.gpu_check compare "$work/pyav.zarr" "$work/dali.zarr" \
-        --out "$results/compare-dali"
-else
+if want dali && ((gpu)) && "$PYTHON" -c 'import nvidia.dali' 2>/dev/null; then
+    pyav_store
+    gpu_build dali
+elif want dali; then
     skip dali "$( ((gpu)) && echo "DALI is not installed" || echo "no GPU")"
 fi
 
