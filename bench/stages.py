@@ -183,8 +183,8 @@ def nvdec_engine_fps(path: str) -> float | None:
         reader = nvc.SimpleDecoder(path, gpu_id=torch.cuda.current_device(), use_device_memory=True)
         reader.get_batch_frames(8)  # warm-up: the decoder session and the first GOP
         reader.seek_to_index(0)
-        started, frames = time.perf_counter(), 0
-        while batch := reader.get_batch_frames(64):
+        started, frames, total = time.perf_counter(), 0, len(reader)
+        while frames < total and (batch := reader.get_batch_frames(64)):
             frames += len(batch)
         torch.cuda.synchronize()
         return frames / (time.perf_counter() - started)
