@@ -18,8 +18,9 @@
 #               in flight beside the measured per-engine rate, host-to-device copies, 50-step bf16 data stall
 #   6 dali      a DALI build compared like nvdec's, only where DALI is installed
 # Without a GPU every step runs at toy sizes and the GPU ones say "skipped: no GPU" (a check of this script).
-# Timeouts: env..tests take about 10 minutes at most, bench about 9: where one call may run 10 minutes, run
-# STEPS="env ingest train tests" first and STEPS="bench dali" second, into the same RESULTS.
+# The timeouts are ceilings, not estimates (none of this has run on a GPU yet). Where one call may run only
+# 10 minutes, run STEPS="env ingest train tests" first and STEPS="bench dali" second, into the same RESULTS;
+# a call cut off mid-step still leaves every finished step's results there.
 #
 # Wheels (pip download for CPython 3.12 manylinux x86_64, measured 2026-11-27), as downloaded -> as `download`
 # leaves them (recompressed with LZMA, which pip and zipfile read; PyNvVideoCodec's also stripped of samples,
