@@ -13,7 +13,7 @@ import psutil
 import pytest
 import zarr
 from conftest import build_args, build_both_formats, encode_numbered, run_cli
-from test_build import assert_same_store
+from test_build import assert_same_store, one_line_error
 
 from cache import open_store
 from cache.schema import OK, PENDING
@@ -78,7 +78,28 @@ def test_resume_after_sigkill_equals_an_uninterrupted_build(many_videos, referen
         assert (killed.read(ok) == whole.read(ok)).all(), "a row marked ok holds a clip other than its own"
     result = run_cli(*args, "--resume")
     assert int(re.search(r"(\d+) videos decoded", result.stdout).group(1)) == pending
+    assert f"took over the lock of {store}" in result.stdout, "the killed build's lock file names its owner"
     assert_same_store(store, reference[suffix])
+    assert not store.with_name(f"{store.name}.lock").exists()
+
+
+def test_a_second_build_of_the_same_store_is_refused_while_the_first_runs(many_videos, reference, tmp_path):
+    store = tmp_path / "raced.zarr"
+    args = build_args(many_videos, store, "--workers", "1", "--clips-per-shard", "2")
+    first = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    lock = store.with_name("raced.zarr.lock")
+    while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:  # written once it is held
+        time.sleep(0.005)
+    first.send_signal(signal.SIGSTOP)  # however slow the second is to start, the first is still building
+    try:
+        line = one_line_error(run_cli(*args, check=False))
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert f"is being written by process {first.pid}" in line
+    _, errors = first.communicate(timeout=300)
+    assert first.returncode == 0, errors
+    assert_same_store(store, reference["zarr"])
 
 
 def test_two_ranks_build_the_same_store_as_one_process(many_videos, reference, tmp_path):
