@@ -30,6 +30,7 @@ from cache.schema import (
     shard_slice,
     store_format,
 )
+from cache.signals import deferred_stop
 from cache.store import open_store
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.clips import RowJob, RowOutcome
@@ -174,7 +175,8 @@ def _build(
     )
     with StoreWriter(config.out) as writer:
         for shard in _collect_shards(outcomes, spec, len(table)):
-            writer.write_shard(shard)
+            with deferred_stop():
+                writer.write_shard(shard)
     ranks.barrier()
     summary = _summarise(config.out, settled_before, time.perf_counter() - started, spec.decoder)
     if ranks.main:
