@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from cache.features import feature_entries
 from cache.schema import FAILED, LABEL_NAMES, SPLIT_NAMES, STATUS_NAMES, StoreError
+from cache.signals import exit_status, stop_on_signals
 from cache.store import ClipStore, open_store
 
 
@@ -65,15 +66,24 @@ def add_features_parser(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_signals()
     args = parser().parse_args(argv)
-    if args.command == "features":
-        return features(args)
     try:
+        if args.command == "features":
+            return features(args)
         with open_store(args.store) as store:
             return info(store) if args.command == "info" else verify(store, args.batch)
     except StoreError as error:
         print(f"cache: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        kept = (
+            "every finished shard's features are kept; run the same command to compute the rest"
+            if args.command == "features"
+            else "nothing was changed"
+        )
+        print(f"cache: interrupted: {kept}", file=sys.stderr)
+        return exit_status(stop)
 
 
 def features(args: argparse.Namespace) -> int:

@@ -115,6 +115,12 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, **kwargs) -
     return result
 
 
+def assert_interrupted_line(stderr: str, start: str) -> None:
+    """An interrupted command's last words: one line, no traceback."""
+    assert "Traceback" not in stderr, stderr
+    assert stderr.replace("\r", "\n").splitlines()[-1].startswith(start), stderr
+
+
 def build_args(root: Path, out: Path, *extra: str) -> list[str]:
     return ["ingest", "build-cache", "--data-root", str(root), "--out", str(out), "--size", str(SIZE), *extra]
 

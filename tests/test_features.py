@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import build_args, run_cli, train_args
+from conftest import assert_interrupted_line, build_args, run_cli, train_args
 
 from cache import open_store
 from cache.features import FeatureDataset, FeatureWriter, feature_entries
@@ -83,17 +83,24 @@ def done_count(store: Path) -> int:
         return 0
 
 
-def test_a_killed_run_resumes_to_what_an_uninterrupted_run_stores(demo_root, computed, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_killed_or_preempted_run_resumes_to_what_an_uninterrupted_run_stores(demo_root, computed, tmp_path, stop):
     store = build_store(demo_root, tmp_path)
     args = [sys.executable, "-m", *features_args(store, "--batch-size", "1")]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while process.poll() is None and done_count(store) < 4:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as sink:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=sink)
+        deadline = time.monotonic() + 180
+        while process.poll() is None and done_count(store) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(process.pid, stop)
+        process.wait()
+    if stop == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    else:
+        assert process.returncode == 128 + stop, errors.read_text()
+        assert_interrupted_line(errors.read_text(), "cache: interrupted: every finished shard's features are kept")
     with open_store(store) as handle:
         rows = len(handle)
     assert 4 <= done_count(store) < rows

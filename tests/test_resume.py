@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 import zarr
-from conftest import build_args, build_both_formats, encode_numbered, run_cli
+from conftest import assert_interrupted_line, build_args, build_both_formats, encode_numbered, run_cli
 from test_build import assert_same_store, one_line_error
 
 from cache import open_store
@@ -45,32 +45,48 @@ def status_of(path):
         return f["status"][:]
 
 
-def kill_mid_build(args, store) -> None:
-    """Start a build in its own process group and SIGKILL all of it once some, not most, rows are done."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", *args], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    try:
-        while process.poll() is None and time.monotonic() < deadline:
-            if store.exists():
-                status = status_of(store)
-                if (status == OK).any() and (status == PENDING).mean() > 0.3:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    break
-            time.sleep(0.005)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, "the build ended before it could be killed"
+def kill_mid_build(args, store, stop: int = signal.SIGKILL) -> str:
+    """Start a build in its own process group and send `stop` to all of it (as a terminal's Ctrl-C reaches
+    every process of its group) once some, not most, rows are done; the build's stderr."""
+    errors = store.with_name(f"{store.name}.stderr")
+    with errors.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", *args], start_new_session=True, stdout=subprocess.DEVNULL, stderr=sink
+        )
+        deadline = time.monotonic() + 120
+        try:
+            while process.poll() is None and time.monotonic() < deadline:
+                if store.exists():
+                    status = status_of(store)
+                    if (status == OK).any() and (status == PENDING).mean() > 0.3:
+                        os.killpg(process.pid, stop)
+                        break
+                time.sleep(0.005)
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    expected = -signal.SIGKILL if stop == signal.SIGKILL else 128 + stop
+    assert process.returncode == expected, f"the build ended before it could be stopped:\n{errors.read_text()}"
+    return errors.read_text()
 
 
-@pytest.mark.parametrize("suffix", ["zarr", "h5"])
-def test_resume_after_sigkill_equals_an_uninterrupted_build(many_videos, reference, tmp_path, suffix):
+@pytest.mark.parametrize(
+    "suffix, stop, workers",
+    [("zarr", signal.SIGKILL, 1), ("h5", signal.SIGKILL, 1), ("zarr", signal.SIGINT, 1), ("h5", signal.SIGTERM, 1)],
+    ids=["zarr-sigkill", "h5-sigkill", "zarr-ctrl-c", "h5-sigterm"],
+)
+def test_resume_after_a_kill_or_interruption_equals_an_uninterrupted_build(
+    many_videos, reference, tmp_path, suffix, stop, workers
+):
     store = tmp_path / f"killed.{suffix}"
-    args = build_args(many_videos, store, "--workers", "1", "--clips-per-shard", "2")
-    kill_mid_build(args, store)
+    args = build_args(many_videos, store, "--workers", str(workers), "--clips-per-shard", "2")
+    errors = kill_mid_build(args, store, stop)
+    if stop != signal.SIGKILL:
+        assert_interrupted_line(errors, "ingest: interrupted: ")
+        stored = int(re.search(r"interrupted: (\d+) of", errors).group(1))
+        assert stored == int((status_of(store) != PENDING).sum()) and "with --resume" in errors
     with open_store(store) as killed, open_store(reference[suffix]) as whole:
         ok = np.flatnonzero(killed.status == OK)
         pending = int((killed.status == PENDING).sum())
@@ -78,7 +94,7 @@ def test_resume_after_sigkill_equals_an_uninterrupted_build(many_videos, referen
         assert (killed.read(ok) == whole.read(ok)).all(), "a row marked ok holds a clip other than its own"
     result = run_cli(*args, "--resume")
     assert int(re.search(r"(\d+) videos decoded", result.stdout).group(1)) == pending
-    assert f"took over the lock of {store}" in result.stdout, "the killed build's lock file names its owner"
+    assert (f"took over the lock of {store}" in result.stdout) == (stop == signal.SIGKILL), "a kill leaves its lock"
     assert_same_store(store, reference[suffix])
     assert not store.with_name(f"{store.name}.lock").exists()
 

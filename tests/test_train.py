@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import build_args, encode_numbered, run_cli, train_args
+from conftest import assert_interrupted_line, build_args, encode_numbered, run_cli, train_args
 
 import train
 from cache import open_store
@@ -120,16 +120,23 @@ def progress_epoch(folder: Path) -> int:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_ends_as_an_uninterrupted_run(tiny_cache, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_resume_after_a_kill_or_preemption_ends_as_an_uninterrupted_run(tiny_cache, tmp_path, stop):
     args = train_args(tiny_cache, tmp_path / "killed", "simple_cnn", "--epochs", "3")
-    process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while process.poll() is None and progress_epoch(tmp_path / "killed" / "simple_cnn") < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=sink)
+        deadline = time.monotonic() + 180
+        while process.poll() is None and progress_epoch(tmp_path / "killed" / "simple_cnn") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(process.pid, stop)
+        process.wait()
+    if stop == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    else:
+        assert process.returncode == 128 + stop, errors.read_text()
+        assert_interrupted_line(errors.read_text(), "train: interrupted: simple_cnn's last checkpoint is after epoch")
     assert 1 <= progress_epoch(tmp_path / "killed" / "simple_cnn") < 3
     resumed = run_cli(*args, "--resume")
     assert "resuming after epoch" in resumed.stdout

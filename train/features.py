@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from cache.features import FeatureDataset, FeatureSpec, FeatureWriter, feature_entries
 from cache.schema import OK, StoreError, shard_count, shard_slice
+from cache.signals import deferred_stop
 from cache.store import open_store
 from train.augment import ClipTransform
 from train.data import UsageError, check_classes
@@ -134,7 +135,8 @@ def _fill(config, spec, model: ClipClassifier, state: PartialState, status: np.n
                         features = model.forward_features(transform(clips))
                     values[picked] = features.to(torch.float16).cpu().numpy()
                     bar.update(len(picked))
-                writer.write(spec.name, span, values)
+                with deferred_stop():
+                    writer.write(spec.name, span, values)
     return todo
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cache.signals import exit_status, stop_on_signals
 from ingest.clips import RowOutcome
 from ingest.discover import VIDEO_SUFFIXES, is_video
 from train.data import UsageError
@@ -67,7 +68,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_signals()
     args = parser().parse_args(argv)
+    try:
+        return _predict(args)
+    except KeyboardInterrupt as stop:
+        print("predict: interrupted: no prediction was written", file=sys.stderr)
+        return exit_status(stop)
+
+
+def _predict(args: argparse.Namespace) -> int:
     try:
         if args.workers < 1 or args.batch_size < 1:
             raise UsageError("--workers and --batch-size must be at least 1")

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
 from cache import StoreError
+from cache.signals import exit_status, stop_on_signals
 from train.checkpoint import write_json
 from train.data import UsageError, split_dataset
 from train.loop import TrainConfig
@@ -169,9 +170,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_signals()
     args = parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     accelerator = make_accelerator(args)
+    study = None
     try:
         if accelerator.num_processes > 1:
             raise UsageError("run tune as one process (python, not a multi-process accelerate launch)")
@@ -187,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, StoreError) as error:
         print(f"tune: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        done = f"{finished(study)} of {args.trials} trials finished" if study is not None else "no trial ran"
+        print(f"tune: interrupted: {done}; run the same command to continue the study", file=sys.stderr)
+        return exit_status(stop)
     finally:
         accelerator.end_training()
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
