@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cache.exits import deferred_stop
 from cache.lock import StoreLock, StoreLocked
 from cache.schema import (
     FAILED,
@@ -30,7 +31,6 @@ from cache.schema import (
     shard_slice,
     store_format,
 )
-from cache.signals import deferred_stop
 from cache.store import open_store
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.clips import RowJob, RowOutcome

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
 from cache.schema import PENDING
-from cache.signals import exit_status, stop_on_signals
 from cache.store import open_store
 from ingest.build import BuildConfig, build_cache
 from ingest.decoders import DECODERS
@@ -34,8 +34,8 @@ def parser() -> argparse.ArgumentParser:
             "Celeb-DF v2's (Celeb-real, YouTube-real, Celeb-synthesis, List_of_testing_videos.txt). "
             "Broken videos become failed rows with a reason. Under `accelerate launch` or `torchrun` the "
             "ranks share the work; a second build of the same store is refused while one runs. Exit status: 0 done, "
-            "2 bad arguments, 3 with --strict when a video failed, 130 after Ctrl-C and 143 after SIGTERM (every "
-            "finished shard is kept: run the same command with --resume)."
+            "2 bad arguments, 3 with --strict when a video failed, 4 when the disk is full, 130 after Ctrl-C and 143 "
+            "after SIGTERM (in the last three every finished shard is kept: run the same command with --resume)."
         ),
     )
     build.add_argument("--data-root", type=Path, required=True, help="folder holding the videos")
@@ -96,17 +96,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         print(f"ingest: interrupted: {_kept(args)}", file=sys.stderr)
         return exit_status(stop)
+    except OSError as error:
+        if not disk_full(error):
+            raise
+        print(
+            f"ingest: error: no space left on the device of {args.out}: {_kept(args, 'free space, then ')}",
+            file=sys.stderr,
+        )
+        return NO_SPACE
 
 
-def _kept(args: argparse.Namespace) -> str:
-    """What an interrupted command leaves behind, and how to go on."""
+def _kept(args: argparse.Namespace, first: str = "") -> str:
+    """What a command that stopped part way leaves behind, and how to go on (after doing `first`)."""
     if args.command == "make-demo":
-        return f"{args.out} holds part of the demo set; remove it and run make-demo again"
+        return f"{args.out} holds part of the demo set; {first}remove it and run make-demo again"
     if not args.out.exists():
         return f"nothing written ({args.out} was not created yet)"
     with open_store(args.out) as store:
         stored, total = int((store.status != PENDING).sum()), len(store)
-    return f"{stored} of {total} videos stored in {args.out}; run the same command with --resume to finish it"
+    return f"{stored} of {total} videos stored in {args.out}; {first}run the same command with --resume to finish it"
 
 
 def _build(args: argparse.Namespace) -> int:

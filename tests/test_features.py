@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import assert_interrupted_line, build_args, run_cli, train_args
+from conftest import build_args, one_line, run_cli, train_args
 
 from cache import open_store
 from cache.features import FeatureDataset, FeatureWriter, feature_entries
@@ -100,7 +100,7 @@ def test_a_killed_or_preempted_run_resumes_to_what_an_uninterrupted_run_stores(d
         assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     else:
         assert process.returncode == 128 + stop, errors.read_text()
-        assert_interrupted_line(errors.read_text(), "cache: interrupted: every finished shard's features are kept")
+        one_line(errors.read_text(), "cache: interrupted: every finished shard's features are kept")
     with open_store(store) as handle:
         rows = len(handle)
     assert 4 <= done_count(store) < rows
@@ -170,3 +170,19 @@ def test_two_processes_store_what_one_process_stores(demo_root, computed, tmp_pa
     values, done = stored_values(store, name)
     whole, _ = stored_values(computed, name)
     assert done.all() and (values == whole).all()
+
+
+def test_a_full_disk_ends_with_one_line_and_running_again_finishes(demo_root, computed, small_disk):
+    small_disk.resize(64 * 2**20)
+    store = build_store(demo_root, small_disk.path)
+    small_disk.resize(small_disk.used() + 64 * 2**10)  # room for the entry's start, not its values
+    result = run_cli(*features_args(store), check=False)
+    assert result.returncode == 4, result.stderr
+    one_line(result.stderr, f"cache: error: no space left on the device of {store}: every finished shard's")
+    small_disk.resize(64 * 2**20)
+    run_cli(*features_args(store))
+    name = only_entry(store).name
+    values, done = stored_values(store, name)
+    whole, _ = stored_values(computed, name)
+    assert done.all()
+    np.testing.assert_allclose(values.astype(np.float32), whole.astype(np.float32), atol=2e-3)

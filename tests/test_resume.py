@@ -12,7 +12,7 @@ import numpy as np
 import psutil
 import pytest
 import zarr
-from conftest import assert_interrupted_line, build_args, build_both_formats, encode_numbered, run_cli
+from conftest import build_args, build_both_formats, encode_numbered, one_line, run_cli
 from test_build import assert_same_store, one_line_error
 
 from cache import open_store
@@ -84,7 +84,7 @@ def test_resume_after_a_kill_or_interruption_equals_an_uninterrupted_build(
     args = build_args(many_videos, store, "--workers", str(workers), "--clips-per-shard", "2")
     errors = kill_mid_build(args, store, stop)
     if stop != signal.SIGKILL:
-        assert_interrupted_line(errors, "ingest: interrupted: ")
+        one_line(errors, "ingest: interrupted: ")
         stored = int(re.search(r"interrupted: (\d+) of", errors).group(1))
         assert stored == int((status_of(store) != PENDING).sum()) and "with --resume" in errors
     with open_store(store) as killed, open_store(reference[suffix]) as whole:
@@ -167,3 +167,19 @@ def test_a_worker_killed_mid_build_loses_nothing(many_videos, reference, tmp_pat
     assert process.returncode == 0
     assert "0 failed, 0 pending" in output
     assert_same_store(store, reference["zarr"])
+
+
+@pytest.mark.parametrize("suffix", ["zarr", "h5"])
+def test_a_full_disk_ends_with_one_line_and_resume_finishes_once_space_is_freed(
+    many_videos, reference, small_disk, suffix
+):
+    store = small_disk.path / f"full.{suffix}"
+    args = build_args(many_videos, store, "--workers", "1", "--clips-per-shard", "2")
+    result = run_cli(*args, check=False)
+    assert result.returncode == 4, result.stderr
+    line = one_line(result.stderr, f"ingest: error: no space left on the device of {store}: ")
+    stored = int(re.search(r": (\d+) of \d+ videos stored", line).group(1))
+    assert 0 < stored == int((status_of(store) != PENDING).sum()) < len(status_of(store))
+    small_disk.resize(64 * 2**20)
+    run_cli(*args, "--resume")
+    assert_same_store(store, reference[suffix])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import assert_interrupted_line, build_args, encode_numbered, run_cli, train_args
+from conftest import build_args, encode_numbered, one_line, run_cli, train_args
 
 import train
 from cache import open_store
@@ -136,7 +136,7 @@ def test_resume_after_a_kill_or_preemption_ends_as_an_uninterrupted_run(tiny_cac
         assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     else:
         assert process.returncode == 128 + stop, errors.read_text()
-        assert_interrupted_line(errors.read_text(), "train: interrupted: simple_cnn's last checkpoint is after epoch")
+        one_line(errors.read_text(), "train: interrupted: simple_cnn's last checkpoint is after epoch")
     assert 1 <= progress_epoch(tmp_path / "killed" / "simple_cnn") < 3
     resumed = run_cli(*args, "--resume")
     assert "resuming after epoch" in resumed.stdout
@@ -190,3 +190,14 @@ def test_bad_stores_and_splits_exit_2_with_one_line(tiny_cache, tmp_path):
     assert "--weights" in one_line_error(
         run_cli(*train_args(tiny_cache, tmp_path / "r", "all", "--weights", str(store)), check=False)
     )
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_with_one_line_and_resume_finishes_once_space_is_freed(tiny_cache, small_disk):
+    args = train_args(tiny_cache, small_disk.path / "run", "simple_cnn", "--epochs", "2")
+    result = run_cli(*args, check=False)
+    assert result.returncode == 4, result.stderr
+    one_line(result.stderr, f"train: error: no space left on the device of {small_disk.path / 'run'}: ")
+    small_disk.resize(64 * 2**20)
+    run_cli(*args, "--resume")
+    assert [e["epoch"] for e in read_metrics(small_disk.path / "run", "simple_cnn")["history"]] == [1, 2]

@@ -19,9 +19,9 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
+from cache.exits import deferred_stop
 from cache.features import FeatureDataset, FeatureSpec, FeatureWriter, feature_entries
 from cache.schema import OK, StoreError, shard_count, shard_slice
-from cache.signals import deferred_stop
 from cache.store import open_store
 from train.augment import ClipTransform
 from train.data import UsageError, check_classes

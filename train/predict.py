@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cache.signals import exit_status, stop_on_signals
+from cache.exits import exit_status, stop_on_signals
 from ingest.clips import RowOutcome
 from ingest.discover import VIDEO_SUFFIXES, is_video
 from train.data import UsageError
@@ -46,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
         description=(
             "Say for each video how likely it is fake, with the verdict at the threshold the model chose on its "
             "validation split. Videos are decoded as the model's training store was (same frames, size, resize "
-            "and decoder). A video that cannot be decoded gets a row with its error. Exit status 2 on bad input."
+            "and decoder). A video that cannot be decoded gets a row with its error. Exit status 2 on bad input, "
+            "130 after Ctrl-C and 143 after SIGTERM."
         ),
     )
     main.add_argument("--run", type=Path, required=True, help="a trained model's folder, RUN_DIR/MODEL")

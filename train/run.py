@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 
 from cache import StoreError
-from cache.signals import exit_status, stop_on_signals
+from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
 from train.checkpoint import find_last
 from train.data import BALANCE, UsageError
 from train.loop import TrainConfig, fit
@@ -64,7 +64,9 @@ def parser() -> argparse.ArgumentParser:
             "Train simple_cnn, resnet18 and/or effnet_lstm on the clips of a clipcache store. Writes "
             "RUN_DIR/MODEL/{metrics.json,history.csv,curves.png,confusion.png,best.safetensors,last/}; with "
             "--model all also RUN_DIR/comparison.{md,csv,png}. The best epoch is chosen on val; test is "
-            "evaluated once at the end. Exit status 2 on bad input."
+            "evaluated once at the end. Exit status: 0 done, 2 bad input, 4 no space left on the device, 130 "
+            "after Ctrl-C, 143 after SIGTERM; in the last three, --resume continues from the checkpoint after the "
+            "last finished epoch, to the same result as an uninterrupted run."
         ),
     )
     add_training_options(main)
@@ -206,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         if accelerator.is_main_process:
             print(f"train: interrupted: {resume_line(config)}", file=sys.stderr)
         return exit_status(stop)
+    except OSError as error:
+        if not disk_full(error):
+            raise
+        if accelerator.is_main_process:
+            where = f"no space left on the device of {args.out}"
+            print(f"train: error: {where}: {resume_line(config)}, once space is freed", file=sys.stderr)
+        return NO_SPACE
     finally:
         accelerator.end_training()
     return 0

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
 from cache import StoreError
-from cache.signals import exit_status, stop_on_signals
+from cache.exits import exit_status, stop_on_signals
 from train.checkpoint import write_json
 from train.data import UsageError, split_dataset
 from train.loop import TrainConfig
@@ -157,7 +157,8 @@ def parser() -> argparse.ArgumentParser:
             "scores the val ROC AUC of its best epoch; a trial below the median of earlier ones after an epoch "
             "is pruned (from the sixth trial on). Writes OUT/best_params.json (for train/run.py --config) and "
             "Optuna's plots OUT/*.png. Running it again continues the study. --seed seeds the trials' training "
-            "(the same in each) and the sampler. Exit status 2 on bad input."
+            "(the same in each) and the sampler. Exit status 2 on bad input, 130 after Ctrl-C and 143 after SIGTERM "
+            "(the same command continues the study)."
         ),
     )
     add_training_options(main)

@@ -1,19 +1,29 @@
-"""Ctrl-C and SIGTERM end every clipcache command alike: what is finished stays, one line says what, exit 128+N.
+"""How every clipcache command ends when it cannot finish: what is done stays, one line says what and how to go on.
+
+Exit statuses shared by all commands: 0 done, 2 bad input, 3 (`build-cache --strict`) a video failed,
+4 no space left on the device, 130 after Ctrl-C, 143 after SIGTERM.
 
 Cluster schedulers send SIGTERM before SIGKILL, so SIGTERM is treated as Ctrl-C is: it raises `Interrupted`
-(a KeyboardInterrupt) in the main thread, each command's `main` turns it into its line and exit status
-(130 after Ctrl-C, 143 after SIGTERM), and a write that must not be cut half way defers it to its end.
-Here, and not in each package, because every command of the four packages needs the same.
+(a KeyboardInterrupt) in the main thread, each command's `main` turns it into its line and exit status, and a
+write that must not be cut half way defers it to its end. Here, and not in each package, because every
+command of the four packages needs the same.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import threading
 from collections.abc import Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+NO_SPACE = 4
+
+
+def disk_full(error: BaseException) -> bool:
+    """A write that failed for want of space (zarr, h5py and plain files all raise OSError ENOSPC)."""
+    return isinstance(error, OSError) and error.errno == errno.ENOSPC
 
 
 class Interrupted(KeyboardInterrupt):
