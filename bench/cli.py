@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench.results import RESULTS_MD, append_markdown, latest, plot, save, table
 from bench.stages import STAGES, BenchConfig, replicate, run_stages, scratch
+from cache.exits import exit_status, stop_on_signals
 
 DEMO_FOLDER = Path("results/demo-data")
 
@@ -22,7 +23,8 @@ def parser() -> argparse.ArgumentParser:
         description=(
             "Time each stage over repeats after a warm-up (median, min-max), beside the baseline a user would "
             "run and the hardware's limit, measured in the same run. Writes results/<time>-<host>.json, prints a "
-            "table and appends it to bench/RESULTS.md."
+            "table and appends it to bench/RESULTS.md. Exit status 2 on bad input, 130 after Ctrl-C and 143 after "
+            "SIGTERM (nothing written then)."
         ),
     )
     source = run.add_mutually_exclusive_group(required=True)
@@ -61,7 +63,18 @@ def demo_data(folder: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_signals()
     args = parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt as stop:
+        print(
+            "bench: interrupted: no result was written (results are written once every stage has run)", file=sys.stderr
+        )
+        return exit_status(stop)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "plot":
         png = plot(latest(args.out), args.out / "latest.png")
         print(png)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
 from cache.features import feature_entries
 from cache.schema import FAILED, LABEL_NAMES, SPLIT_NAMES, STATUS_NAMES, StoreError
 from cache.store import ClipStore, open_store
@@ -45,7 +46,8 @@ def add_features_parser(commands) -> None:
             "(N, T, D)) under features/<backbone>-<weights digest>-<size>px in the same store. Run it again to "
             "finish an interrupted run; other weights or sizes make another entry. Uses the GPU when there is "
             "one; `accelerate launch -m cache features ...` splits the work between processes. Then train the "
-            "layers after the backbone alone with `train/run.py --from-features`."
+            "layers after the backbone alone with `train/run.py --from-features`. Exit status 2 on bad input, 4 when "
+            "the disk is full, 130 after Ctrl-C and 143 after SIGTERM; finished shards are kept in all three."
         ),
     )
     features.add_argument("store", type=Path, help="a store built by `ingest build-cache` (.zarr, .h5)")
@@ -65,15 +67,33 @@ def add_features_parser(commands) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_signals()
     args = parser().parse_args(argv)
-    if args.command == "features":
-        return features(args)
     try:
+        if args.command == "features":
+            return features(args)
         with open_store(args.store) as store:
             return info(store) if args.command == "info" else verify(store, args.batch)
     except StoreError as error:
         print(f"cache: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        kept = (
+            "every finished shard's features are kept; run the same command to compute the rest"
+            if args.command == "features"
+            else "nothing was changed"
+        )
+        print(f"cache: interrupted: {kept}", file=sys.stderr)
+        return exit_status(stop)
+    except OSError as error:
+        if not disk_full(error):
+            raise
+        print(
+            f"cache: error: no space left on the device of {args.store}: every finished shard's features are "
+            "kept; free space, then run the same command to compute the rest",
+            file=sys.stderr,
+        )
+        return NO_SPACE
 
 
 def features(args: argparse.Namespace) -> int:

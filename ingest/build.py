@@ -7,6 +7,7 @@ the shard whole (see `cache.writer`). Under `accelerate launch` or `torchrun` ea
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cache.exits import deferred_stop
+from cache.lock import StoreLock, StoreLocked
 from cache.schema import (
     FAILED,
     OK,
@@ -99,6 +102,14 @@ class Ranks:
     def main(self) -> bool:
         return self.index == 0
 
+    def share(self, value):
+        """Rank 0's `value`, on every rank."""
+        if self._state is None:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
+
     def barrier(self) -> None:
         if self._state is not None:
             self._state.wait_for_everyone()
@@ -110,6 +121,34 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
     spec, choice = _check(config, ranks)
     if ranks.main:
         log(choice)
+    with _locked(config.out, ranks, log):
+        return _build(config, spec, ranks, started, log)
+
+
+@contextlib.contextmanager
+def _locked(out: Path, ranks: Ranks, log: Callable[[str], None]) -> Iterator[None]:
+    """Rank 0 holds the store's lock for the whole launch; a second build is refused on every rank."""
+    lock = StoreLock(out)
+    refused = None
+    if ranks.main:
+        try:
+            lock.acquire()
+        except StoreLocked as error:
+            refused = f"{error}: wait for it to finish or stop it, then run again with --resume"
+        if lock.taken_over is not None:
+            log(f"took over the lock of {out} from {lock.taken_over}, which is no longer running")
+    refused = ranks.share(refused)
+    if refused:
+        raise UsageError(refused)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _build(
+    config: BuildConfig, spec: StoreSpec, ranks: Ranks, started: float, log: Callable[[str], None]
+) -> BuildSummary:
     table = assign_splits(
         find_videos(config.data_root, config.manifest, config.test_list), config.val_fraction, config.seed
     )
@@ -141,7 +180,8 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
     )
     with StoreWriter(config.out) as writer:
         for shard in _collect_shards(outcomes, spec, len(table)):
-            writer.write_shard(shard)
+            with deferred_stop():
+                writer.write_shard(shard)
     ranks.barrier()
     summary = _summarise(config.out, settled_before, time.perf_counter() - started, spec.decoder)
     if ranks.main:

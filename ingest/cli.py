@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
+from cache.schema import PENDING
+from cache.store import open_store
 from ingest.build import BuildConfig, build_cache
 from ingest.decoders import DECODERS
 from ingest.demo import DemoSpec, make_demo
@@ -30,7 +33,9 @@ def parser() -> argparse.ArgumentParser:
             "per video. Understands the seed notebook's layout (Celeb-Real, Celeb-Fake, Testing) and "
             "Celeb-DF v2's (Celeb-real, YouTube-real, Celeb-synthesis, List_of_testing_videos.txt). "
             "Broken videos become failed rows with a reason. Under `accelerate launch` or `torchrun` the "
-            "ranks share the work. Exit status: 0 done, 2 bad arguments, 3 with --strict when a video failed."
+            "ranks share the work; a second build of the same store is refused while one runs. Exit status: 0 done, "
+            "2 bad arguments, 3 with --strict when a video failed, 4 when the disk is full, 130 after Ctrl-C and 143 "
+            "after SIGTERM (in the last three every finished shard is kept: run the same command with --resume)."
         ),
     )
     build.add_argument("--data-root", type=Path, required=True, help="folder holding the videos")
@@ -79,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_signals()
     args = parser().parse_args(argv)
     try:
         if args.command == "make-demo":
@@ -87,6 +93,28 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"ingest: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        print(f"ingest: interrupted: {_kept(args)}", file=sys.stderr)
+        return exit_status(stop)
+    except OSError as error:
+        if not disk_full(error):
+            raise
+        print(
+            f"ingest: error: no space left on the device of {args.out}: {_kept(args, 'free space, then ')}",
+            file=sys.stderr,
+        )
+        return NO_SPACE
+
+
+def _kept(args: argparse.Namespace, first: str = "") -> str:
+    """What a command that stopped part way leaves behind, and how to go on (after doing `first`)."""
+    if args.command == "make-demo":
+        return f"{args.out} holds part of the demo set; {first}remove it and run make-demo again"
+    if not args.out.exists():
+        return f"nothing written ({args.out} was not created yet)"
+    with open_store(args.out) as store:
+        stored, total = int((store.status != PENDING).sum()), len(store)
+    return f"{stored} of {total} videos stored in {args.out}; {first}run the same command with --resume to finish it"
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from cache.schema import SPLIT_CODES
+from cache.schema import LABEL_NAMES, SPLIT_CODES
 from ingest.discover import NO_SPLIT, UsageError
 
 TRAIN, VAL, TEST = SPLIT_CODES["train"], SPLIT_CODES["val"], SPLIT_CODES["test"]
@@ -17,8 +17,8 @@ TRAIN, VAL, TEST = SPLIT_CODES["train"], SPLIT_CODES["val"], SPLIT_CODES["test"]
 def assign_splits(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
     """Fill in the split of every row that has none; deterministic for a given seed.
 
-    The val fold is one of round(1 / val_fraction) folds of scikit-learn's StratifiedGroupKFold: the
-    first fold in which both splits hold both classes.
+    The val fold is one of round(1 / val_fraction) folds of scikit-learn's StratifiedGroupKFold (fewer for
+    small sets): the first fold in which both splits hold both classes; where none does, a few whole sources.
     """
     if not 0 < val_fraction < 1:
         raise UsageError(f"--val-fraction must lie between 0 and 1, not {val_fraction}")
@@ -34,30 +34,58 @@ def assign_splits(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.Dat
     for name in ("train", "val"):
         labels = set(table.loc[table["split"] == SPLIT_CODES[name], "label"])
         if labels != {0, 1}:
+            held = " and ".join(LABEL_NAMES[label] for label in sorted(labels)) or "no"
             raise UsageError(
-                f"the {name} split would hold {sorted(labels) or 'no videos'}: both classes are needed; "
-                "add videos or sources of the missing class, or change --val-fraction"
+                f"the {name} split would hold {held} videos only: train and val each need both classes, from "
+                f"sources of their own ({_source_counts(table[table['split'] != TEST])}); add videos of another "
+                "source, or give the splits in a --manifest"
             )
     return table
+
+
+def _source_counts(table: pd.DataFrame) -> str:
+    counts = table.groupby("label")["group"].nunique()
+    return ", ".join(f"{LABEL_NAMES[label]} videos from {n} source{'s' * (n != 1)}" for label, n in counts.items())
 
 
 def _split_free(free: pd.DataFrame, val_fraction: float, seed: int) -> np.ndarray:
     labels = free["label"].to_numpy()
     groups = free["group"].to_numpy()
-    folds = max(2, round(1 / val_fraction))
-    folds = min(folds, len(np.unique(groups)))
-    if folds < 2:
+    if len(np.unique(groups)) < 2:
         raise UsageError("the train/val videos come from a single source: they cannot be split by source")
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    split = np.full(len(free), TRAIN, dtype=np.int8)
-    with warnings.catch_warnings():  # scikit-learn warns of thin classes; the check below decides
-        warnings.simplefilter("ignore", UserWarning)
-        folds = list(splitter.split(np.zeros(len(free)), labels, groups))
-    for _, val in folds:
+    # StratifiedGroupKFold refuses more folds than the largest class has videos: small sets get fewer folds.
+    folds = min(max(2, round(1 / val_fraction)), len(np.unique(groups)), int(np.bincount(labels).max()))
+    for val in _fold_vals(labels, groups, folds, seed):
         in_val = np.zeros(len(free), bool)
         in_val[val] = True
-        if set(labels[in_val]) == {0, 1} and set(labels[~in_val]) == {0, 1}:
-            split[in_val] = VAL
-            return split
-    split[folds[0][1]] = VAL
-    return split
+        if _both_sides_hold_both(labels, in_val):
+            return np.where(in_val, VAL, TRAIN).astype(np.int8)
+    return np.where(_pick_val_sources(labels, groups, seed), VAL, TRAIN).astype(np.int8)
+
+
+def _fold_vals(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    if folds < 2:
+        return []
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # scikit-learn warns of thin classes; the caller's check decides
+        warnings.simplefilter("ignore", UserWarning)
+        return [val for _, val in splitter.split(np.zeros(len(labels)), labels, groups)]
+
+
+def _both_sides_hold_both(labels: np.ndarray, in_val: np.ndarray) -> bool:
+    return set(labels[in_val]) == {0, 1} and set(labels[~in_val]) == {0, 1}
+
+
+def _pick_val_sources(labels: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
+    """Val as a few whole sources, taken in a seeded order while they add a class val lacks and leave train
+    both: where no fold works (a few sources, some holding both classes), this still finds a split whenever
+    each class has two sources. Where none exists, `assign_splits` says which split lacks what."""
+    in_val = np.zeros(len(labels), bool)
+    for group in np.random.default_rng(seed).permutation(np.unique(groups)):
+        members = groups == group
+        adds = set(labels[members]) - set(labels[in_val])
+        if adds and set(labels[~in_val & ~members]) == {0, 1}:
+            in_val |= members
+        if _both_sides_hold_both(labels, in_val):
+            break
+    return in_val

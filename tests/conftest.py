@@ -115,6 +115,45 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, **kwargs) -
     return result
 
 
+class SmallDisk:
+    """A filesystem of its own (tmpfs) at `path`, which fills up for real; `resize` frees or takes away space."""
+
+    def __init__(self, path: Path, size: int):
+        self.path = path
+        path.mkdir()
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        )
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+
+    def resize(self, size: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+    def used(self) -> int:
+        stats = os.statvfs(self.path)
+        return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", str(self.path)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """3 MiB of a real filesystem, unmounted afterwards."""
+    disk = SmallDisk(tmp_path / "disk", 3 * 2**20)
+    yield disk
+    disk.unmount()
+
+
+def one_line(stderr: str, start: str) -> str:
+    """The only line a command that stopped part way prints, after its progress bars: no traceback."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[-1].startswith(start), stderr
+    return lines[-1]
+
+
 def build_args(root: Path, out: Path, *extra: str) -> list[str]:
     return ["ingest", "build-cache", "--data-root", str(root), "--out", str(out), "--size", str(SIZE), *extra]
 

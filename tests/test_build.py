@@ -157,3 +157,23 @@ def test_an_existing_store_needs_resume(stores, celebdf_root):
     before = sorted(p.stat().st_mtime_ns for p in stores["zarr"].rglob("*"))
     assert "--resume" in one_line_error(run_cli(*build_args(celebdf_root, stores["zarr"]), check=False))
     assert sorted(p.stat().st_mtime_ns for p in stores["zarr"].rglob("*")) == before
+
+
+def test_eight_videos_from_eight_sources_build_with_both_classes_in_train_and_val(celebdf_root, tmp_path):
+    root = tmp_path / "small"
+    video = (celebdf_root / "Celeb-real/id0_0000.mp4").read_bytes()
+    names = [f"Celeb-real/id{i}_0000.mp4" for i in range(4)] + [
+        f"Celeb-synthesis/id{i + 4}_id{i}_0000.mp4" for i in range(4)
+    ]
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(video)
+    run_cli(*build_args(root, tmp_path / "s.zarr", "--workers", "1"))
+    with open_store(tmp_path / "s.zarr") as store:
+        for split in ("train", "val"):
+            assert set(store.label[store.rows(split)].tolist()) == {0, 1}
+    (root / "Celeb-real" / "id1_0000.mp4").rename(root / "Celeb-real" / "id0_0001.mp4")
+    for name in ("id2_0000", "id3_0000"):
+        (root / "Celeb-real" / f"{name}.mp4").unlink()
+    line = one_line_error(run_cli(*build_args(root, tmp_path / "t.zarr"), check=False))
+    assert "real videos from 1 source" in line and not (tmp_path / "t.zarr").exists()

@@ -112,3 +112,35 @@ def test_both_splits_need_both_classes():
     one_real = table[(table["label"] == FAKE) | (table["path"] == "Celeb-real/id0_0000.mp4")]
     with pytest.raises(UsageError, match="both classes"):
         assign_splits(one_real, 0.2, seed=42)
+
+
+def small_table(reals: list[str], fakes: list[str]) -> pd.DataFrame:
+    """Videos named by their source: one real per entry of `reals`, one fake per entry of `fakes`."""
+    rows = [(f"Celeb-real/{s}_{i:04d}.mp4", REAL) for i, s in enumerate(reals)]
+    rows += [(f"Celeb-synthesis/{s}_id99_{i:04d}.mp4", FAKE) for i, s in enumerate(fakes)]
+    table = pd.DataFrame(rows, columns=["path", "label"])
+    table["split"] = NO_SPLIT
+    table["group"] = table["path"].map(source_group)
+    return table
+
+
+@pytest.mark.parametrize(
+    "reals, fakes",
+    [
+        (["id0", "id1", "id2", "id3"], ["id4", "id5", "id6", "id7"]),  # fewer videos per class than folds
+        (["id0", "id1"], ["id0", "id1"]),  # two sources, each holding both classes: no fold of 5 works
+        (["id0", "id1"], ["id2", "id3"]),
+        (["id0", "id1", "id2"], ["id0", "id3", "id3", "id4"]),
+    ],
+)
+def test_small_sets_with_two_sources_per_class_split_into_both_classes(reals, fakes):
+    for seed in range(5):
+        table = assign_splits(small_table(reals, fakes), 0.2, seed=seed)
+        train, val = table[table["split"] == TRAIN], table[table["split"] == VAL]
+        assert set(train["label"]) == set(val["label"]) == {REAL, FAKE}
+        assert not set(train["group"]) & set(val["group"])
+
+
+def test_a_class_from_one_source_is_a_usage_error_that_names_the_counts():
+    with pytest.raises(UsageError, match="real videos from 1 source, fake videos from 3 sources"):
+        assign_splits(small_table(["id0", "id0"], ["id4", "id5", "id6"]), 0.2, seed=42)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import build_args, run_cli, train_args
+from conftest import build_args, one_line, run_cli, train_args
 
 from cache import open_store
 from cache.features import FeatureDataset, FeatureWriter, feature_entries
@@ -83,17 +83,24 @@ def done_count(store: Path) -> int:
         return 0
 
 
-def test_a_killed_run_resumes_to_what_an_uninterrupted_run_stores(demo_root, computed, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_a_killed_or_preempted_run_resumes_to_what_an_uninterrupted_run_stores(demo_root, computed, tmp_path, stop):
     store = build_store(demo_root, tmp_path)
     args = [sys.executable, "-m", *features_args(store, "--batch-size", "1")]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while process.poll() is None and done_count(store) < 4:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as sink:
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=sink)
+        deadline = time.monotonic() + 180
+        while process.poll() is None and done_count(store) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(process.pid, stop)
+        process.wait()
+    if stop == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    else:
+        assert process.returncode == 128 + stop, errors.read_text()
+        one_line(errors.read_text(), "cache: interrupted: every finished shard's features are kept")
     with open_store(store) as handle:
         rows = len(handle)
     assert 4 <= done_count(store) < rows
@@ -163,3 +170,19 @@ def test_two_processes_store_what_one_process_stores(demo_root, computed, tmp_pa
     values, done = stored_values(store, name)
     whole, _ = stored_values(computed, name)
     assert done.all() and (values == whole).all()
+
+
+def test_a_full_disk_ends_with_one_line_and_running_again_finishes(demo_root, computed, small_disk):
+    small_disk.resize(64 * 2**20)
+    store = build_store(demo_root, small_disk.path)
+    small_disk.resize(small_disk.used() + 64 * 2**10)  # room for the entry's start, not its values
+    result = run_cli(*features_args(store), check=False)
+    assert result.returncode == 4, result.stderr
+    one_line(result.stderr, f"cache: error: no space left on the device of {store}: every finished shard's")
+    small_disk.resize(64 * 2**20)
+    run_cli(*features_args(store))
+    name = only_entry(store).name
+    values, done = stored_values(store, name)
+    whole, _ = stored_values(computed, name)
+    assert done.all()
+    np.testing.assert_allclose(values.astype(np.float32), whole.astype(np.float32), atol=2e-3)

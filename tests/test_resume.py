@@ -12,8 +12,8 @@ import numpy as np
 import psutil
 import pytest
 import zarr
-from conftest import build_args, build_both_formats, encode_numbered, run_cli
-from test_build import assert_same_store
+from conftest import build_args, build_both_formats, encode_numbered, one_line, run_cli
+from test_build import assert_same_store, one_line_error
 
 from cache import open_store
 from cache.schema import OK, PENDING
@@ -45,32 +45,48 @@ def status_of(path):
         return f["status"][:]
 
 
-def kill_mid_build(args, store) -> None:
-    """Start a build in its own process group and SIGKILL all of it once some, not most, rows are done."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", *args], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    try:
-        while process.poll() is None and time.monotonic() < deadline:
-            if store.exists():
-                status = status_of(store)
-                if (status == OK).any() and (status == PENDING).mean() > 0.3:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    break
-            time.sleep(0.005)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    assert process.returncode == -signal.SIGKILL, "the build ended before it could be killed"
+def kill_mid_build(args, store, stop: int = signal.SIGKILL) -> str:
+    """Start a build in its own process group and send `stop` to all of it (as a terminal's Ctrl-C reaches
+    every process of its group) once some, not most, rows are done; the build's stderr."""
+    errors = store.with_name(f"{store.name}.stderr")
+    with errors.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", *args], start_new_session=True, stdout=subprocess.DEVNULL, stderr=sink
+        )
+        deadline = time.monotonic() + 120
+        try:
+            while process.poll() is None and time.monotonic() < deadline:
+                if store.exists():
+                    status = status_of(store)
+                    if (status == OK).any() and (status == PENDING).mean() > 0.3:
+                        os.killpg(process.pid, stop)
+                        break
+                time.sleep(0.005)
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    expected = -signal.SIGKILL if stop == signal.SIGKILL else 128 + stop
+    assert process.returncode == expected, f"the build ended before it could be stopped:\n{errors.read_text()}"
+    return errors.read_text()
 
 
-@pytest.mark.parametrize("suffix", ["zarr", "h5"])
-def test_resume_after_sigkill_equals_an_uninterrupted_build(many_videos, reference, tmp_path, suffix):
+@pytest.mark.parametrize(
+    "suffix, stop, workers",
+    [("zarr", signal.SIGKILL, 1), ("h5", signal.SIGKILL, 1), ("zarr", signal.SIGINT, 1), ("h5", signal.SIGTERM, 1)],
+    ids=["zarr-sigkill", "h5-sigkill", "zarr-ctrl-c", "h5-sigterm"],
+)
+def test_resume_after_a_kill_or_interruption_equals_an_uninterrupted_build(
+    many_videos, reference, tmp_path, suffix, stop, workers
+):
     store = tmp_path / f"killed.{suffix}"
-    args = build_args(many_videos, store, "--workers", "1", "--clips-per-shard", "2")
-    kill_mid_build(args, store)
+    args = build_args(many_videos, store, "--workers", str(workers), "--clips-per-shard", "2")
+    errors = kill_mid_build(args, store, stop)
+    if stop != signal.SIGKILL:
+        one_line(errors, "ingest: interrupted: ")
+        stored = int(re.search(r"interrupted: (\d+) of", errors).group(1))
+        assert stored == int((status_of(store) != PENDING).sum()) and "with --resume" in errors
     with open_store(store) as killed, open_store(reference[suffix]) as whole:
         ok = np.flatnonzero(killed.status == OK)
         pending = int((killed.status == PENDING).sum())
@@ -78,7 +94,28 @@ def test_resume_after_sigkill_equals_an_uninterrupted_build(many_videos, referen
         assert (killed.read(ok) == whole.read(ok)).all(), "a row marked ok holds a clip other than its own"
     result = run_cli(*args, "--resume")
     assert int(re.search(r"(\d+) videos decoded", result.stdout).group(1)) == pending
+    assert (f"took over the lock of {store}" in result.stdout) == (stop == signal.SIGKILL), "a kill leaves its lock"
     assert_same_store(store, reference[suffix])
+    assert not store.with_name(f"{store.name}.lock").exists()
+
+
+def test_a_second_build_of_the_same_store_is_refused_while_the_first_runs(many_videos, reference, tmp_path):
+    store = tmp_path / "raced.zarr"
+    args = build_args(many_videos, store, "--workers", "1", "--clips-per-shard", "2")
+    first = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    lock = store.with_name("raced.zarr.lock")
+    while not (lock.exists() and lock.read_text()) and time.monotonic() < deadline:  # written once it is held
+        time.sleep(0.005)
+    first.send_signal(signal.SIGSTOP)  # however slow the second is to start, the first is still building
+    try:
+        line = one_line_error(run_cli(*args, check=False))
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert f"is being written by process {first.pid}" in line
+    _, errors = first.communicate(timeout=300)
+    assert first.returncode == 0, errors
+    assert_same_store(store, reference["zarr"])
 
 
 def test_two_ranks_build_the_same_store_as_one_process(many_videos, reference, tmp_path):
@@ -130,3 +167,19 @@ def test_a_worker_killed_mid_build_loses_nothing(many_videos, reference, tmp_pat
     assert process.returncode == 0
     assert "0 failed, 0 pending" in output
     assert_same_store(store, reference["zarr"])
+
+
+@pytest.mark.parametrize("suffix", ["zarr", "h5"])
+def test_a_full_disk_ends_with_one_line_and_resume_finishes_once_space_is_freed(
+    many_videos, reference, small_disk, suffix
+):
+    store = small_disk.path / f"full.{suffix}"
+    args = build_args(many_videos, store, "--workers", "1", "--clips-per-shard", "2")
+    result = run_cli(*args, check=False)
+    assert result.returncode == 4, result.stderr
+    line = one_line(result.stderr, f"ingest: error: no space left on the device of {store}: ")
+    stored = int(re.search(r": (\d+) of \d+ videos stored", line).group(1))
+    assert 0 < stored == int((status_of(store) != PENDING).sum()) < len(status_of(store))
+    small_disk.resize(64 * 2**20)
+    run_cli(*args, "--resume")
+    assert_same_store(store, reference[suffix])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import build_args, encode_numbered, run_cli, train_args
+from conftest import build_args, encode_numbered, one_line, run_cli, train_args
 
 import train
 from cache import open_store
@@ -120,16 +120,23 @@ def progress_epoch(folder: Path) -> int:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_ends_as_an_uninterrupted_run(tiny_cache, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_resume_after_a_kill_or_preemption_ends_as_an_uninterrupted_run(tiny_cache, tmp_path, stop):
     args = train_args(tiny_cache, tmp_path / "killed", "simple_cnn", "--epochs", "3")
-    process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while process.poll() is None and progress_epoch(tmp_path / "killed" / "simple_cnn") < 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=sink)
+        deadline = time.monotonic() + 180
+        while process.poll() is None and progress_epoch(tmp_path / "killed" / "simple_cnn") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(process.pid, stop)
+        process.wait()
+    if stop == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    else:
+        assert process.returncode == 128 + stop, errors.read_text()
+        one_line(errors.read_text(), "train: interrupted: simple_cnn's last checkpoint is after epoch")
     assert 1 <= progress_epoch(tmp_path / "killed" / "simple_cnn") < 3
     resumed = run_cli(*args, "--resume")
     assert "resuming after epoch" in resumed.stdout
@@ -183,3 +190,14 @@ def test_bad_stores_and_splits_exit_2_with_one_line(tiny_cache, tmp_path):
     assert "--weights" in one_line_error(
         run_cli(*train_args(tiny_cache, tmp_path / "r", "all", "--weights", str(store)), check=False)
     )
+
+
+@pytest.mark.slow
+def test_a_full_disk_ends_with_one_line_and_resume_finishes_once_space_is_freed(tiny_cache, small_disk):
+    args = train_args(tiny_cache, small_disk.path / "run", "simple_cnn", "--epochs", "2")
+    result = run_cli(*args, check=False)
+    assert result.returncode == 4, result.stderr
+    one_line(result.stderr, f"train: error: no space left on the device of {small_disk.path / 'run'}: ")
+    small_disk.resize(64 * 2**20)
+    run_cli(*args, "--resume")
+    assert [e["epoch"] for e in read_metrics(small_disk.path / "run", "simple_cnn")["history"]] == [1, 2]

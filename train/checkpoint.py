@@ -11,16 +11,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({name: tensor.detach().contiguous().cpu() for name, tensor in state.items()}, str(tmp))
-    os.replace(tmp, path)
+    """Serialised in memory and written as plain bytes, so that a full disk raises OSError (ENOSPC) as any
+    other write does, not safetensors' own error."""
+    data = save({name: tensor.detach().contiguous().cpu() for name, tensor in state.items()})
+    _replace(path, lambda tmp: tmp.write_bytes(data))
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -28,9 +30,17 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def write_json(path: Path, value: dict) -> None:
+    _replace(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2)))
+
+
+def _replace(path: Path, write: Callable[[Path], object]) -> None:
+    """`write` a temporary file beside `path`, then rename it into place; a failed write leaves nothing."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def save_last(folder: Path, model: dict, optimizer: dict, scheduler: dict, progress: dict) -> None:

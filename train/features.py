@@ -19,6 +19,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
+from cache.exits import deferred_stop
 from cache.features import FeatureDataset, FeatureSpec, FeatureWriter, feature_entries
 from cache.schema import OK, StoreError, shard_count, shard_slice
 from cache.store import open_store
@@ -134,7 +135,8 @@ def _fill(config, spec, model: ClipClassifier, state: PartialState, status: np.n
                         features = model.forward_features(transform(clips))
                     values[picked] = features.to(torch.float16).cpu().numpy()
                     bar.update(len(picked))
-                writer.write(spec.name, span, values)
+                with deferred_stop():
+                    writer.write(spec.name, span, values)
     return todo
 
 

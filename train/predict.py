@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from cache.exits import exit_status, stop_on_signals
 from ingest.clips import RowOutcome
 from ingest.discover import VIDEO_SUFFIXES, is_video
 from train.data import UsageError
@@ -45,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
         description=(
             "Say for each video how likely it is fake, with the verdict at the threshold the model chose on its "
             "validation split. Videos are decoded as the model's training store was (same frames, size, resize "
-            "and decoder). A video that cannot be decoded gets a row with its error. Exit status 2 on bad input."
+            "and decoder). A video that cannot be decoded gets a row with its error. Exit status 2 on bad input, "
+            "130 after Ctrl-C and 143 after SIGTERM."
         ),
     )
     main.add_argument("--run", type=Path, required=True, help="a trained model's folder, RUN_DIR/MODEL")
@@ -67,7 +69,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_signals()
     args = parser().parse_args(argv)
+    try:
+        return _predict(args)
+    except KeyboardInterrupt as stop:
+        print("predict: interrupted: no prediction was written", file=sys.stderr)
+        return exit_status(stop)
+
+
+def _predict(args: argparse.Namespace) -> int:
     try:
         if args.workers < 1 or args.batch_size < 1:
             raise UsageError("--workers and --batch-size must be at least 1")

@@ -18,6 +18,8 @@ import torch
 from accelerate import Accelerator
 
 from cache import StoreError
+from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
+from train.checkpoint import find_last
 from train.data import BALANCE, UsageError
 from train.loop import TrainConfig, fit
 from train.metrics import SELECT_BY
@@ -62,7 +64,9 @@ def parser() -> argparse.ArgumentParser:
             "Train simple_cnn, resnet18 and/or effnet_lstm on the clips of a clipcache store. Writes "
             "RUN_DIR/MODEL/{metrics.json,history.csv,curves.png,confusion.png,best.safetensors,last/}; with "
             "--model all also RUN_DIR/comparison.{md,csv,png}. The best epoch is chosen on val; test is "
-            "evaluated once at the end. Exit status 2 on bad input."
+            "evaluated once at the end. Exit status: 0 done, 2 bad input, 4 no space left on the device, 130 "
+            "after Ctrl-C, 143 after SIGTERM; in the last three, --resume continues from the checkpoint after the "
+            "last finished epoch, to the same result as an uninterrupted run."
         ),
     )
     add_training_options(main)
@@ -151,6 +155,20 @@ def train_config(args: argparse.Namespace, **fields) -> TrainConfig:
     return TrainConfig(**{**given, **fields})
 
 
+def resume_line(config: TrainConfig | None) -> str:
+    """Where an interrupted run can go on from: the checkpoint after the last finished epoch."""
+    if config is None:
+        return "nothing was trained yet"
+    last = find_last(config.out / config.model / "last")
+    if last is None:
+        return f"no epoch of {config.model} finished; the same command starts it again"
+    epoch = json.loads((last / "progress.json").read_text())["epoch"]
+    return (
+        f"{config.model}'s last checkpoint is after epoch {epoch} of {config.epochs} ({last}); "
+        "run the same command with --resume to continue from it"
+    )
+
+
 def train_one(
     config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, dict], None] | None = None
 ) -> dict:
@@ -167,13 +185,17 @@ def train_one(
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_signals()
     args = parse_args(argv)
     accelerator = make_accelerator(args)
+    config = None
     try:
         if args.model == "all" and (args.weights is not None or args.from_features):
             raise UsageError("--weights and --from-features fit one backbone: train one --model at a time with them")
-        names = list(MODEL_NAMES) if args.model == "all" else [args.model]
-        results = [train_one(train_config(args, model=name), accelerator) for name in names]
+        results = []
+        for name in list(MODEL_NAMES) if args.model == "all" else [args.model]:
+            config = train_config(args, model=name)
+            results.append(train_one(config, accelerator))
         if accelerator.is_main_process:
             if len(results) > 1:
                 write_comparison(args.out, results)
@@ -182,6 +204,17 @@ def main(argv: list[str] | None = None) -> int:
         if accelerator.is_main_process:
             print(f"train: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        if accelerator.is_main_process:
+            print(f"train: interrupted: {resume_line(config)}", file=sys.stderr)
+        return exit_status(stop)
+    except OSError as error:
+        if not disk_full(error):
+            raise
+        if accelerator.is_main_process:
+            where = f"no space left on the device of {args.out}"
+            print(f"train: error: {where}: {resume_line(config)}, once space is freed", file=sys.stderr)
+        return NO_SPACE
     finally:
         accelerator.end_training()
     return 0

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
 from cache import StoreError
+from cache.exits import exit_status, stop_on_signals
 from train.checkpoint import write_json
 from train.data import UsageError, split_dataset
 from train.loop import TrainConfig
@@ -156,7 +157,8 @@ def parser() -> argparse.ArgumentParser:
             "scores the val ROC AUC of its best epoch; a trial below the median of earlier ones after an epoch "
             "is pruned (from the sixth trial on). Writes OUT/best_params.json (for train/run.py --config) and "
             "Optuna's plots OUT/*.png. Running it again continues the study. --seed seeds the trials' training "
-            "(the same in each) and the sampler. Exit status 2 on bad input."
+            "(the same in each) and the sampler. Exit status 2 on bad input, 130 after Ctrl-C and 143 after SIGTERM "
+            "(the same command continues the study)."
         ),
     )
     add_training_options(main)
@@ -169,9 +171,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_signals()
     args = parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     accelerator = make_accelerator(args)
+    study = None
     try:
         if accelerator.num_processes > 1:
             raise UsageError("run tune as one process (python, not a multi-process accelerate launch)")
@@ -187,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, StoreError) as error:
         print(f"tune: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        done = f"{finished(study)} of {args.trials} trials finished" if study is not None else "no trial ran"
+        print(f"tune: interrupted: {done}; run the same command to continue the study", file=sys.stderr)
+        return exit_status(stop)
     finally:
         accelerator.end_training()
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):

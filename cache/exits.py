@@ -1,0 +1,71 @@
+"""How every clipcache command ends when it cannot finish: what is done stays, one line says what and how to go on.
+
+Exit statuses shared by all commands: 0 done, 2 bad input, 3 (`build-cache --strict`) a video failed,
+4 no space left on the device, 130 after Ctrl-C, 143 after SIGTERM.
+
+Cluster schedulers send SIGTERM before SIGKILL, so SIGTERM is treated as Ctrl-C is: it raises `Interrupted`
+(a KeyboardInterrupt) in the main thread, each command's `main` turns it into its line and exit status, and a
+write that must not be cut half way defers it to its end. Here, and not in each package, because every
+command of the four packages needs the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import signal
+import threading
+from collections.abc import Iterator
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+NO_SPACE = 4
+
+
+def disk_full(error: BaseException) -> bool:
+    """A write that failed for want of space (zarr, h5py and plain files all raise OSError ENOSPC)."""
+    return isinstance(error, OSError) and error.errno == errno.ENOSPC
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, raised where the main thread was."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def stop_on_signals() -> None:
+    """Make Ctrl-C and SIGTERM raise `Interrupted` in this process (call it first in a command's main)."""
+
+    def stop(signum: int, _frame) -> None:
+        raise Interrupted(signum)
+
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
+
+
+def ignore_stop_signals() -> None:
+    """For worker processes: Ctrl-C reaches the whole process group, and the parent decides when they stop."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def exit_status(stop: KeyboardInterrupt) -> int:
+    return 128 + (stop.signum if isinstance(stop, Interrupted) else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def deferred_stop() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends (a shard or checkpoint write), then deliver the first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers run in the main thread only: there, the block is never cut
+        return
+    caught: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, _: caught.append(signum)) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if caught:
+            signal.raise_signal(caught[0])

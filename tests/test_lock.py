@@ -1,0 +1,48 @@
+"""The store lock between real processes: refused while held, taken over from a killed holder."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from cache.lock import StoreLock, StoreLocked
+
+HOLD = (
+    "import sys; from cache.lock import StoreLock; lock = StoreLock(sys.argv[1]); lock.acquire(); "
+    "print('held', flush=True); sys.stdin.read()"
+)
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Another process holding the lock of tmp_path/s.zarr until its stdin closes."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(tmp_path / "s.zarr")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline() == "held\n"
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_a_second_process_is_refused_with_the_holders_pid(tmp_path, holder):
+    with pytest.raises(StoreLocked, match=f"s.zarr is being written by process {holder.pid} on "):
+        StoreLock(tmp_path / "s.zarr").acquire()
+
+
+def test_a_lock_left_by_a_killed_holder_is_taken_over_and_named(tmp_path, holder):
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert (tmp_path / "s.zarr.lock").exists()
+    with StoreLock(tmp_path / "s.zarr") as lock:
+        assert lock.taken_over is not None and lock.taken_over.pid == holder.pid
+    assert not (tmp_path / "s.zarr.lock").exists()
+
+
+def test_a_released_lock_is_free_and_names_no_previous_holder(tmp_path):
+    for _ in range(2):
+        with StoreLock(tmp_path / "s.zarr") as lock:
+            assert lock.taken_over is None
+            assert f'"pid": {os.getpid()}' in (tmp_path / "s.zarr.lock").read_text()
