@@ -10,7 +10,7 @@ from cache import ClipDataset, open_store
 from cache.schema import FAILED, OK
 from ingest.decoders import GPU_DECODERS, DecodeError, available, choose, make_decoder
 from ingest.frames import resize_clip, sample_indices
-from train.data import make_loader
+from train.data import BatchFeed
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
 # Celeb-DF is H.264; these the GPU decoders must decode exactly. Others may be refused (and fall back to PyAV).
@@ -82,9 +82,13 @@ def test_gpu_resize_matches_the_cpu_resize():
     assert (cpu - gpu).abs().max() <= 1
 
 
-def test_loader_hands_pinned_uint8_batches(tiny_cache):
-    loader = make_loader(ClipDataset(tiny_cache, "train"), 4, 2)
-    clips, labels = next(iter(loader))
-    assert loader.pin_memory and clips.is_pinned() and clips.dtype == torch.uint8
-    assert clips.shape[1:] == (4, 32, 32, 3)  # tiny_cache: 4 frames of 32 x 32
-    assert labels.is_pinned()
+def test_feed_hands_uint8_batches_on_the_gpu_from_pinned_buffers(tiny_cache):
+    dataset = ClipDataset(tiny_cache, "train")
+    feed = BatchFeed(dataset, 4, threads=2, device=torch.device("cuda"))
+    with open_store(tiny_cache) as store:
+        for clips, labels, rows in feed:
+            assert clips.is_cuda and labels.is_cuda and clips.dtype == torch.uint8
+            assert clips.shape[1:] == (4, 32, 32, 3)  # tiny_cache: 4 frames of 32 x 32
+            assert (clips.cpu().numpy() == store.read(rows.numpy())).all()
+            assert labels.tolist() == store.label[rows.numpy()].tolist()
+    assert all(buffer.is_pinned() for slot in feed._ring for buffer in slot)
