@@ -110,7 +110,8 @@ class FeatureDataset(Dataset):
     """The features (T, D) float16 and labels of the ok, computed rows of one split, held in memory.
 
     Features are small (16 x 512 halves are 16 KB a clip), so a split fits in memory and an epoch reads
-    nothing from disk. `read_into` serves the trainer's feed a batch by indexing the tensor in memory.
+    nothing from disk; only the split's own rows are read, once. `read_into` serves the trainer's feed a
+    batch by indexing the tensor in memory.
     """
 
     def __init__(self, store_path: str | Path, entry: str, split: str | None = None):
@@ -131,7 +132,7 @@ class FeatureDataset(Dataset):
                 )
             self.rows = rows
             self.labels = store.label[rows].astype(np.int64)
-            self.values = torch.from_numpy(np.asarray(group["values"][...])[rows])
+            self.values = torch.from_numpy(read_rows(group["values"], rows))
         self.sample_shape = tuple(self.values.shape[1:])
         self.sample_dtype = self.values.dtype
 
@@ -143,3 +144,14 @@ class FeatureDataset(Dataset):
 
     def read_into(self, indices: np.ndarray, out: torch.Tensor) -> None:
         torch.index_select(self.values, 0, torch.from_numpy(indices), out=out)
+
+
+def read_rows(array, rows: np.ndarray) -> np.ndarray:
+    """`array[rows]` for sorted unique rows, reading only those: Zarr fetches just the chunks that hold them;
+    HDF5 reads each run of consecutive rows as one slice (its point selections are slow)."""
+    if len(rows) == 0:
+        return np.empty((0, *array.shape[1:]), array.dtype)
+    if isinstance(array, h5py.Dataset):
+        runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
+        return np.concatenate([array[run[0] : run[-1] + 1] for run in runs])
+    return np.asarray(array.oindex[rows])
