@@ -78,8 +78,10 @@ def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
 
 @cache
 def per_channel(values: tuple[float, float, float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A (1, 1, 3, 1, 1) constant, made once per device and dtype rather than copied to the device per batch."""
-    return torch.tensor(values, device=device, dtype=dtype).view(1, 1, 3, 1, 1)
+    """A (1, 1, 3, 1, 1) constant, made once per device and dtype rather than copied to the device per batch
+    (outside inference mode, so that a gradient through the transform may use it whoever made it first)."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, device=device, dtype=dtype).view(1, 1, 3, 1, 1)
 
 
 def normalize(frames: torch.Tensor) -> torch.Tensor:
