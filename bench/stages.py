@@ -276,7 +276,8 @@ def read(config: BenchConfig, context: Context) -> list[Row]:
     for suffix in ("zarr", "h5"):
         path = _store_copy(config, suffix)
         with open_store(path) as store:
-            picks = np.random.default_rng(0).choice(store.rows(), 128 if config.quick else 512)
+            # Enough batches that a pass through the feed is not mostly its first batch's wait.
+            picks = np.random.default_rng(0).choice(store.rows(), 256 if config.quick else 1024)
             clip_mb = int(np.prod(store.spec.clip_shape())) / MB
             places = store.locate(picks)
 
@@ -356,6 +357,7 @@ def feed(config: BenchConfig, context: Context) -> list[Row]:
     shuffled = RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
     ours = _feed_rate(BatchFeed(dataset, FEED_BATCH, shuffled, threads=TRAINER_THREADS), config.repeat)
     with open_store(config.cache) as store:
+        size = store.spec.size
         root = Path(store.spec.data_root)
         paths = [str(root / store.path[r]) for r in dataset.rows]
     # The seed decodes every clip it serves: an epoch of the videos themselves gives its per-clip rate.
@@ -366,7 +368,7 @@ def feed(config: BenchConfig, context: Context) -> list[Row]:
     return [
         Row(
             "feed an epoch",
-            f"train split, trainer's feed, {TRAINER_THREADS} reader threads, batch {FEED_BATCH}",
+            f"train split, trainer's feed, {TRAINER_THREADS} reader threads, batch {FEED_BATCH} at {size}px",
             ours,
             seed,
             "seed: OpenCV decode in __getitem__",
