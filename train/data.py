@@ -97,14 +97,15 @@ class BatchFeed:
     """This process's batches of a split, `(inputs, labels, rows)` in the sampler's order: inputs and labels
     on `device`, the store rows on the host.
 
-    The training process reads them itself, with `threads` threads (`os.preadv` lets go of the GIL) that keep
-    `threads` batches ahead of the step, straight into a ring of `threads + 1` (at least 2) buffers kept from
-    one pass to the next (pinned where the device is a GPU). Worker processes would pickle every 2.4 MB clip across a
-    pipe, and fresh buffers would fault their pages in on every batch: each costs as much as the read itself.
-    A buffer is refilled only after the consumer has asked for the batch after the one it held (on a CPU the
-    model uses the buffer itself) and after its copy to the GPU is done. `threads=0` reads in the training
-    thread between steps, which suits features already in memory. `sampler` (store order when None) may be
-    replaced between passes: each pass draws its order from it once, as a DataLoader does.
+    The training process reads them itself, with `threads` threads (`os.preadv` lets go of the GIL) that
+    keep `threads` batches ahead of the step, straight into a ring of `threads + 1` (at least 2) buffers
+    kept from one pass to the next (pinned where the device is a GPU). Worker processes would pickle every
+    2.4 MB clip across a pipe, and fresh buffers would fault their pages in on every batch: each costs as
+    much as the read itself. A buffer is refilled only after the consumer has asked for the batch after the
+    one it held (on a CPU the model uses the buffer itself) and after its copy to the GPU is done.
+    `threads=0` reads in the training thread between steps, which suits features already in memory.
+    `sampler` (store order when None) may be replaced between passes: each pass draws its order from it
+    once, as a DataLoader does.
     """
 
     def __init__(
@@ -196,20 +197,15 @@ class BatchFeed:
 
 
 def shard_feed(
-    dataset: FeedSource,
-    batch_size: int,
-    accelerator: Accelerator,
-    even: bool,
-    threads: int = 0,
-    sampler: Iterable[int] | None = None,
+    dataset: FeedSource, batch_size: int, accelerator: Accelerator, even: bool, threads: int = 0
 ) -> BatchFeed:
     """This process's feed of `dataset` onto its device: `even` for evaluation, uneven for training."""
     sharding = Sharding.of(accelerator, even)
-    return BatchFeed(dataset, batch_size, sampler, sharding=sharding, device=accelerator.device, threads=threads)
+    return BatchFeed(dataset, batch_size, sharding=sharding, device=accelerator.device, threads=threads)
 
 
 class TimedBatches:
-    """Iterates a loader, adding up the time spent waiting for each batch: the data stall of a loop."""
+    """Iterates a feed, adding up the time spent waiting for each batch: the data stall of a loop."""
 
     def __init__(self, loader):
         self.loader = loader
