@@ -27,9 +27,9 @@ from ingest.clips import FELL_BACK, RowJob, RowOutcome, gpu_rows
 from ingest.decoders import CPU_DECODERS, GPU_DECODERS, available, make_decoder, probe_video, unavailable
 from ingest.frames import resize_clip
 from train.augment import ClipTransform
-from train.data import TimedBatches, make_loader
+from train.data import BatchFeed, TimedBatches
 from train.features import FeatureConfig, compute_features, model_for_features
-from train.loop import as_float
+from train.loop import TrainConfig, as_float
 from train.models import MODEL_NAMES, TIMM_BACKBONES, ModelConfig, build_model
 
 # Decode engines per GPU (NVIDIA's specifications) and one engine's H.264 1080p rate (Video Codec SDK
@@ -37,6 +37,8 @@ from train.models import MODEL_NAMES, TIMM_BACKBONES, ModelConfig, build_model
 NVDEC_ENGINES = {"H100": 7, "H200": 7}
 NVDEC_1080P_FPS = 771
 SEED = "seed: OpenCV seek per frame"
+FEED_BATCH = 32  # the trainer's feed is timed at a GPU's batch, not the seed's 4
+TRAINER_THREADS = TrainConfig.workers  # the trainer's default reader threads
 STAGES = ("decode", "resize", "write", "ingest", "read", "feed", "h2d", "train", "features")
 MB = 2**20
 
@@ -342,7 +344,8 @@ def read(config: BenchConfig, context: Context) -> list[Row]:
     for suffix in ("zarr", "h5"):
         path = _store_copy(config, suffix)
         with open_store(path) as store:
-            picks = np.random.default_rng(0).choice(store.rows(), 32 if config.quick else 256)
+            # Enough batches that a pass through the feed is not mostly its first batch's wait.
+            picks = np.random.default_rng(0).choice(store.rows(), 256 if config.quick else 1024)
             clip_mb = int(np.prod(store.spec.clip_shape())) / MB
             places = store.locate(picks)
 
@@ -364,16 +367,19 @@ def read(config: BenchConfig, context: Context) -> list[Row]:
                     note=f"{ours.median * clip_mb:,.0f} MB/s",
                 )
             )
-        for workers in sorted({0, config.workers}):
-            loader_rate = _loader_rate(path, workers, config.repeat, len(picks))
+            size = store.spec.size
+        dataset = ClipDataset(path)
+        order = np.searchsorted(dataset.rows, picks)
+        for threads in sorted({0, TRAINER_THREADS}):
+            rate = _feed_rate(BatchFeed(dataset, FEED_BATCH, order, threads=threads), config.repeat)
             rows.append(
                 Row(
                     "store random read",
-                    f"{suffix}, DataLoader, {workers} workers, batch 4",
-                    loader_rate,
+                    f"{suffix}, trainer's feed, {threads} reader threads, batch {FEED_BATCH} at {size}px",
+                    rate,
                     limit=limit,
                     limit_name="os.pread of the same bytes, 1 process",
-                    note=f"{loader_rate.median * clip_mb:,.0f} MB/s",
+                    note=f"{rate.median * clip_mb:,.0f} MB/s",
                 )
             )
     return rows
@@ -409,19 +415,17 @@ def _pread_rate(places: list[tuple[Path, int]], nbytes: int, repeat: int) -> Rat
     return Rate.measure(work, repeat, "clips/s")
 
 
-def _loader_rate(path: Path, workers: int, repeat: int, samples: int) -> Rate:
-    dataset = ClipDataset(path)
-    sampler = RandomSampler(dataset, replacement=True, num_samples=samples, generator=torch.Generator().manual_seed(0))
-    loader = make_loader(dataset, 4, workers, sampler, keep_workers=True)
-    return Rate.measure(lambda: sum(len(labels) for _, labels in loader), repeat, "clips/s")
+def _feed_rate(feed: BatchFeed, repeat: int) -> Rate:
+    """Clips/s of passes through a feed: its buffers are made by the warm-up pass and reused, as by epochs."""
+    return Rate.measure(lambda: sum(len(labels) for _, labels, _ in feed), repeat, "clips/s")
 
 
 def feed(config: BenchConfig, context: Context) -> list[Row]:
     dataset = ClipDataset(config.cache, "train")
     shuffled = RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
-    ours_loader = make_loader(dataset, 4, config.workers, shuffled, keep_workers=True)
-    ours = Rate.measure(lambda: sum(len(labels) for _, labels in ours_loader), config.repeat, "clips/s")
+    ours = _feed_rate(BatchFeed(dataset, FEED_BATCH, shuffled, threads=TRAINER_THREADS), config.repeat)
     with open_store(config.cache) as store:
+        size = store.spec.size
         root = Path(store.spec.data_root)
         paths = [str(root / store.path[r]) for r in dataset.rows]
     # The seed decodes every clip it serves: an epoch of the videos themselves gives its per-clip rate.
@@ -432,7 +436,7 @@ def feed(config: BenchConfig, context: Context) -> list[Row]:
     return [
         Row(
             "feed an epoch",
-            f"train split, DataLoader, {config.workers} workers, batch 4",
+            f"train split, trainer's feed, {TRAINER_THREADS} reader threads, batch {FEED_BATCH} at {size}px",
             ours,
             seed,
             "seed: OpenCV decode in __getitem__",
@@ -471,7 +475,7 @@ def _copy_rate(source: torch.Tensor, repeat: int) -> Rate:
 
 
 def train(config: BenchConfig, context: Context) -> list[Row]:
-    """clips/s of a training step fed by the DataLoader, beside the same step on a batch already there."""
+    """clips/s of a training step fed by the trainer's feed, beside the same step on a batch already there."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     size = 64 if config.quick else config.size
@@ -485,7 +489,15 @@ def train(config: BenchConfig, context: Context) -> list[Row]:
             model = build_model(ModelConfig(name)).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
         for precision in precisions:
-            fed, waited, resident = _train_rates(model, optimizer, dataset, transform, device, precision, steps, config)
+            fed, waited, resident = _train_rates(
+                model,
+                optimizer,
+                BatchFeed(dataset, 4, device=device, threads=TRAINER_THREADS),
+                transform,
+                precision,
+                steps,
+                config,
+            )
             context.rates[f"train/{name}/{precision}"] = fed
             rows.append(
                 Row(
@@ -527,7 +539,10 @@ def features(config: BenchConfig, context: Context) -> list[Row]:
         )
         head = model_for_features(spec, dropout=0.5).head.to(device)
         optimizer = torch.optim.Adam(head.parameters(), lr=1e-4)
-        fed, waited, _ = _train_rates(head, optimizer, dataset, as_float, device, "fp32", steps, config)
+        # Features in memory are read in the training thread, as the trainer reads them.
+        fed, waited, _ = _train_rates(
+            head, optimizer, BatchFeed(dataset, 4, device=device), as_float, "fp32", steps, config
+        )
         rows.append(
             Row(
                 "train step from features",
@@ -541,7 +556,9 @@ def features(config: BenchConfig, context: Context) -> list[Row]:
     return rows
 
 
-def _train_rates(model, optimizer, dataset, transform, device, precision, steps, config):
+def _train_rates(model, optimizer, feed: BatchFeed, transform, precision: str, steps: int, config: BenchConfig):
+    """The step fed by the trainer's feed (rate and data stall), and the same step on one batch kept on the device."""
+    device = feed.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     criterion = torch.nn.CrossEntropyLoss()
 
@@ -552,19 +569,16 @@ def _train_rates(model, optimizer, dataset, transform, device, precision, steps,
         loss.backward()
         optimizer.step()
 
-    sampler = RandomSampler(
-        dataset, replacement=True, num_samples=4 * steps, generator=torch.Generator().manual_seed(0)
-    )
-    loader = make_loader(dataset, 4, config.workers, sampler, keep_workers=True)
+    generator = torch.Generator().manual_seed(0)
+    feed.sampler = RandomSampler(feed.dataset, replacement=True, num_samples=4 * steps, generator=generator)
     waits: list[float] = []
     totals: list[float] = []
 
     def fed() -> float:
         started = time.perf_counter()
-        batches = TimedBatches(loader)
+        batches = TimedBatches(feed)
         clips_seen = 0
-        for batch in batches:
-            clips, labels = (t.to(device, non_blocking=True) for t in batch)
+        for clips, labels, _ in batches:
             step(clips, labels)
             clips_seen += len(labels)
         _sync(device)
@@ -574,7 +588,7 @@ def _train_rates(model, optimizer, dataset, transform, device, precision, steps,
 
     model.train()
     fed_rate = Rate.measure(fed, config.repeat, "clips/s")
-    clips, labels = (t.to(device) for t in next(iter(make_loader(dataset, 4, 0))))
+    clips, labels, _ = (t.clone() for t in next(iter(feed)))
 
     def resident() -> float:
         for _ in range(steps):

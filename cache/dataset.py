@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,16 @@ from torch.utils.data import Dataset, default_collate
 
 from cache.store import ClipStore, open_store
 
+_OPENING = threading.Lock()
+
 
 class ClipDataset(Dataset):
     """uint8 clips (T, H, W, 3) and labels of the ok rows of one split (and each clip's row, with `with_rows`).
 
-    Each process opens its own store handle on first use, so the dataset is safe to hand to
-    DataLoader workers. `__getitems__` lets the DataLoader fetch a whole batch in one `read`; with
-    `collate_fn=collate_clips` that batch is handed on as read, not copied again by `default_collate`.
+    Each process opens its own store handle on first use, so the dataset is safe to hand to DataLoader
+    workers, and the trainer's reader threads share it (`read_into`). `__getitems__` lets the DataLoader
+    fetch a whole batch in one `read`; with `collate_fn=collate_clips` that batch is handed on as read, not
+    copied again by `default_collate`.
     """
 
     def __init__(self, store_path: str | Path, split: str | None = None, with_rows: bool = False):
@@ -27,6 +31,8 @@ class ClipDataset(Dataset):
         with open_store(self.store_path) as store:
             self.rows = store.rows(split)
             self.labels = store.label[self.rows].astype(np.int64)
+            self.sample_shape = store.spec.clip_shape()
+        self.sample_dtype = torch.uint8
         self._store: ClipStore | None = None
         self._pid: int | None = None
 
@@ -37,10 +43,15 @@ class ClipDataset(Dataset):
         return {**self.__dict__, "_store": None, "_pid": None}
 
     def store(self) -> ClipStore:
-        if self._store is None or self._pid != os.getpid():
-            self._store = open_store(self.store_path)
-            self._pid = os.getpid()
-        return self._store
+        with _OPENING:  # reader threads share one handle
+            if self._store is None or self._pid != os.getpid():
+                self._store = open_store(self.store_path)
+                self._pid = os.getpid()
+            return self._store
+
+    def read_into(self, indices: np.ndarray, out: torch.Tensor) -> None:
+        """The clips of `indices` into `out` (a reused buffer), read by this thread; safe from several threads."""
+        self.store().read(self.rows[indices], out=out.numpy())
 
     def __getitem__(self, index: int) -> tuple:
         return self.__getitems__([index])[0]

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cache.dataset import ClipBatch
 from cache.schema import StoreError
 from cache.store import StoreHandle, attr_value, open_store
 from cache.writer import allocate
@@ -111,12 +110,12 @@ class FeatureDataset(Dataset):
     """The features (T, D) float16 and labels of the ok, computed rows of one split, held in memory.
 
     Features are small (16 x 512 halves are 16 KB a clip), so a split fits in memory and an epoch reads
-    nothing from disk; `__getitems__` hands batches on like `ClipDataset`'s.
+    nothing from disk; only the split's own rows are read, once. `read_into` serves the trainer's feed a
+    batch by indexing the tensor in memory.
     """
 
-    def __init__(self, store_path: str | Path, entry: str, split: str | None = None, with_rows: bool = False):
+    def __init__(self, store_path: str | Path, entry: str, split: str | None = None):
         self.store_path = Path(store_path)
-        self.with_rows = with_rows
         with open_store(self.store_path) as store:
             entries = feature_entries(store)
             if entry not in entries:
@@ -133,16 +132,26 @@ class FeatureDataset(Dataset):
                 )
             self.rows = rows
             self.labels = store.label[rows].astype(np.int64)
-            self.values = torch.from_numpy(np.asarray(group["values"][...])[rows])
+            self.values = torch.from_numpy(read_rows(group["values"], rows))
+        self.sample_shape = tuple(self.values.shape[1:])
+        self.sample_dtype = self.values.dtype
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple:
-        return self.__getitems__([index])[0]
+        return self.values[index], int(self.labels[index])
 
-    def __getitems__(self, indices: list[int]) -> ClipBatch:
-        columns = [self.values[indices], torch.from_numpy(self.labels[indices])]
-        if self.with_rows:
-            columns.append(torch.from_numpy(self.rows[indices]))
-        return ClipBatch(columns)
+    def read_into(self, indices: np.ndarray, out: torch.Tensor) -> None:
+        torch.index_select(self.values, 0, torch.from_numpy(indices), out=out)
+
+
+def read_rows(array, rows: np.ndarray) -> np.ndarray:
+    """`array[rows]` for sorted unique rows, reading only those: Zarr fetches just the chunks that hold them;
+    HDF5 reads each run of consecutive rows as one slice (its point selections are slow)."""
+    if len(rows) == 0:
+        return np.empty((0, *array.shape[1:]), array.dtype)
+    if isinstance(array, h5py.Dataset):
+        runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
+        return np.concatenate([array[run[0] : run[-1] + 1] for run in runs])
+    return np.asarray(array.oindex[rows])

@@ -176,7 +176,7 @@ def tiny_cache(demo_root, tmp_path_factory) -> Path:
 
 
 def train_args(cache: Path, out: Path, model: str, *extra: str) -> list[str]:
-    return ["train.run", "--cache", str(cache), "--model", model, "--out", str(out), "--workers", "0", *extra]
+    return ["train.run", "--cache", str(cache), "--model", model, "--out", str(out), "--workers", "2", *extra]
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ from train.augment import (
     ClipAugment,
     ClipTransform,
     augment,
+    normalize,
+    per_channel,
     to_unit_float,
 )
 
@@ -121,3 +123,20 @@ def test_each_augmentation_matches_torchvision():
     # Rotation fills the uncovered corners with black.
     turned = augment(frames, one_param(angle=10.0))[0, 2]
     assert turned[:, 0, 0].abs().max() == 0
+
+
+def test_a_gradient_flows_through_the_transform_after_inference_mode_made_its_constants():
+    clips = random_clips(batch=2)
+    per_channel.cache_clear()
+    with torch.inference_mode():
+        ClipTransform(train=False)(clips)
+    frames = to_unit_float(clips).requires_grad_()
+    normalize(frames).sum().backward()
+    torch.testing.assert_close(frames.grad[:, :, 0], torch.full_like(frames.grad[:, :, 0], 1 / IMAGENET_STD[0]))
+
+
+def test_on_the_cpu_the_transform_draws_what_a_cpu_generator_seeded_alike_draws():
+    clips = random_clips()
+    params = AugmentRanges().sample(B, torch.Generator().manual_seed(5))
+    expected = normalize(augment(to_unit_float(clips), params))
+    torch.testing.assert_close(ClipTransform(train=True, seed=5)(clips), expected, rtol=0, atol=0)

@@ -161,6 +161,28 @@ def test_training_from_features_gives_the_model_a_full_forward_agrees_with(demo_
     torch.testing.assert_close(head, full, atol=1e-2, rtol=1e-2)
 
 
+def test_a_split_reads_only_its_own_rows(demo_root, tmp_path):
+    store = build_store(demo_root, tmp_path)
+    run_cli(*features_args(store))
+    name = only_entry(store).name
+    whole = FeatureDataset(store, name)
+    with open_store(store) as handle:
+        val, per_shard = handle.rows("val"), handle.spec.clips_per_shard
+    # Spoil every chunk of values that holds no val clip: a split that read the whole entry could not load.
+    chunks = store / "features" / name / "values" / "c"
+    spoiled = [chunk for chunk in chunks.iterdir() if not np.isin(val // per_shard, int(chunk.name)).any()]
+    assert spoiled
+    for chunk in spoiled:
+        for file in chunk.rglob("*"):
+            if file.is_file():
+                file.write_bytes(b"not a chunk")
+    dataset = FeatureDataset(store, name, "val")
+    assert (dataset.rows == val).all()
+    assert torch.equal(dataset.values, whole.values[np.searchsorted(whole.rows, val)])
+    with pytest.raises(Exception):  # noqa: B017 - whichever error the codec raises on a spoiled chunk
+        FeatureDataset(store, name, "train")
+
+
 def test_two_processes_store_what_one_process_stores(demo_root, computed, tmp_path):
     store = build_store(demo_root, tmp_path)
     launch = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]

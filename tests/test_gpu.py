@@ -13,7 +13,7 @@ from ingest.clips import FELL_BACK, RowJob, gpu_rows
 from ingest.decoders import GPU_DECODERS, DecodeError, available, choose, make_decoder
 from ingest.demo import write_video
 from ingest.frames import resize_clip, sample_indices
-from train.data import make_loader
+from train.data import BatchFeed
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")]
 # NVDEC refuses frames under about 144 x 144 (HEVC) or 128 x 128 (VP9): the GPU's videos are larger than the
@@ -128,9 +128,13 @@ def test_gpu_resize_matches_the_cpu_resize():
     assert (cpu - gpu).abs().max() <= 1
 
 
-def test_loader_hands_pinned_uint8_batches(tiny_cache):
-    loader = make_loader(ClipDataset(tiny_cache, "train"), 4, 2)
-    clips, labels = next(iter(loader))
-    assert loader.pin_memory and clips.is_pinned() and clips.dtype == torch.uint8
-    assert clips.shape[1:] == (4, 32, 32, 3)  # tiny_cache: 4 frames of 32 x 32
-    assert labels.is_pinned()
+def test_feed_hands_uint8_batches_on_the_gpu_from_pinned_buffers(tiny_cache):
+    dataset = ClipDataset(tiny_cache, "train")
+    feed = BatchFeed(dataset, 4, threads=2, device=torch.device("cuda"))
+    with open_store(tiny_cache) as store:
+        for clips, labels, rows in feed:
+            assert clips.is_cuda and labels.is_cuda and clips.dtype == torch.uint8
+            assert clips.shape[1:] == (4, 32, 32, 3)  # tiny_cache: 4 frames of 32 x 32
+            assert (clips.cpu().numpy() == store.read(rows.numpy())).all()
+            assert labels.tolist() == store.label[rows.numpy()].tolist()
+    assert all(buffer.is_pinned() for slot in feed._ring for buffer in slot)

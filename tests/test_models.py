@@ -55,6 +55,16 @@ def test_dropout_and_lstm_hidden_are_used():
         assert model(torch.randn(1, 2, 3, 32, 32)).shape == (1, 2)
 
 
+def test_effnet_lstm_runs_its_lstm_in_fp32_under_mixed_precision():
+    head = quiet_build(ModelConfig("effnet_lstm")).head.eval()
+    seen = []
+    head.lstm.register_forward_hook(lambda module, inputs, outputs: seen.append((inputs[0].dtype, outputs[0].dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        logits = head(torch.randn(2, 3, FEATURES["effnet_lstm"]))
+    assert seen == [(torch.float32, torch.float32)]
+    assert logits.shape == (2, 2)
+
+
 def test_unknown_model_and_simple_cnn_pretrained_are_refused():
     with pytest.raises(ValueError, match="unknown model"):
         build_model(ModelConfig("vit"))

@@ -14,7 +14,7 @@ from torch import nn
 from cache import ClipDataset, open_store
 from cache.store import clip_settings
 from train import predict
-from train.data import UsageError, make_loader, shard_loader
+from train.data import UsageError, shard_feed
 from train.inference import TrainedModel, decode_videos
 from train.loop import run_evaluation
 
@@ -48,9 +48,9 @@ def source_videos(cache: Path, demo_root: Path) -> dict[int, Path]:
 def trainer_probabilities(cache: Path, trained: TrainedModel) -> dict[int, float]:
     """Store row -> fake probability, by the trainer's own evaluation of the stored clips."""
     accelerator = Accelerator(cpu=True)
-    loader = shard_loader(make_loader(ClipDataset(cache, with_rows=True), 4, 0), accelerator, True)
+    feed = shard_feed(ClipDataset(cache), 4, accelerator, True)
     criterion = nn.CrossEntropyLoss(reduction="none")
-    result = run_evaluation(trained.model, loader, criterion, trained.transform, accelerator)
+    result = run_evaluation(trained.model, feed, criterion, trained.transform, accelerator)
     return dict(zip(result.rows.tolist(), result.probs.tolist(), strict=True))
 
 

@@ -18,7 +18,7 @@ import train
 from cache import open_store
 from train.augment import ClipTransform
 from train.checkpoint import load_weights
-from train.data import make_loader, shard_loader, split_dataset, train_sampler
+from train.data import shard_feed, split_dataset, train_sampler
 from train.loop import run_evaluation
 from train.metrics import evaluate
 from train.models import ModelConfig, build_model
@@ -84,9 +84,9 @@ def evaluate_alone(cache: Path, folder: Path, split: str, threshold: float) -> d
     model = build_model(ModelConfig("simple_cnn"))
     model.load_state_dict(load_weights(folder / "best.safetensors"))
     accelerator = Accelerator(cpu=True)
-    loader = shard_loader(make_loader(split_dataset(cache, split, True), 3, 0), accelerator, True)
+    feed = shard_feed(split_dataset(cache, split, True), 3, accelerator, True)
     criterion = torch.nn.CrossEntropyLoss(reduction="none")
-    result = run_evaluation(accelerator.prepare(model), loader, criterion, ClipTransform(), accelerator)
+    result = run_evaluation(accelerator.prepare(model), feed, criterion, ClipTransform(), accelerator)
     return evaluate(result.labels, result.probs, threshold)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +29,6 @@ class ClipAugment:
     brightness: torch.Tensor  # factor multiplying the image
     contrast: torch.Tensor  # factor blending the image with its grey mean
 
-    def to(self, device: torch.device) -> ClipAugment:
-        return ClipAugment(*(getattr(self, name).to(device) for name in ("flip", "angle", "brightness", "contrast")))
-
 
 @dataclass(frozen=True)
 class AugmentRanges:
@@ -41,14 +39,23 @@ class AugmentRanges:
     brightness: float = 0.2
     contrast: float = 0.2
 
-    def sample(self, batch: int, generator: torch.Generator | None = None) -> ClipAugment:
-        """Draw parameters for `batch` clips on the CPU, so a seed gives the same draws on any device."""
+    def sample(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> ClipAugment:
+        """Draw parameters for `batch` clips on the generator's device (else `device`, else the CPU).
+
+        Drawing where the batch is spares a host-to-device copy per batch, which would make the CPU wait.
+        """
+        device = generator.device if generator is not None else device
+
+        def rand() -> torch.Tensor:
+            return torch.rand(batch, generator=generator, device=device)
 
         def uniform(low: float, high: float) -> torch.Tensor:
-            return low + (high - low) * torch.rand(batch, generator=generator)
+            return low + (high - low) * rand()
 
         return ClipAugment(
-            flip=torch.rand(batch, generator=generator) < self.flip_p,
+            flip=rand() < self.flip_p,
             angle=uniform(-self.degrees, self.degrees),
             brightness=uniform(1 - self.brightness, 1 + self.brightness),
             contrast=uniform(1 - self.contrast, 1 + self.contrast),
@@ -69,17 +76,23 @@ def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
     return resized.view(batch, time, 3, size, size)
 
 
+@cache
+def per_channel(values: tuple[float, float, float], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A (1, 1, 3, 1, 1) constant, made once per device and dtype rather than copied to the device per batch
+    (outside inference mode, so that a gradient through the transform may use it whoever made it first)."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, device=device, dtype=dtype).view(1, 1, 3, 1, 1)
+
+
 def normalize(frames: torch.Tensor) -> torch.Tensor:
     """ImageNet normalisation of float (B, T, 3, H, W) in [0, 1]."""
-    mean = torch.tensor(IMAGENET_MEAN, device=frames.device, dtype=frames.dtype).view(1, 1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=frames.device, dtype=frames.dtype).view(1, 1, 3, 1, 1)
-    return (frames - mean) / std
+    mean = per_channel(IMAGENET_MEAN, frames.device, frames.dtype)
+    return (frames - mean) / per_channel(IMAGENET_STD, frames.device, frames.dtype)
 
 
 def augment(frames: torch.Tensor, params: ClipAugment) -> torch.Tensor:
     """Flip, rotate (zero fill), then brightness and contrast: float (B, T, 3, H, W) in [0, 1] -> same."""
     batch, time, channels, height, width = frames.shape
-    params = params.to(frames.device)
     frames = torch.where(params.flip.view(batch, 1, 1, 1, 1), frames.flip(-1), frames)
 
     # One grid per clip: folding T into the channels makes grid_sample apply it to every frame alike.
@@ -100,8 +113,11 @@ def augment(frames: torch.Tensor, params: ClipAugment) -> torch.Tensor:
     frames = frames.view(batch, time, channels, height, width)
 
     frames = (frames * params.brightness.to(frames.dtype).view(batch, 1, 1, 1, 1)).clamp_(0, 1)
-    weights = torch.tensor(GREY_WEIGHTS, device=frames.device, dtype=frames.dtype).view(1, 1, 3, 1, 1)
-    grey_mean = (frames * weights).sum(dim=2, keepdim=True).mean(dim=(-2, -1), keepdim=True)
+    grey_mean = (
+        (frames * per_channel(GREY_WEIGHTS, frames.device, frames.dtype))
+        .sum(dim=2, keepdim=True)
+        .mean(dim=(-2, -1), keepdim=True)
+    )
     contrast = params.contrast.to(frames.dtype).view(batch, 1, 1, 1, 1)
     return (contrast * frames + (1 - contrast) * grey_mean).clamp_(0, 1)
 
@@ -110,8 +126,9 @@ class ClipTransform:
     """uint8 (B, T, H, W, 3) -> normalised float32 (B, T, 3, H, W), with the seed's augmentations if `train`.
 
     `size` resizes the frames first (training at a reduced size from a full-size store).
-    `seed` makes the sequence of augmentations reproducible; the transform keeps its own generator, so
-    successive calls draw fresh parameters. With `channels_last`, each frame of the (B*T, 3, H, W) view is
+    `seed` makes the sequence of augmentations reproducible; the transform keeps its own generator on the
+    batch's device (on the CPU, the draws of a CPU generator; on a GPU, a GPU generator's), so successive
+    calls draw fresh parameters. With `channels_last`, each frame of the (B*T, 3, H, W) view is
     laid out channels-last, which convolutions on GPU prefer; the shape stays (B, T, 3, H, W).
     """
 
@@ -128,14 +145,22 @@ class ClipTransform:
         self.size = size
         self.ranges = ranges or AugmentRanges()
         self.channels_last = channels_last
-        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.seed = seed
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device).manual_seed(self.seed)
+        return self._generators[device]
 
     def __call__(self, clips: torch.Tensor) -> torch.Tensor:
         frames = to_unit_float(clips)
         if self.size is not None and frames.shape[-2:] != (self.size, self.size):
             frames = resize_frames(frames, self.size)
         if self.train:
-            frames = augment(frames, self.ranges.sample(frames.shape[0], self.generator))
+            frames = augment(frames, self.ranges.sample(frames.shape[0], self.generator(frames.device), frames.device))
         frames = normalize(frames)
         if self.channels_last:
             frames = frames.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)

@@ -1,21 +1,26 @@
-"""Feeding the training processes from the store: one loader per split, each process reading its own part."""
+"""Feeding the training processes from the store: one feed per split, each process reading its own share."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.data_loader import prepare_data_loader
-from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler, WeightedRandomSampler
+from accelerate.data_loader import BatchSamplerShard
+from torch.utils.data import BatchSampler, RandomSampler, Sampler, WeightedRandomSampler
 
-from cache import ClipDataset, collate_clips
+from cache import ClipDataset
 from cache.schema import FAKE, REAL
 
 BALANCE = ("none", "weights", "sampler")
+READER_THREADS = "clip-reader"
 
 
 class UsageError(Exception):
@@ -57,43 +62,150 @@ def train_sampler(dataset: ClipDataset, balance: str, seed: int, epoch: int) -> 
     return RandomSampler(dataset, generator=generator)
 
 
-def make_loader(
-    dataset: ClipDataset, batch_size: int, workers: int, sampler: Sampler | None = None, keep_workers: bool = False
-) -> DataLoader:
-    """Whole batches read in one store call and passed on uncopied, pinned for asynchronous copies to a GPU.
+@dataclass(frozen=True)
+class Sharding:
+    """This process's share of a split's batches, as Accelerate deals them: batch i goes to process i mod count.
 
-    `keep_workers` keeps worker processes across passes, for a loader iterated many times.
+    `even` pads the end from the first clips, so that every process gets as many full batches (evaluation:
+    gathered results are cut back to the split's length); without it the last process may get one batch less
+    and a last batch shorter (training, with DDP's join), so every clip is seen once per epoch.
     """
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler or SequentialSampler(dataset),
-        num_workers=workers,
-        collate_fn=collate_clips,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=keep_workers and workers > 0,
-    )
+
+    index: int = 0
+    count: int = 1
+    even: bool = False
+
+    @classmethod
+    def of(cls, accelerator: Accelerator, even: bool) -> Sharding:
+        return cls(accelerator.process_index, accelerator.num_processes, even)
 
 
-def shard_loader(loader: DataLoader, accelerator: Accelerator, even_batches: bool) -> DataLoader:
-    """This process's share of `loader`'s batches, moved to its device.
+class FeedSource(Protocol):
+    """What a feed reads: clips from a store (`ClipDataset`) or features in memory (`FeatureDataset`)."""
 
-    Training shards without padding (`even_batches=False`, with DDP's join for the uneven end), so every
-    clip is seen once per epoch; evaluation pads and lets `gather_for_metrics` drop the padding.
+    rows: np.ndarray  # store row of each index
+    labels: np.ndarray  # int64 label of each index
+    sample_shape: tuple[int, ...]
+    sample_dtype: torch.dtype
+
+    def __len__(self) -> int: ...
+
+    def read_into(self, indices: np.ndarray, out: torch.Tensor) -> None: ...
+
+
+class BatchFeed:
+    """This process's batches of a split, `(inputs, labels, rows)` in the sampler's order: inputs and labels
+    on `device`, the store rows on the host.
+
+    The training process reads them itself, with `threads` threads (`os.preadv` lets go of the GIL) that
+    keep `threads` batches ahead of the step, straight into a ring of `threads + 1` (at least 2) buffers
+    kept from one pass to the next (pinned where the device is a GPU). Worker processes would pickle every
+    2.4 MB clip across a pipe, and fresh buffers would fault their pages in on every batch: each costs as
+    much as the read itself. A buffer is refilled only after the consumer has asked for the batch after the
+    one it held (on a CPU the model uses the buffer itself) and after its copy to the GPU is done.
+    `threads=0` reads in the training thread between steps, which suits features already in memory.
+    `sampler` (store order when None) may be replaced between passes: each pass draws its order from it
+    once, as a DataLoader does.
     """
-    return prepare_data_loader(
-        loader,
-        device=accelerator.device,
-        num_processes=accelerator.num_processes,
-        process_index=accelerator.process_index,
-        put_on_device=True,
-        even_batches=even_batches,
-        non_blocking=loader.pin_memory,
-    )
+
+    def __init__(
+        self,
+        dataset: FeedSource,
+        batch_size: int,
+        sampler: Iterable[int] | None = None,
+        *,
+        sharding: Sharding = Sharding(),
+        device: torch.device | None = None,
+        threads: int = 0,
+    ):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.sampler = sampler
+        self.sharding = sharding
+        self.device = device or torch.device("cpu")
+        self.threads = threads
+        self._ring: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._busy = False
+
+    def plan(self) -> BatchSampler:
+        """The dataset indices of each batch this process reads, in order; a pass draws them once."""
+        order = self.sampler if self.sampler is not None else range(len(self.dataset))
+        batches = BatchSampler(order, self.batch_size, drop_last=False)
+        if self.sharding.count == 1:
+            return batches
+        index, count, even = self.sharding.index, self.sharding.count, self.sharding.even
+        return BatchSamplerShard(batches, count, index, split_batches=False, even_batches=even)
+
+    def __len__(self) -> int:
+        return len(self.plan())
+
+    def _buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if not self._ring:
+            pin = self.device.type == "cuda"
+            shape, dtype = (self.batch_size, *self.dataset.sample_shape), self.dataset.sample_dtype
+            self._ring = [
+                (
+                    torch.empty(shape, dtype=dtype, pin_memory=pin),
+                    torch.empty(self.batch_size, dtype=torch.int64, pin_memory=pin),
+                )
+                for _ in range(max(self.threads, 1) + 1)
+            ]
+        return self._ring
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        if self._busy:
+            raise RuntimeError("a BatchFeed's buffers serve one pass at a time")
+        self._busy = True
+        try:
+            yield from self._pass()
+        finally:
+            self._busy = False
+
+    def _pass(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        plan = [np.asarray(batch, dtype=np.int64) for batch in self.plan()]
+        ring = self._buffers()
+        copied: list[torch.cuda.Event | None] = [None] * len(ring)
+
+        def fill(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            slot, indices = k % len(ring), plan[k]
+            if copied[slot] is not None:
+                copied[slot].synchronize()  # the GPU has taken what this buffer held before
+            inputs, labels = (buffer[: len(indices)] for buffer in ring[slot])
+            self.dataset.read_into(indices, inputs)
+            labels.copy_(torch.from_numpy(self.dataset.labels[indices]))
+            return inputs, labels
+
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix=READER_THREADS) if self.threads else None
+        ahead: deque[Future] = (
+            deque(pool.submit(fill, k) for k in range(min(self.threads, len(plan)))) if pool else deque()
+        )
+        try:
+            for k, indices in enumerate(plan):
+                if pool is not None and k + self.threads < len(plan):
+                    # Its slot is the one of the batch before k, which the consumer gave back by asking for k.
+                    ahead.append(pool.submit(fill, k + self.threads))
+                inputs, labels = ahead.popleft().result() if pool is not None else fill(k)
+                if self.device.type != "cpu":
+                    inputs, labels = (t.to(self.device, non_blocking=True) for t in (inputs, labels))
+                    if self.device.type == "cuda":
+                        copied[k % len(ring)] = torch.cuda.Event()
+                        copied[k % len(ring)].record()
+                yield inputs, labels, torch.from_numpy(self.dataset.rows[indices])
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def shard_feed(
+    dataset: FeedSource, batch_size: int, accelerator: Accelerator, even: bool, threads: int = 0
+) -> BatchFeed:
+    """This process's feed of `dataset` onto its device: `even` for evaluation, uneven for training."""
+    sharding = Sharding.of(accelerator, even)
+    return BatchFeed(dataset, batch_size, sharding=sharding, device=accelerator.device, threads=threads)
 
 
 class TimedBatches:
-    """Iterates a loader, adding up the time spent waiting for each batch: the data stall of a loop."""
+    """Iterates a feed, adding up the time spent waiting for each batch: the data stall of a loop."""
 
     def __init__(self, loader):
         self.loader = loader

@@ -180,7 +180,7 @@ def model_for_features(spec: FeatureSpec, dropout: float, lstm_hidden: int = 128
 
 def feature_split(cache: Path, spec: FeatureSpec, split: str, need_both_classes: bool) -> FeatureDataset:
     try:
-        dataset = FeatureDataset(cache, spec.name, split, with_rows=True)
+        dataset = FeatureDataset(cache, spec.name, split)
     except StoreError as error:
         raise UsageError(str(error)) from error
     if need_both_classes:

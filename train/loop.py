@@ -29,11 +29,11 @@ from train.augment import ClipTransform
 from train.checkpoint import find_last, load_last, load_weights, save_last, save_weights, write_json
 from train.data import (
     BALANCE,
+    BatchFeed,
     TimedBatches,
     UsageError,
     class_weights,
-    make_loader,
-    shard_loader,
+    shard_feed,
     split_dataset,
     train_sampler,
 )
@@ -142,7 +142,8 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
     evaluate_transform = data.transform or ClipTransform(
         train=False, size=config.frame_size, channels_last=channels_last
     )
-    val_loader = shard_loader(make_loader(val_set, config.batch_size, data.workers), accelerator, True)
+    val_feed = shard_feed(val_set, config.batch_size, accelerator, True, data.workers)
+    train_feed = shard_feed(train_set, config.batch_size, accelerator, False, data.workers)
     for epoch in range(progress.epoch + 1, config.epochs + 1):
         torch.manual_seed(config.seed * 1_000_003 + epoch * 101 + accelerator.process_index)
         augment = data.transform or ClipTransform(
@@ -151,15 +152,12 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
             size=config.frame_size,
             channels_last=channels_last,
         )
-        sampler = train_sampler(train_set, config.balance, config.seed, epoch)
-        train_loader = shard_loader(
-            make_loader(train_set, config.batch_size, data.workers, sampler), accelerator, False
-        )
+        train_feed.sampler = train_sampler(train_set, config.balance, config.seed, epoch)
         started = time.perf_counter()
         summary = train_epoch(
-            trained, train_loader, optimizer, criterion, augment, accelerator, f"{config.model} {epoch}"
+            trained, train_feed, optimizer, criterion, augment, accelerator, f"{config.model} {epoch}"
         )
-        val = run_evaluation(trained, val_loader, criterion, evaluate_transform, accelerator)
+        val = run_evaluation(trained, val_feed, criterion, evaluate_transform, accelerator)
         scheduler.step(val.loss)
         val_metrics = evaluate(val.labels, val.probs)
         record = {
@@ -185,7 +183,7 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
 
     model.load_state_dict(load_weights(model_dir / "best.safetensors"))
     threshold, final = final_evaluation(
-        trained, val_loader, test_set, criterion, evaluate_transform, accelerator, config, data.workers
+        trained, val_feed, test_set, criterion, evaluate_transform, accelerator, config, data.workers
     )
     metrics = {
         "model": config.model,
@@ -215,7 +213,7 @@ class TrainingData:
     val: Dataset
     test: Dataset
     transform: Callable[[torch.Tensor], torch.Tensor] | None  # None: clips, through a ClipTransform
-    workers: int
+    workers: int  # reader threads per process
 
 
 def training_data(config: TrainConfig) -> TrainingData:
@@ -233,7 +231,7 @@ def training_data(config: TrainConfig) -> TrainingData:
     config = replace(config, from_features=entry.name, frame_size=entry.frame_size)
     model = model_for_features(entry, config.dropout, config.lstm_hidden)
     splits = [feature_split(config.cache, entry, split, need) for split, need in SPLITS]
-    # The features sit in memory: worker processes would only copy them.
+    # The features sit in memory: the training thread indexes them faster than it could hand the work to a thread.
     return TrainingData(config, model, *splits, transform=as_float, workers=0)
 
 
@@ -262,38 +260,43 @@ def checkpoint(model_dir: Path, model: nn.Module, optimizer, scheduler, progress
 
 
 def final_evaluation(
-    model: nn.Module, val_loader, test_set, criterion, transform, accelerator: Accelerator, config, workers: int
+    model: nn.Module, val_feed, test_set, criterion, transform, accelerator: Accelerator, config, workers: int
 ) -> tuple[float, dict]:
     """The chosen weights on val (which also picks the verdict threshold), then on test, once."""
-    val = run_evaluation(model, val_loader, criterion, transform, accelerator)
+    val = run_evaluation(model, val_feed, criterion, transform, accelerator)
     threshold = choose_threshold(val.labels, val.probs)
     final = {"val": {**evaluate(val.labels, val.probs, threshold), "loss": val.loss}, "test": None}
     if len(test_set) and (test_set.labels >= 0).all():  # an unlabelled Testing folder has nothing to score
-        test_loader = shard_loader(make_loader(test_set, config.batch_size, workers), accelerator, True)
-        test = run_evaluation(model, test_loader, criterion, transform, accelerator)
+        test_feed = shard_feed(test_set, config.batch_size, accelerator, True, workers)
+        test = run_evaluation(model, test_feed, criterion, transform, accelerator)
         final["test"] = {**evaluate(test.labels, test.probs, threshold), "loss": test.loss}
     return threshold, final
 
 
 def train_epoch(
     model: nn.Module,
-    loader,
+    feed: BatchFeed,
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
     transform: ClipTransform,
     accelerator: Accelerator,
     label: str,
 ) -> dict:
-    """One pass over this process's share of the training clips; counts are summed over all processes."""
+    """One pass over this process's share of the training clips; counts are summed over all processes.
+
+    The loss, weight and hit counts add up on the device and are read once, at the end: a read per step
+    would hold the CPU back until the GPU caught up, every step.
+    """
     model.train()
-    rows: list[int] = []
-    loss_sum = weight_sum = correct = 0.0
+    rows: list[torch.Tensor] = []
+    sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss, weight, correct
+    seen = 0
     started = time.perf_counter()
     # DDP's join lets a process that runs out of batches first shadow the others' gradient reductions.
     # (Accelerate's join_uneven_inputs does this for GPUs only; gloo ranks on CPUs need it too.)
     join = model.join() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
-    bar = tqdm(total=len(loader), desc=f"train {label}", unit="batch", disable=not accelerator.is_main_process)
-    batches = TimedBatches(loader)
+    bar = tqdm(total=len(feed), desc=f"train {label}", unit="batch", disable=not accelerator.is_main_process)
+    batches = TimedBatches(feed)
     with join, bar:
         for clips, labels, batch_rows in batches:
             logits = model(transform(clips))
@@ -303,17 +306,16 @@ def train_epoch(
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
-            loss_sum += float(losses.detach().sum())
-            weight_sum += float(weights.sum())
-            correct += float((logits.argmax(dim=1) == labels).sum())
-            rows.extend(batch_rows.tolist())
+            hits = (logits.argmax(dim=1) == labels).sum()
+            sums += torch.stack([value.to(sums.dtype) for value in (losses.detach().sum(), weights.sum(), hits)])
+            rows.append(batch_rows)
+            seen += len(batch_rows)
             bar.update(1)
-            bar.set_postfix(clips_per_s=f"{len(rows) / (time.perf_counter() - started):.1f}")
+            bar.set_postfix(clips_per_s=f"{seen / (time.perf_counter() - started):.1f}")
     seconds = time.perf_counter() - started
-    totals = accelerator.reduce(
-        torch.tensor([loss_sum, weight_sum, correct, batches.waited, seconds], device=accelerator.device), "sum"
-    ).tolist()
-    every_row = gather_object(rows)
+    timing = torch.tensor([batches.waited, seconds], dtype=torch.float64, device=accelerator.device)
+    totals = accelerator.reduce(torch.cat([sums, timing]), "sum").tolist()
+    every_row = gather_object(torch.cat(rows).tolist() if rows else [])
     return {
         "train_loss": totals[0] / max(totals[1], 1e-12),
         "train_accuracy": totals[2] / max(len(every_row), 1),
@@ -326,26 +328,32 @@ def train_epoch(
 
 @torch.no_grad()
 def run_evaluation(
-    model: nn.Module, loader, criterion: nn.Module, transform: ClipTransform, accelerator: Accelerator
+    model: nn.Module, feed: BatchFeed, criterion: nn.Module, transform: ClipTransform, accelerator: Accelerator
 ) -> Evaluation:
-    """Fake probabilities of every clip of a split, gathered from all processes without the padding."""
+    """Fake probabilities of every clip of a split, gathered from all processes without the padding.
+
+    An even feed deals batch i to process i mod N and pads only the end, so the gathered batches come in
+    split order and cutting them back to the split's length drops exactly the padding.
+    """
     model.eval()
-    labels, probs, rows, losses, weights = [], [], [], [], []
-    for clips, batch_labels, batch_rows in loader:
+    columns: list[tuple[torch.Tensor, ...]] = []
+    for clips, batch_labels, batch_rows in feed:
         logits = model(transform(clips))
         loss = criterion(logits, batch_labels)
         weight = criterion.weight[batch_labels] if criterion.weight is not None else torch.ones_like(loss)
-        gathered = accelerator.gather_for_metrics(
-            (logits.float().softmax(dim=1)[:, 1], batch_labels, batch_rows, loss.float(), weight.float())
+        rows = batch_rows.to(accelerator.device)
+        columns.append(
+            accelerator.gather((logits.float().softmax(dim=1)[:, 1], batch_labels, rows, loss.float(), weight.float()))
         )
-        for bucket, values in zip((probs, labels, rows, losses, weights), gathered, strict=True):
-            bucket.append(values.cpu())
-    order = np.argsort(torch.cat(rows).numpy(), kind="stable")
-    total_loss = float(torch.cat(losses).sum() / torch.cat(weights).sum())
+    probs, labels, rows, losses, weights = (
+        torch.cat(column)[: len(feed.dataset)].cpu() for column in zip(*columns, strict=True)
+    )
+    order = np.argsort(rows.numpy(), kind="stable")
+    total_loss = float(losses.sum() / weights.sum())
     return Evaluation(
-        labels=torch.cat(labels).numpy()[order],
-        probs=torch.cat(probs).double().numpy()[order],
-        rows=torch.cat(rows).numpy()[order],
+        labels=labels.numpy()[order],
+        probs=probs.double().numpy()[order],
+        rows=rows.numpy()[order],
         loss=total_loss if math.isfinite(total_loss) else float("nan"),
     )
 

@@ -112,7 +112,9 @@ class LstmHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         batch, frames = features.shape[:2]
         embedded = self.frame(features.flatten(0, 1)).reshape(batch, frames, -1)
-        outputs, _ = self.lstm(embedded)
+        # Autocast would run cuDNN's LSTM in fp16 even under bf16, where its state can overflow: keep it fp32.
+        with torch.autocast(embedded.device.type, enabled=False):
+            outputs, _ = self.lstm(embedded.float())
         return self.classifier(outputs.mean(dim=1))
 
 

@@ -43,7 +43,12 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pretrained", action="store_true", help="start the backbone from timm's ImageNet weights")
     parser.add_argument("--weights", type=Path, help="start the backbone from a local safetensors file")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per process (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="threads per process reading batches from the store ahead of the step (default 2; 0: between steps)",
+    )
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument(
         "--from-features",
