@@ -13,8 +13,12 @@ import numpy as np
 from ingest.decoders import DecodedClip, DecodeError, Probe, available, error_line, make_decoder
 from ingest.frames import resize_clip
 
-FALLBACK = "pyav"
-FELL_BACK = f"fell back to {FALLBACK}: "  # an ok row's error: the GPU decoder's reason, kept in the store
+# The decoder that tries a video its decoder failed on: PyAV's careful path for a GPU decoder's refusals and for
+# decord's (decord refuses truncated faststart MP4 files that PyAV decodes), decord for PyAV's.
+FALLBACKS = {"nvdec": "pyav", "dali": "pyav", "pyav": "decord", "decord": "pyav"}
+FALLBACK = FALLBACKS["nvdec"]
+FELL_BACK_TO = "fell back to "  # an ok row's error starts so: the first decoder's reason, kept in the store
+FELL_BACK = f"{FELL_BACK_TO}{FALLBACK}: "
 
 
 @dataclass(frozen=True)
@@ -35,19 +39,25 @@ class RowOutcome:
     indices: np.ndarray | None
     probe: Probe
     error: str = ""
+    decoder: str = ""  # the decoder that produced the clip
 
     @property
     def fell_back(self) -> bool:
-        """The GPU decoder failed on this video and PyAV decoded it."""
-        return self.clip is not None and self.error.startswith(FELL_BACK)
+        """The job's decoder failed on this video and its fallback decoded it."""
+        return self.clip is not None and self.error.startswith(FELL_BACK_TO)
 
 
 def decode_row(job: RowJob) -> RowOutcome:
-    """Decode, sample and resize one video; any failure becomes the row's reason, never an exception."""
+    """Decode, sample and resize one video, with the other CPU decoder where the job's fails; any failure
+    becomes the row's reason, never an exception."""
+    return fall_back(_decode(job), job)
+
+
+def _decode(job: RowJob) -> RowOutcome:
     try:
         decoded = make_decoder(job.decoder, job.threads).decode(job.path, job.frames)
         clip = resize_clip(decoded.frames, job.size, job.resize).numpy()
-        return RowOutcome(job.row, clip, decoded.indices.astype(np.int32), decoded.probe)
+        return RowOutcome(job.row, clip, decoded.indices.astype(np.int32), decoded.probe, decoder=job.decoder)
     except Exception as error:
         return failed_row(job.row, error)
 
@@ -70,22 +80,27 @@ def gpu_rows(jobs: list[RowJob], in_flight: int) -> Iterator[RowOutcome]:
 def _gpu_outcome(job: RowJob, result: DecodedClip | DecodeError) -> RowOutcome:
     if isinstance(result, DecodeError):
         return failed_row(job.row, result, source=f"{job.decoder}: ")
-    return RowOutcome(job.row, result.frames, result.indices.astype(np.int32), result.probe)
+    return RowOutcome(job.row, result.frames, result.indices.astype(np.int32), result.probe, decoder=job.decoder)
 
 
 def with_fallback(outcomes: Iterable[RowOutcome], jobs: list[RowJob]) -> Iterator[RowOutcome]:
-    """Each failed outcome of a GPU decoder decoded again by PyAV, whose careful path handles damaged files.
-
-    A row PyAV saves keeps the GPU decoder's reason after `FELL_BACK`, so that a build (and its store) counts
-    the fallbacks: a GPU build whose every row fell back must not look like a GPU build. A row PyAV fails
-    on too gives both reasons.
-    """
+    """Each failed outcome of a GPU decoder decoded again by PyAV, whose careful path handles damaged files."""
     by_row = {job.row: job for job in jobs}
-    can_fall_back = available(FALLBACK)
     for outcome in outcomes:
-        if outcome.clip is None and can_fall_back:
-            retry = decode_row(replace(by_row[outcome.row], decoder=FALLBACK, threads=1))
-            saved = retry.clip is not None
-            reason = f"{FELL_BACK}{outcome.error}" if saved else f"{outcome.error}; {FALLBACK}: {retry.error}"
-            outcome = replace(retry, error=reason[:200])
-        yield outcome
+        yield fall_back(outcome, replace(by_row[outcome.row], threads=1))
+
+
+def fall_back(outcome: RowOutcome, job: RowJob) -> RowOutcome:
+    """A failed `outcome` of `job` tried once more with its decoder's fallback, where that one is installed.
+
+    A row the fallback saves keeps the first decoder's reason after "fell back to NAME: ", and the row's
+    decoder says which one made the clip, so that a build (and its store) counts the fallbacks: a GPU build
+    whose every row fell back must not look like a GPU build. A row both fail on gives both reasons.
+    """
+    other = FALLBACKS.get(job.decoder)
+    if outcome.clip is not None or other is None or not available(other):
+        return outcome
+    retry = _decode(replace(job, decoder=other))
+    saved = retry.clip is not None
+    reason = f"{FELL_BACK_TO}{other}: {outcome.error}" if saved else f"{outcome.error}; {other}: {retry.error}"
+    return replace(retry, error=reason[:200])

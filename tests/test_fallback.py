@@ -1,11 +1,12 @@
-"""The GPU path's fallback to PyAV, counted: run on a machine without a GPU, where every GPU row fails for real."""
+"""Fallbacks, counted: the GPU path's to PyAV (every GPU row fails for real on a machine without a GPU),
+and the CPU decoders' to each other."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import zarr
-from conftest import encode_numbered, read_number
+from conftest import encode_lying, encode_numbered, read_number
 
 from cache import open_store
 from cache.schema import FAILED, OK, StoreSpec
@@ -54,3 +55,13 @@ def test_a_gpu_store_counts_its_fallbacks_in_its_summary(jobs, tmp_path):
     assert zarr.open_group(out, mode="r").attrs["summary"]["fallbacks"] == 2
     with open_store(out) as store:
         assert store.status.tolist() == [OK, OK, FAILED] and np.char.startswith(store.error[:2], FELL_BACK).all()
+
+
+def test_a_file_decord_refuses_is_decoded_by_pyav_and_says_so(tmp_path):
+    path = encode_lying(tmp_path / "lying.mp4", 200)  # truncated faststart MP4: decord refuses it, PyAV does not
+    job = RowJob(0, str(path), "decord", 1, 4, 32, "squash")
+    outcome = decode_row(job)
+    pyav = decode_row(RowJob(0, str(path), "pyav", 1, 4, 32, "squash"))
+    assert outcome.clip is not None and outcome.decoder == "pyav" and pyav.decoder == "pyav"
+    assert outcome.fell_back and outcome.error.startswith("fell back to pyav: ") and not pyav.error
+    assert (outcome.clip == pyav.clip).all() and (outcome.indices == pyav.indices).all()
