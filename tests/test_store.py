@@ -110,18 +110,29 @@ def small_table(n: int) -> pd.DataFrame:
 
 
 def shards_of(clips: np.ndarray, per_shard: int) -> list[ShardResult]:
-    """Whole shards of `clips`, a row failed (zero clip, status failed) wherever its clip is all zeros."""
+    """Whole shards of `clips`, a row failed wherever its clip is all zeros: -1 frame indices, no probe, a reason.
+    One failed row's fps is -0.0, which zarr stores: it is not the fill value 0.0 bit for bit."""
     shards = []
     for start in range(0, len(clips), per_shard):
         block = clips[start : start + per_shard]
         k, frames = block.shape[:2]
         ok = block.reshape(k, -1).any(axis=1)
-        probe = {"frames": np.full(k, frames, np.int32), "fps": np.full(k, 25, np.float32)}
-        probe |= {"width": np.full(k, 96, np.int32), "height": np.full(k, 64, np.int32), "codec": np.full(k, "h264")}
+        fps = np.where(ok, 25, 0).astype(np.float32)
+        fps[np.arange(start, start + k) == 4] = -0.0
+        probe = {"frames": np.where(ok, 20, 0).astype(np.int32), "fps": fps, "width": np.where(ok, 96, 0)}
+        probe |= {"height": np.where(ok, 64, 0).astype(np.int32), "codec": np.where(ok, "h264", "")}
+        probe["width"] = probe["width"].astype(np.int32)
+        frame_index = np.where(ok[:, None], np.arange(frames, dtype=np.int32), -1).astype(np.int32)
         errors = ["" if good else "broken" for good in ok]
-        frame_index = np.tile(np.arange(frames, dtype=np.int32), (k, 1))
         shards.append(ShardResult(start, block, frame_index, np.where(ok, OK, FAILED).astype(np.int8), errors, probe))
     return shards
+
+
+def arrays_of(shard: ShardResult) -> dict[str, np.ndarray]:
+    probe = {f"probe/{name}": values for name, values in shard.probe.items()}
+    return {"clips": shard.clips, "frame_index": shard.frame_index, "error": np.array(shard.error), **probe} | {
+        "status": shard.status
+    }
 
 
 @pytest.fixture(scope="module")
@@ -132,36 +143,37 @@ def written(tmp_path_factory):
     path = tmp_path_factory.mktemp("direct") / "direct.zarr"
     create_store(path, small_table(len(clips)), StoreSpec(frames=2, size=8, clips_per_shard=3))
     with StoreWriter(path) as writer:
-        assert writer._clip_shards is not None, "our own layout should take the direct path"
+        for name in arrays_of(shards_of(clips, 3)[0]):
+            assert writer._direct(name) is not None, f"{name}: our own layout should take the direct path"
         for shard in shards_of(clips, 3):
             writer.write_shard(shard)
     return path, clips
 
 
-def shard_files(array_folder) -> dict[str, bytes]:
-    return {
-        p.relative_to(array_folder).as_posix(): p.read_bytes() for p in sorted(array_folder.rglob("*")) if p.is_file()
-    }
+def store_files(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_direct_shard_writes_are_the_bytes_zarr_writes(written, tmp_path):
     path, clips = written
     reference = tmp_path / "zarr.zarr"
     create_store(reference, small_table(len(clips)), StoreSpec(frames=2, size=8, clips_per_shard=3))
-    array = zarr.open_group(reference, mode="r+")["clips"]
-    for start in range(0, len(clips), 3):
-        array[start : start + 3] = clips[start : start + 3]
-    ours, theirs = shard_files(path / "clips"), shard_files(reference / "clips")
-    assert "c/1/0/0/0/0" not in ours, "a shard of failed rows only has no file, as in zarr"
-    assert ours == theirs
+    group = zarr.open_group(reference, mode="r+")
+    for shard in shards_of(clips, 3):
+        for name, values in arrays_of(shard).items():
+            group[name][shard.rows] = values
+    ours, theirs = store_files(path), store_files(reference)
+    assert "clips/c/1/0/0/0/0" not in ours and "status/c/1" in ours, "a shard of failed rows has no clips file"
+    assert "probe/fps/c/1" in ours and "probe/width/c/1" not in ours
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert ours[name] == theirs[name], name
 
 
 def test_zarr_reads_every_array_of_a_directly_written_store_without_warnings(written):
     path, clips = written
-    expected = {
-        "status": np.array([OK, FAILED, OK, FAILED, FAILED, FAILED, OK]),
-        "frame_index": np.tile([0, 1], (7, 1)),
-    }
+    ok = np.array([1, 0, 1, 0, 0, 0, 1], bool)
+    expected = {"status": np.where(ok, OK, FAILED), "frame_index": np.where(ok[:, None], [0, 1], -1)}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         group = zarr.open_group(path, mode="r")
@@ -172,7 +184,8 @@ def test_zarr_reads_every_array_of_a_directly_written_store_without_warnings(wri
     for name, value in expected.items():
         assert (values[name] == value).all(), name
     assert values["error"].tolist() == ["", "broken", "", "broken", "broken", "broken", ""]
-    assert values["probe/codec"].tolist() == ["h264"] * 7
+    assert values["probe/codec"].tolist() == ["h264" if good else "" for good in ok]
+    assert np.signbit(values["probe/fps"]).tolist() == [False] * 4 + [True] + [False] * 2
     with open_store(path) as store:
         assert (store.read(range(7)) == clips).all()
 
@@ -198,7 +211,7 @@ def test_a_shard_index_without_a_checksum_is_written_as_zarr_writes_it(tmp_path,
                 layout.write(start, clips[start : start + 3])
         folders[way] = tmp_path / f"{way}.zarr" / "a"
         assert (zarr.open_group(tmp_path / f"{way}.zarr", mode="r")["a"][...] == clips).all()
-    assert shard_files(folders["direct"]) == shard_files(folders["zarr"])
+    assert store_files(folders["direct"]) == store_files(folders["zarr"])
 
 
 def test_other_shard_layouts_are_left_to_zarr(tmp_path):
