@@ -16,12 +16,9 @@ import h5py
 import numpy as np
 import pandas as pd
 import zarr
-from zarr.codecs import BytesCodec, ShardingCodec
-from zarr.storage import LocalStore
 
 from cache.schema import OK, PROBE_FIELDS, ROW_ARRAYS, SPLIT_CODES, ClipSettings, StoreError, StoreSpec, store_format
-
-MISSING = 2**64 - 1
+from cache.shards import MISSING, ShardLayout
 
 
 class StoreHandle:
@@ -193,60 +190,33 @@ def _fast_reader(store: ClipStore) -> _PreadReader | None:
         if offset is None or store.clips.compression is not None:
             return None
         return _PreadReader(clip_bytes, lambda row: (store.location, offset + row * clip_bytes))
-    shards = _ShardIndex.for_array(store.clips, store.spec, clip_bytes)
+    shards = _ShardIndex.for_array(store.clips, store.spec)
     return None if shards is None else _PreadReader(clip_bytes, shards.locate)
 
 
 class _ShardIndex:
     """Where each clip lies inside its Zarr shard file, from the shard's own index at its end."""
 
-    def __init__(self, folder: Path, array: zarr.Array, per_shard: int, clip_bytes: int):
-        self.folder = folder
-        self.array = array
-        self.per_shard = per_shard
-        self.clip_bytes = clip_bytes
+    def __init__(self, layout: ShardLayout):
+        self.layout = layout
         self._entries: dict[int, np.ndarray | None] = {}
 
     @classmethod
-    def for_array(cls, array: zarr.Array, spec: StoreSpec, clip_bytes: int) -> _ShardIndex | None:
-        codecs = array.metadata.codecs
-        store = array.store_path.store
-        if not (len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) and isinstance(store, LocalStore)):
+    def for_array(cls, array: zarr.Array, spec: StoreSpec) -> _ShardIndex | None:
+        layout = ShardLayout.of(array)
+        if layout is None or tuple(array.metadata.chunk_grid.chunk_shape[1:]) != spec.clip_shape():
             return None
-        sharding = codecs[0]
-        uncompressed = len(sharding.codecs) == 1 and isinstance(sharding.codecs[0], BytesCodec)
-        one_clip = tuple(sharding.chunk_shape) == (1, *spec.clip_shape())
-        shard_shape = array.metadata.chunk_grid.chunk_shape
-        if not (uncompressed and one_clip and sharding.index_location.value == "end"):
-            return None
-        if tuple(shard_shape[1:]) != spec.clip_shape():
-            return None
-        return cls(Path(store.root) / array.path, array, shard_shape[0], clip_bytes)
-
-    def _shard_file(self, shard: int) -> Path:
-        key = self.array.metadata.encode_chunk_key((shard, 0, 0, 0, 0))
-        return self.folder / key
-
-    def _entries_of(self, shard: int) -> np.ndarray | None:
-        if shard not in self._entries:
-            file = self._shard_file(shard)
-            index_bytes = self.per_shard * 16 + 4
-            try:
-                with open(file, "rb") as f:
-                    f.seek(-index_bytes, os.SEEK_END)
-                    raw = f.read(index_bytes)
-            except FileNotFoundError:
-                return None
-            self._entries[shard] = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.per_shard, 2)
-        return self._entries[shard]
+        return cls(layout)
 
     def locate(self, row: int) -> tuple[Path | None, int]:
-        shard, inner = divmod(row, self.per_shard)
-        entries = self._entries_of(shard)
+        shard, inner = divmod(row, self.layout.per_shard)
+        if shard not in self._entries:
+            self._entries[shard] = self.layout.read_index(shard)
+        entries = self._entries[shard]
         if entries is None or entries[inner, 0] == MISSING:
             return None, 0
         offset, nbytes = entries[inner]
-        if nbytes != self.clip_bytes:
-            file = self._shard_file(shard)
-            raise StoreError(f"{file}: clip {row} holds {nbytes} bytes, not {self.clip_bytes}")
-        return self._shard_file(shard), int(offset)
+        if nbytes != self.layout.chunk_bytes:
+            file = self.layout.file(shard)
+            raise StoreError(f"{file}: clip {row} holds {nbytes} bytes, not {self.layout.chunk_bytes}")
+        return self.layout.file(shard), int(offset)

@@ -1,6 +1,7 @@
 """Creating a store and writing it one shard at a time, so that a kill never loses a finished row.
 
 Every write goes to a whole shard: its clips first, then its metadata, then its `status` chunk last.
+A whole Zarr shard is written as bytes straight to its files (see `cache.shards`), not through zarr.
 A row is marked ok only after its clip is on disk, and a writer owns whole shards, so two writers
 (processes or machines) never rewrite each other's chunks. Zarr's local store replaces chunk files
 atomically; the HDF5 file has every dataset allocated at creation, so later writes touch raw data only.
@@ -20,6 +21,7 @@ import pandas as pd
 import zarr
 
 from cache.schema import PROBE_FIELDS, StoreSpec, store_format
+from cache.shards import ChunkLayout, ShardFiles, ShardLayout
 from cache.store import StoreHandle
 
 ERROR_BYTES = 256
@@ -149,10 +151,12 @@ class StoreWriter(StoreHandle):
 
     def __init__(self, path: str | Path):
         super().__init__(path, writable=True)
+        self._arrays: dict = {}
+        self._layouts: dict[str, ShardFiles | None] = {}
 
     def write_shard(self, shard: ShardResult) -> None:
         rows = shard.rows
-        self._root["clips"][rows] = shard.clips
+        self._set("clips", rows, shard.clips)
         self.flush()
         self._set("frame_index", rows, shard.frame_index)
         self._set("error", rows, np.array(shard.error, dtype=str))
@@ -162,8 +166,27 @@ class StoreWriter(StoreHandle):
         self._set("status", rows, shard.status)
         self.flush()
 
+    def _array(self, name: str):
+        """Each array opened once: opening one reads its metadata from disk."""
+        if name not in self._arrays:
+            self._arrays[name] = self._root[name]
+        return self._arrays[name]
+
+    def _direct(self, name: str) -> ShardFiles | None:
+        """How to write `name`'s shard files without zarr; None for HDF5 and for layouts of another kind."""
+        if name not in self._layouts:
+            layout = None
+            if self.format == "zarr":
+                layout = (ShardLayout if name == "clips" else ChunkLayout).of(self._array(name))
+            self._layouts[name] = layout
+        return self._layouts[name]
+
     def _set(self, name: str, rows: slice, values: np.ndarray) -> None:
-        array = self._root[name]
+        direct = self._direct(name)
+        if direct is not None and direct.whole_shard(rows.start, len(values)):
+            direct.write(rows.start, values)
+            return
+        array = self._array(name)
         if self.format == "hdf5" and values.dtype.kind == "U":
             values = _encode(values, array.dtype.itemsize)
         array[rows] = values

@@ -1,14 +1,21 @@
-"""Reading a store: the fast path against the libraries' own reads, the Dataset, `cache info` and `verify`."""
+"""Reading a store: the fast path against the libraries' own reads, the Dataset, `cache info` and `verify`;
+writing Zarr shards directly, as the bytes zarr itself writes."""
+
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import zarr
 from conftest import build_args, build_both_formats, encode_numbered, run_cli
 from torch.utils.data import DataLoader
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 
 from cache import ClipDataset, StoreError, open_store
-from cache.schema import OK
+from cache.schema import FAILED, OK, StoreSpec
+from cache.shards import ShardLayout, replace_file
+from cache.writer import ShardResult, StoreWriter, create_store
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +103,135 @@ def test_cache_verify_flags_a_constant_clip(tmp_path):
     assert result.returncode == 1
     assert "id0_id2_0001.mp4" in result.stdout and "constant" in result.stdout
     assert run_cli("cache", "info", str(tmp_path / "none.zarr"), check=False).returncode == 2
+
+
+def small_table(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"path": [f"v{i}.mp4" for i in range(n)], "label": 0, "split": 0, "group": "g"})
+
+
+def shards_of(clips: np.ndarray, per_shard: int) -> list[ShardResult]:
+    """Whole shards of `clips`, a row failed wherever its clip is all zeros: -1 frame indices, no probe, a reason.
+    One failed row's fps is -0.0, which zarr stores: it is not the fill value 0.0 bit for bit."""
+    shards = []
+    for start in range(0, len(clips), per_shard):
+        block = clips[start : start + per_shard]
+        k, frames = block.shape[:2]
+        ok = block.reshape(k, -1).any(axis=1)
+        fps = np.where(ok, 25, 0).astype(np.float32)
+        fps[np.arange(start, start + k) == 4] = -0.0
+        probe = {"frames": np.where(ok, 20, 0).astype(np.int32), "fps": fps, "width": np.where(ok, 96, 0)}
+        probe |= {"height": np.where(ok, 64, 0).astype(np.int32), "codec": np.where(ok, "h264", "")}
+        probe["width"] = probe["width"].astype(np.int32)
+        frame_index = np.where(ok[:, None], np.arange(frames, dtype=np.int32), -1).astype(np.int32)
+        errors = ["" if good else "broken" for good in ok]
+        shards.append(ShardResult(start, block, frame_index, np.where(ok, OK, FAILED).astype(np.int8), errors, probe))
+    return shards
+
+
+def arrays_of(shard: ShardResult) -> dict[str, np.ndarray]:
+    probe = {f"probe/{name}": values for name, values in shard.probe.items()}
+    return {"clips": shard.clips, "frame_index": shard.frame_index, "error": np.array(shard.error), **probe} | {
+        "status": shard.status
+    }
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """Seven clips in shards of three: a failed row in shard 0, every row failed in shard 1, a last shard of one."""
+    clips = np.random.default_rng(1).integers(1, 256, (7, 2, 8, 8, 3), dtype=np.uint8)
+    clips[1] = clips[3:6] = 0
+    path = tmp_path_factory.mktemp("direct") / "direct.zarr"
+    create_store(path, small_table(len(clips)), StoreSpec(frames=2, size=8, clips_per_shard=3))
+    with StoreWriter(path) as writer:
+        for name in arrays_of(shards_of(clips, 3)[0]):
+            assert writer._direct(name) is not None, f"{name}: our own layout should take the direct path"
+        for shard in shards_of(clips, 3):
+            writer.write_shard(shard)
+    return path, clips
+
+
+def store_files(folder) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_direct_shard_writes_are_the_bytes_zarr_writes(written, tmp_path):
+    path, clips = written
+    reference = tmp_path / "zarr.zarr"
+    create_store(reference, small_table(len(clips)), StoreSpec(frames=2, size=8, clips_per_shard=3))
+    group = zarr.open_group(reference, mode="r+")
+    for shard in shards_of(clips, 3):
+        for name, values in arrays_of(shard).items():
+            group[name][shard.rows] = values
+    ours, theirs = store_files(path), store_files(reference)
+    assert "clips/c/1/0/0/0/0" not in ours and "status/c/1" in ours, "a shard of failed rows has no clips file"
+    assert "probe/fps/c/1" in ours and "probe/width/c/1" not in ours
+    assert ours.keys() == theirs.keys()
+    for name in ours:
+        assert ours[name] == theirs[name], name
+
+
+def test_zarr_reads_every_array_of_a_directly_written_store_without_warnings(written):
+    path, clips = written
+    ok = np.array([1, 0, 1, 0, 0, 0, 1], bool)
+    expected = {"status": np.where(ok, OK, FAILED), "frame_index": np.where(ok[:, None], [0, 1], -1)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        group = zarr.open_group(path, mode="r")
+        arrays = dict(group.arrays()) | {f"probe/{name}": array for name, array in group["probe"].arrays()}
+        values = {name: array[...] for name, array in arrays.items()}
+    assert len(values) == 13
+    assert values["clips"].shape == clips.shape and (values["clips"] == clips).all()
+    for name, value in expected.items():
+        assert (values[name] == value).all(), name
+    assert values["error"].tolist() == ["", "broken", "", "broken", "broken", "broken", ""]
+    assert values["probe/codec"].tolist() == ["h264" if good else "" for good in ok]
+    assert np.signbit(values["probe/fps"]).tolist() == [False] * 4 + [True] + [False] * 2
+    with open_store(path) as store:
+        assert (store.read(range(7)) == clips).all()
+
+
+@pytest.mark.parametrize("checksum", [True, False])
+def test_a_shard_index_without_a_checksum_is_written_as_zarr_writes_it(tmp_path, checksum):
+    index_codecs = [BytesCodec(endian="little"), Crc32cCodec()] if checksum else [BytesCodec(endian="little")]
+    sharding = ShardingCodec(chunk_shape=(1, 4), codecs=[BytesCodec()], index_codecs=index_codecs)
+    clips = np.arange(1, 21, dtype=np.uint8).reshape(5, 4)
+    clips[2] = 0
+    folders = {}
+    for way in ("zarr", "direct"):
+        group = zarr.open_group(tmp_path / f"{way}.zarr", mode="w", zarr_format=3)
+        array = group.create_array(
+            "a", shape=(5, 4), dtype="uint8", chunks=(3, 4), serializer=sharding, compressors=None, fill_value=0
+        )
+        layout = ShardLayout.of(array)
+        assert layout is not None and layout.checksum == checksum and layout.index_bytes == 3 * 16 + 4 * checksum
+        for start in (0, 3):
+            if way == "zarr":
+                array[start : start + 3] = clips[start : start + 3]
+            else:
+                layout.write(start, clips[start : start + 3])
+        folders[way] = tmp_path / f"{way}.zarr" / "a"
+        assert (zarr.open_group(tmp_path / f"{way}.zarr", mode="r")["a"][...] == clips).all()
+    assert store_files(folders["direct"]) == store_files(folders["zarr"])
+
+
+def test_other_shard_layouts_are_left_to_zarr(tmp_path):
+    group = zarr.open_group(tmp_path / "other.zarr", mode="w", zarr_format=3)
+    start = ShardingCodec(chunk_shape=(1, 4), codecs=[BytesCodec()], index_location="start")
+    compressed = ShardingCodec(chunk_shape=(1, 4), codecs=[BytesCodec(), ZstdCodec()])
+    two_rows = ShardingCodec(chunk_shape=(2, 4), codecs=[BytesCodec()])
+    for name, sharding in {"start": start, "compressed": compressed, "two_rows": two_rows}.items():
+        array = group.create_array(
+            name, shape=(5, 4), dtype="uint8", chunks=(4, 4), serializer=sharding, compressors=None, fill_value=0
+        )
+        assert ShardLayout.of(array) is None, name
+    unsharded = group.create_array("plain", shape=(5, 4), dtype="uint8", chunks=(3, 4), compressors=None)
+    assert ShardLayout.of(unsharded) is None
+
+
+def test_a_failed_shard_write_leaves_the_old_file_and_no_partial_one(tmp_path):
+    file = tmp_path / "c" / "0"
+    replace_file(file, [b"old"])
+    with pytest.raises(TypeError):
+        replace_file(file, [b"new bytes", object()])
+    assert file.read_bytes() == b"old"
+    assert [p.name for p in file.parent.iterdir()] == ["0"]
