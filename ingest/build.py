@@ -34,7 +34,7 @@ from ingest.clips import RowJob, RowOutcome
 from ingest.decoders import choose
 from ingest.discover import UsageError, find_videos
 from ingest.frames import RESIZE_MODES
-from ingest.pool import decode_rows, threads_per_worker
+from ingest.pool import DecodePool, threads_per_worker
 from ingest.splits import assign_splits
 
 
@@ -105,6 +105,34 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
     spec, choice = _check(config, ranks)
     if ranks.main:
         log(choice)
+    with DecodePool(spec.decoder, config.workers) as pool:  # its workers start while the videos are found
+        rows, settled_before, jobs = _pending(config, spec, ranks)
+        outcomes = tqdm(
+            pool.rows(jobs),
+            total=len(jobs),
+            unit="video",
+            desc=f"decode ({spec.decoder})" + (f" rank {ranks.index}" if ranks.count > 1 else ""),
+            position=ranks.index,
+            dynamic_ncols=True,
+        )
+        with StoreWriter(config.out) as writer:
+            for shard in _collect_shards(outcomes, spec, rows):
+                writer.write_shard(shard)
+    ranks.barrier()
+    summary = _summarise(config.out, settled_before, time.perf_counter() - started, spec.decoder)
+    if ranks.main:
+        _finish(config.out, summary)
+        log(summary.line(config.out))
+        for path, reason in summary.failures[:20]:
+            log(f"  failed {path}: {reason}")
+        if len(summary.failures) > 20:
+            log(f"  ... and {len(summary.failures) - 20} more (cache info {config.out})")
+    return summary
+
+
+def _pending(config: BuildConfig, spec: StoreSpec, ranks: Ranks) -> tuple[int, int, list[RowJob]]:
+    """Find the videos and create the store, or check the one to resume: its rows, how many of them were
+    settled before this run, and the jobs of this rank's shards that still hold pending rows."""
     table = assign_splits(
         find_videos(config.data_root, config.manifest, config.test_list), config.val_fraction, config.seed
     )
@@ -119,34 +147,12 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
     ranks.barrier()
     with open_store(config.out) as store:
         status = store.status
-    settled_before = int((status != PENDING).sum())
     shards = [
         s
         for s in range(ranks.index, shard_count(len(table), spec.clips_per_shard), ranks.count)
         if (status[shard_slice(s, spec.clips_per_shard, len(table))] == PENDING).any()
     ]
-    jobs = _jobs(config, spec, table["path"].tolist(), shards)
-    outcomes = tqdm(
-        decode_rows(jobs, config.workers),
-        total=len(jobs),
-        unit="video",
-        desc=f"decode ({spec.decoder})" + (f" rank {ranks.index}" if ranks.count > 1 else ""),
-        position=ranks.index,
-        dynamic_ncols=True,
-    )
-    with StoreWriter(config.out) as writer:
-        for shard in _collect_shards(outcomes, spec, len(table)):
-            writer.write_shard(shard)
-    ranks.barrier()
-    summary = _summarise(config.out, settled_before, time.perf_counter() - started, spec.decoder)
-    if ranks.main:
-        _finish(config.out, summary)
-        log(summary.line(config.out))
-        for path, reason in summary.failures[:20]:
-            log(f"  failed {path}: {reason}")
-        if len(summary.failures) > 20:
-            log(f"  ... and {len(summary.failures) - 20} more (cache info {config.out})")
-    return summary
+    return len(table), int((status != PENDING).sum()), _jobs(config, spec, table["path"].tolist(), shards)
 
 
 def _check(config: BuildConfig, ranks: Ranks) -> tuple[StoreSpec, str]:

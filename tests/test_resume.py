@@ -100,11 +100,12 @@ def test_hdf5_refuses_several_ranks(many_videos, tmp_path):
 
 
 def busy_workers(pid: int) -> list[psutil.Process]:
-    """Decoding processes of a build: the busy children of its multiprocessing fork server."""
+    """Decoding processes of a build: its busy children, forked from it."""
+    build = psutil.Process(pid)
     found = []
-    for child in psutil.Process(pid).children(recursive=True):
+    for child in build.children(recursive=True):
         try:
-            if "forkserver" in " ".join(child.parent().cmdline()) and child.cpu_times().user > 0.02:
+            if child.cmdline() == build.cmdline() and child.cpu_times().user > 0.02:
                 found.append(child)
         except psutil.Error:
             continue
