@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -105,19 +106,27 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
     spec, choice = _check(config, ranks)
     if ranks.main:
         log(choice)
-    with DecodePool(spec.decoder, config.workers) as pool:  # its workers start while the videos are found
-        rows, settled_before, jobs = _pending(config, spec, ranks)
+    with DecodePool(
+        spec.decoder, config.workers, spec.clip_shape()
+    ) as pool:  # its workers start while the videos are found
+        table, status = _discover(config, spec)
+        jobs = _jobs(config, spec, table["path"].tolist(), _pending_shards(status, spec, ranks))
         outcomes = tqdm(
-            pool.rows(jobs),
+            pool.rows(jobs),  # the first videos decode while the store is created
             total=len(jobs),
             unit="video",
             desc=f"decode ({spec.decoder})" + (f" rank {ranks.index}" if ranks.count > 1 else ""),
             position=ranks.index,
             dynamic_ncols=True,
         )
+        ranks.barrier()
+        if not config.out.exists() and ranks.main:
+            create_store(config.out, table, spec)
+        ranks.barrier()
         with StoreWriter(config.out) as writer:
-            for shard in _collect_shards(outcomes, spec, rows):
+            for shard in _collect_shards(outcomes, spec, len(table)):
                 writer.write_shard(shard)
+    settled_before = int((status != PENDING).sum())
     ranks.barrier()
     summary = _summarise(config.out, settled_before, time.perf_counter() - started, spec.decoder)
     if ranks.main:
@@ -130,29 +139,28 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
     return summary
 
 
-def _pending(config: BuildConfig, spec: StoreSpec, ranks: Ranks) -> tuple[int, int, list[RowJob]]:
-    """Find the videos and create the store, or check the one to resume: its rows, how many of them were
-    settled before this run, and the jobs of this rank's shards that still hold pending rows."""
+def _discover(config: BuildConfig, spec: StoreSpec) -> tuple[pd.DataFrame, np.ndarray]:
+    """The videos with their labels and splits, and each one's status: that of the store to resume, else
+    pending."""
     table = assign_splits(
         find_videos(config.data_root, config.manifest, config.test_list), config.val_fraction, config.seed
     )
-    exists = config.out.exists()
-    if exists and not config.resume:
+    if not config.out.exists():
+        return table, np.full(len(table), PENDING, np.int8)
+    if not config.resume:
         raise UsageError(f"{config.out} exists: pass --resume to finish it, or choose another --out")
-    if exists:
-        _check_resumable(config.out, table["path"].tolist(), spec)
-    ranks.barrier()
-    if not exists and ranks.main:
-        create_store(config.out, table, spec)
-    ranks.barrier()
+    _check_resumable(config.out, table["path"].tolist(), spec)
     with open_store(config.out) as store:
-        status = store.status
-    shards = [
+        return table, store.status
+
+
+def _pending_shards(status: np.ndarray, spec: StoreSpec, ranks: Ranks) -> list[int]:
+    """This rank's shards that hold a pending row."""
+    return [
         s
-        for s in range(ranks.index, shard_count(len(table), spec.clips_per_shard), ranks.count)
-        if (status[shard_slice(s, spec.clips_per_shard, len(table))] == PENDING).any()
+        for s in range(ranks.index, shard_count(len(status), spec.clips_per_shard), ranks.count)
+        if (status[shard_slice(s, spec.clips_per_shard, len(status))] == PENDING).any()
     ]
-    return len(table), int((status != PENDING).sum()), _jobs(config, spec, table["path"].tolist(), shards)
 
 
 def _check(config: BuildConfig, ranks: Ranks) -> tuple[StoreSpec, str]:

@@ -131,3 +131,18 @@ def test_a_worker_killed_mid_build_loses_nothing(many_videos, reference, tmp_pat
     assert process.returncode == 0
     assert "0 failed, 0 pending" in output
     assert_same_store(store, reference["zarr"])
+
+
+def test_a_killed_build_leaves_no_worker_behind(many_videos, tmp_path):
+    args = build_args(many_videos, tmp_path / "orphans.zarr", "--workers", "2", "--clips-per-shard", "2")
+    process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[psutil.Process] = []
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and process.poll() is None and time.monotonic() < deadline:
+        workers = busy_workers(process.pid)
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    assert len(workers) == 2, "the build ended before its workers were seen"
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, "a worker outlived the build it decoded for"
