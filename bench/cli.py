@@ -62,6 +62,18 @@ def demo_data(folder: Path) -> Path:
     return root
 
 
+def demo_set(folder: Path) -> Path:
+    """The 100 small videos of `ingest make-demo` (48 frames at 256x144), written once and reused: many short
+    videos, where a build's start-up and the store's writes weigh most."""
+    from ingest.demo import make_demo
+
+    root = folder / "demo"
+    if not (root / "List_of_testing_videos.txt").exists():
+        print(f"writing the 100 demo videos to {root} (once)...", file=sys.stderr)
+        make_demo(root)
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     stop_on_signals()
     args = parser().parse_args(argv)
@@ -94,7 +106,15 @@ def _run(args: argparse.Namespace) -> int:
     cache = replicate(work / "videos.zarr", work / "bench.zarr", 64 if args.quick else 512)
     videos = [root / p for p in find_videos(root)["path"].tolist()][: args.videos]
     repeat = 2 if args.quick else args.repeat
-    config = BenchConfig(videos=videos, data_root=root, cache=cache, work=work, repeat=repeat, quick=args.quick)
+    config = BenchConfig(
+        videos=videos,
+        data_root=root,
+        cache=cache,
+        work=work,
+        repeat=repeat,
+        quick=args.quick,
+        demo_set=demo_set(DEMO_FOLDER) if "ingest" in args.stages else None,
+    )
     started = time.perf_counter()
     rows = run_stages(config, args.stages)
     settings = {"data": str(root), "videos": len(videos), "repeat": repeat, "quick": args.quick}

@@ -27,6 +27,7 @@ from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.build import BuildConfig, build_cache
 from ingest.clips import FELL_BACK, RowJob, RowOutcome, gpu_rows
 from ingest.decoders import CPU_DECODERS, GPU_DECODERS, available, make_decoder, probe_video, unavailable
+from ingest.discover import find_videos
 from ingest.frames import resize_clip
 from train.augment import ClipTransform
 from train.data import BatchFeed, TimedBatches
@@ -56,6 +57,7 @@ class BenchConfig:
     workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     frames: int = 16
     size: int = 224
+    demo_set: Path | None = None  # many small videos, built beside `data_root` by the ingest stage
 
 
 @dataclass
@@ -323,32 +325,100 @@ def _remove(path: Path) -> None:
 
 
 def ingest(config: BenchConfig, context: Context) -> list[Row]:
-    builds = [("pyav", workers) for workers in sorted({1, config.workers})]
-    rows = []
-    for decoder, workers in builds:
+    """`build-cache` end to end on the bench's videos and on the demo set, with the scaling ratio of its workers,
+    then with each GPU decoder."""
+    rows = _ingest_scaling(config, config.data_root, _ingest_limit(config, context))
+    if config.demo_set is not None:
+        rows += _ingest_scaling(config, config.demo_set, None)
+    return rows + gpu_ingest(config)
 
-        def build(decoder: str = decoder, workers: int = workers) -> float:
-            out = config.work / "ingest.zarr"
-            _remove(out)
-            build_cache(BuildConfig(config.data_root, out, workers=workers, decoder=decoder), log=lambda _: None)
-            with open_store(out) as store:
-                return len(store)
 
-        rate = Rate.measure(build, max(1, config.repeat // 2), "videos/s", warmup=0)
-        one = _ingest_limit(config, context) if decoder == "pyav" else None
-        limit = one.scaled(workers, one.unit) if one else None
-        unit = "worker(s)" if decoder == "pyav" else "videos in flight"
+INGEST_NOTE = "includes discovery, process start-up and the store's creation"
+
+
+def _ingest_scaling(config: BenchConfig, root: Path, one_process: Rate | None) -> list[Row]:
+    """One worker held to one core, one worker free to use every core (decoder threads), and a worker per core.
+
+    How `build-cache` scales with cores is the last's rate over the one-core rate times the workers: a single
+    worker's decoder threads already use more than one core, so its own rate is no measure of one core.
+    The builds take turns, repeat after repeat, so that other work on the machine disturbs each alike.
+    """
+    cores = len(os.sched_getaffinity(0))
+    builds: dict[str, Callable[[], float]] = {"one core": lambda: _one_core(lambda: _build(config, root, 1))}
+    if cores > 1:
+        builds["one worker"] = lambda: _build(config, root, 1)
+    if config.workers > 1:
+        builds["workers"] = lambda: _build(config, root, config.workers)
+    rates = _taking_turns(builds, config.repeat, "videos/s")
+    videos = _videos(root)
+    rows = [
+        Row(
+            "ingest end to end",
+            f"build-cache, 1 worker on 1 core, pyav, {videos}",
+            rates["one core"],
+            limit=one_process,
+            limit_name="sum of decode, resize and write, 1 process" if one_process else "",
+            note=f"this process pinned to one CPU; {INGEST_NOTE}",
+        )
+    ]
+    if "one worker" in rates:
         rows.append(
             Row(
                 "ingest end to end",
-                f"build-cache, {workers} {unit}, {decoder}",
-                rate,
-                limit=limit,
-                limit_name=f"sum of decode, resize and write, x{workers} processes" if limit else "",
-                note="includes discovery, process start-up and the store's creation",
+                f"build-cache, 1 worker, {cores} decoder threads, pyav, {videos}",
+                rates["one worker"],
+                note=INGEST_NOTE,
             )
         )
-    return rows + gpu_ingest(config)
+    if "workers" in rates:
+        workers = rates["workers"]
+        versus = f"; {workers.median / rates['one worker'].median:.2f}x 1 worker" if "one worker" in rates else ""
+        rows.append(
+            Row(
+                "ingest end to end",
+                f"build-cache, {config.workers} workers, pyav, {videos}",
+                workers,
+                limit=rates["one core"].scaled(config.workers, "videos/s"),
+                limit_name=f"{config.workers} x the rate of 1 worker on 1 core",
+                note=f"{INGEST_NOTE}{versus}",
+            )
+        )
+    return rows
+
+
+def _build(config: BenchConfig, root: Path, workers: int, decoder: str = "pyav") -> float:
+    out = config.work / "ingest.zarr"
+    _remove(out)
+    build_cache(BuildConfig(root, out, workers=workers, decoder=decoder), log=lambda _: None)
+    with open_store(out) as store:
+        return len(store)
+
+
+def _one_core(work: Callable[[], float]) -> float:
+    """`work` with this thread (and the threads it starts) on one CPU, and torch on one thread."""
+    cpus, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, {min(cpus)})
+    torch.set_num_threads(1)
+    try:
+        return work()
+    finally:
+        os.sched_setaffinity(0, cpus)
+        torch.set_num_threads(threads)
+
+
+def _taking_turns(works: dict[str, Callable[[], float]], repeat: int, unit: str) -> dict[str, Rate]:
+    """Each work's rate over `repeat` rounds in which every work runs once, in turn."""
+    rates: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(repeat):
+        for name, work in works.items():
+            started = time.perf_counter()
+            items = work()
+            rates[name].append(items / (time.perf_counter() - started))
+    return {name: Rate(statistics.median(r), min(r), max(r), unit) for name, r in rates.items()}
+
+
+def _videos(root: Path) -> str:
+    return f"{len(find_videos(root))} videos of {root.name}"
 
 
 def _ingest_limit(config: BenchConfig, context: Context) -> Rate | None:

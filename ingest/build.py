@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -37,7 +38,7 @@ from ingest.clips import FELL_BACK, RowJob, RowOutcome
 from ingest.decoders import GPU_DECODERS, choose
 from ingest.discover import UsageError, find_videos
 from ingest.frames import RESIZE_MODES
-from ingest.pool import decode_rows, threads_per_worker
+from ingest.pool import DecodePool, threads_per_worker
 from ingest.splits import assign_splits
 
 
@@ -149,39 +150,26 @@ def _locked(out: Path, ranks: Ranks, log: Callable[[str], None]) -> Iterator[Non
 def _build(
     config: BuildConfig, spec: StoreSpec, ranks: Ranks, started: float, log: Callable[[str], None]
 ) -> BuildSummary:
-    table = assign_splits(
-        find_videos(config.data_root, config.manifest, config.test_list), config.val_fraction, config.seed
-    )
-    exists = config.out.exists()
-    if exists and not config.resume:
-        raise UsageError(f"{config.out} exists: pass --resume to finish it, or choose another --out")
-    if exists:
-        _check_resumable(config.out, table["path"].tolist(), spec)
-    ranks.barrier()
-    if not exists and ranks.main:
-        create_store(config.out, table, spec)
-    ranks.barrier()
-    with open_store(config.out) as store:
-        status = store.status
+    with DecodePool(spec.decoder, config.workers, spec.clip_shape()) as pool:  # workers start while videos are found
+        table, status = _discover(config, spec)
+        jobs = _jobs(config, spec, table["path"].tolist(), _pending_shards(status, spec, ranks))
+        outcomes = tqdm(
+            pool.rows(jobs),  # the first videos decode while the store is created
+            total=len(jobs),
+            unit="video",
+            desc=f"decode ({spec.decoder})" + (f" rank {ranks.index}" if ranks.count > 1 else ""),
+            position=ranks.index,
+            dynamic_ncols=True,
+        )
+        ranks.barrier()
+        if not config.out.exists() and ranks.main:
+            create_store(config.out, table, spec)
+        ranks.barrier()
+        with StoreWriter(config.out) as writer:
+            for shard in _collect_shards(outcomes, spec, len(table)):
+                with deferred_stop():
+                    writer.write_shard(shard)
     settled_before = int((status != PENDING).sum())
-    shards = [
-        s
-        for s in range(ranks.index, shard_count(len(table), spec.clips_per_shard), ranks.count)
-        if (status[shard_slice(s, spec.clips_per_shard, len(table))] == PENDING).any()
-    ]
-    jobs = _jobs(config, spec, table["path"].tolist(), shards)
-    outcomes = tqdm(
-        decode_rows(jobs, config.workers),
-        total=len(jobs),
-        unit="video",
-        desc=f"decode ({spec.decoder})" + (f" rank {ranks.index}" if ranks.count > 1 else ""),
-        position=ranks.index,
-        dynamic_ncols=True,
-    )
-    with StoreWriter(config.out) as writer:
-        for shard in _collect_shards(outcomes, spec, len(table)):
-            with deferred_stop():
-                writer.write_shard(shard)
     ranks.barrier()
     summary = _summarise(config.out, settled_before, time.perf_counter() - started, spec.decoder)
     if ranks.main:
@@ -190,6 +178,30 @@ def _build(
         _log_rows(log, "failed", summary.failures, config.out)
         _log_rows(log, "fell back", summary.fallbacks, config.out)
     return summary
+
+
+def _discover(config: BuildConfig, spec: StoreSpec) -> tuple[pd.DataFrame, np.ndarray]:
+    """The videos with their labels and splits, and each one's status: that of the store to resume, else
+    pending."""
+    table = assign_splits(
+        find_videos(config.data_root, config.manifest, config.test_list), config.val_fraction, config.seed
+    )
+    if not config.out.exists():
+        return table, np.full(len(table), PENDING, np.int8)
+    if not config.resume:
+        raise UsageError(f"{config.out} exists: pass --resume to finish it, or choose another --out")
+    _check_resumable(config.out, table["path"].tolist(), spec)
+    with open_store(config.out) as store:
+        return table, store.status
+
+
+def _pending_shards(status: np.ndarray, spec: StoreSpec, ranks: Ranks) -> list[int]:
+    """This rank's shards that hold a pending row."""
+    return [
+        s
+        for s in range(ranks.index, shard_count(len(status), spec.clips_per_shard), ranks.count)
+        if (status[shard_slice(s, spec.clips_per_shard, len(status))] == PENDING).any()
+    ]
 
 
 def _check(config: BuildConfig, ranks: Ranks) -> tuple[StoreSpec, str]:

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import multiprocessing
 import os
+import signal
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 
+import numpy as np
 import torch
 
 from ingest.clips import RowJob, RowOutcome, decode_row, gpu_rows
 from ingest.decoders import GPU_DECODERS, Probe
+
+PR_SET_PDEATHSIG = 1
+PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: a forked worker loads nothing
 
 
 def threads_per_worker(workers: int) -> int:
@@ -20,52 +27,152 @@ def threads_per_worker(workers: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // max(workers, 1))
 
 
-def decode_rows(jobs: list[RowJob], workers: int) -> Iterator[RowOutcome]:
-    """Outcomes as they finish (in any order): in this process for one worker, else in a pool, a few jobs ahead.
+class DecodePool:
+    """Where rows decode: `workers` processes forked from this one, or this process alone.
 
-    A GPU decoder runs in this process (CUDA does not survive a fork) with `workers` videos in flight.
-    A worker that dies (a decoder crash, the OOM killer) breaks the pool; the videos it may have been
-    decoding are then retried one at a time, so only the one that kills its process again fails.
+    Create it first and the workers start while the caller finds its videos and creates its store.
+    Workers are forked, not started by a fork server: this process has already imported torch and PyAV,
+    so a forked worker decodes its first row within about 0.1 s, where a fork server takes 2.5 s or more
+    to start and import them again (measured on 2 cores) — longer than a whole build of 100 small videos.
+
+    A worker leaves each clip in a slot of memory it shares with this process, and sends back only the rest
+    of the outcome: a few hundred bytes, not megabytes to pickle through a pipe, where a worker killed half
+    way through sending would leave this process waiting for the rest for ever.
+
+    A GPU decoder runs in this process (CUDA does not survive a fork) with `workers` videos in flight,
+    and one worker is this process: neither starts any process.
     """
-    if jobs and jobs[0].decoder in GPU_DECODERS:
-        yield from gpu_rows(jobs, workers)
+
+    def __init__(self, decoder: str, workers: int, clip_shape: tuple[int, ...]) -> None:
+        self.decoder, self.workers = decoder, workers
+        self._executor: ProcessPoolExecutor | None = None
+        if self.forks:
+            self._slots = _shared(2 * workers, clip_shape)
+            self._executor = _start(workers, self._slots)
+
+    @property
+    def forks(self) -> bool:
+        return self.workers > 1 and self.decoder not in GPU_DECODERS
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Cancel what has not started and wait for the workers to end."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def rows(self, jobs: list[RowJob]) -> Iterator[RowOutcome]:
+        """Outcomes as they finish (in any order), `2 * workers` jobs ahead of the caller; the first jobs start
+        now, before the caller asks for an outcome.
+
+        A worker that dies (a decoder crash, the OOM killer) breaks the pool; the videos it may have been
+        decoding are then retried one at a time, so only the one that kills its process again fails.
+        """
+        if self.decoder in GPU_DECODERS:
+            return gpu_rows(jobs, self.workers)
+        if self._executor is None:
+            return map(decode_row, jobs)
+        queue = deque(jobs)
+        running: dict[Future, tuple[RowJob, int]] = {}
+        self._submit(queue, running)
+        return self._outcomes(queue, running)
+
+    def _outcomes(self, queue: deque[RowJob], running: dict[Future, tuple[RowJob, int]]) -> Iterator[RowOutcome]:
+        while (suspects := (yield from self._until_broken(queue, running))) is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            for job in sorted(suspects, key=lambda job: job.row):
+                yield self._decode_alone(job)
+            self._executor = _start(self.workers, self._slots)
+            running = {}
+
+    def _submit(self, queue: deque[RowJob], running: dict[Future, tuple[RowJob, int]]) -> bool:
+        """Keep `2 * workers` jobs in flight, each with a free slot; False if the pool is broken."""
+        free = set(range(len(self._slots))) - {slot for _, slot in running.values()}
+        while queue and free:
+            slot = free.pop()
+            try:
+                future = self._executor.submit(_decode_into, queue[0], slot)
+            except BrokenProcessPool:
+                return False
+            running[future] = (queue.popleft(), slot)
+        return True
+
+    def _until_broken(self, queue: deque[RowJob], running: dict[Future, tuple[RowJob, int]]) -> Iterator[RowOutcome]:
+        """Decode the queue's jobs: None once all are done, else (the pool broke) the jobs it was running."""
+        while self._submit(queue, running):
+            if not running:
+                return None
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken = [future for future in finished if isinstance(future.exception(), BrokenProcessPool)]
+            for future in finished:
+                if future not in broken:
+                    _, slot = running.pop(future)
+                    yield self._collect(future.result(), slot)
+            if broken:
+                return [job for job, _ in running.values()]
+        return [job for job, _ in running.values()]
+
+    def _collect(self, outcome: RowOutcome, slot: int) -> RowOutcome:
+        """The outcome with its clip, copied out of its slot before the slot is used again."""
+        if outcome.indices is not None:
+            outcome.clip = self._slots[slot].copy()
+        return outcome
+
+    def _decode_alone(self, job: RowJob) -> RowOutcome:
+        with _start(1, self._slots) as pool:
+            try:
+                return self._collect(pool.submit(_decode_into, job, 0).result(), 0)
+            except BrokenProcessPool:
+                return RowOutcome(job.row, None, None, Probe(), "the decoding process died on this video")
+
+
+def decode_rows(jobs: list[RowJob], workers: int) -> Iterator[RowOutcome]:
+    """Outcomes as they finish (in any order): see `DecodePool`; a single job decodes in this process."""
+    if not jobs:
         return
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(decode_row, jobs)
-        return
-    queue = deque(jobs)
-    while queue:
-        suspects: list[RowJob] = []
-        with _pool(workers, jobs[0].threads) as pool:
-            running: dict[Future, RowJob] = {}
-            while queue or running:
-                while queue and len(running) < 2 * workers:
-                    job = queue.popleft()
-                    running[pool.submit(decode_row, job)] = job
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    job = running.pop(future)
-                    if isinstance(future.exception(), BrokenProcessPool):
-                        suspects.append(job)
-                    else:
-                        yield future.result()
-                if suspects:
-                    suspects += running.values()
-                    break
-        for job in sorted(suspects, key=lambda job: job.row):
-            yield _decode_alone(job)
+    job = jobs[0]
+    with DecodePool(job.decoder, workers if len(jobs) > 1 else 1, (job.frames, job.size, job.size, 3)) as pool:
+        yield from pool.rows(jobs)
 
 
-def _pool(workers: int, threads: int) -> ProcessPoolExecutor:
-    """Workers fork from a server that has imported the decoding code once, not each on its own."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["ingest.clips"])
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(threads,))
+def _shared(slots: int, clip_shape: tuple[int, ...]) -> np.ndarray:
+    """`slots` clips of memory that this process shares with the processes it forks from now on."""
+    nbytes = slots * int(np.prod(clip_shape))
+    return np.frombuffer(mmap.mmap(-1, nbytes), np.uint8).reshape(slots, *clip_shape)
 
 
-def _decode_alone(job: RowJob) -> RowOutcome:
-    with _pool(1, job.threads) as pool:
-        try:
-            return pool.submit(decode_row, job).result()
-        except BrokenProcessPool:
-            return RowOutcome(job.row, None, None, Probe(), "the decoding process died on this video")
+def _start(workers: int, slots: np.ndarray) -> ProcessPoolExecutor:
+    """Fork the workers now, not at the first job: the pool starts them all at its first submission."""
+    context = multiprocessing.get_context("fork")
+    executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker, initargs=(slots,))
+    for _ in range(workers):
+        executor.submit(int)
+    return executor
+
+
+_slots: np.ndarray | None = None  # in a worker: the clip slots it shares with the process that forked it
+
+
+def _worker(slots: np.ndarray) -> None:
+    """A worker resizes in one torch thread: its decoder threads share out the cores, and an OpenMP thread pool
+    that this process started before the fork would not exist in the worker. It leaves Ctrl-C to the process
+    that started it, and ends with it: nothing outlives a killed build."""
+    global _slots
+    _slots = slots
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _decode_into(job: RowJob, slot: int) -> RowOutcome:
+    """`decode_row` in a worker, its clip left in slot `slot`."""
+    outcome = decode_row(job)
+    if outcome.clip is not None:
+        _slots[slot] = outcome.clip
+        outcome.clip = None
+    return outcome

@@ -153,11 +153,12 @@ def test_hdf5_refuses_several_ranks(many_videos, tmp_path):
 
 
 def busy_workers(pid: int) -> list[psutil.Process]:
-    """Decoding processes of a build: the busy children of its multiprocessing fork server."""
+    """Decoding processes of a build: its busy children, forked from it."""
+    build = psutil.Process(pid)
     found = []
-    for child in psutil.Process(pid).children(recursive=True):
+    for child in build.children(recursive=True):
         try:
-            if "forkserver" in " ".join(child.parent().cmdline()) and child.cpu_times().user > 0.02:
+            if child.cmdline() == build.cmdline() and child.cpu_times().user > 0.02:
                 found.append(child)
         except psutil.Error:
             continue
@@ -199,3 +200,18 @@ def test_a_full_disk_ends_with_one_line_and_resume_finishes_once_space_is_freed(
     small_disk.resize(64 * 2**20)
     run_cli(*args, "--resume")
     assert_same_store(store, reference[suffix])
+
+
+def test_a_killed_build_leaves_no_worker_behind(many_videos, tmp_path):
+    args = build_args(many_videos, tmp_path / "orphans.zarr", "--workers", "2", "--clips-per-shard", "2")
+    process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[psutil.Process] = []
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and process.poll() is None and time.monotonic() < deadline:
+        workers = busy_workers(process.pid)
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    assert len(workers) == 2, "the build ended before its workers were seen"
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, "a worker outlived the build it decoded for"
