@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
 from cache.features import feature_entries
-from cache.schema import FAILED, LABEL_NAMES, SPLIT_NAMES, STATUS_NAMES, StoreError
+from cache.schema import FAILED, LABEL_NAMES, OK, SPLIT_NAMES, STATUS_NAMES, StoreError
 from cache.store import ClipStore, open_store
 
 
@@ -147,6 +147,8 @@ def info(store: ClipStore) -> int:
     )
     print(f"  data root {spec.data_root}")
     print(counts(store).to_string())
+    made = pd.Series(store.decoder[store.status == OK]).value_counts()
+    print("  ok clips by decoder: " + ", ".join(f"{name} {n}" for name, n in made.items()))
     for name, entry in feature_entries(store).items():
         print(f"  features/{name}: {entry.backbone} ({entry.source}), {entry.frame_size}px, dim {entry.dim}")
     failed = np.flatnonzero(store.status == FAILED)

@@ -10,7 +10,8 @@ A store is a Zarr v3 group (`*.zarr`) or an HDF5 file (`*.h5`, `*.hdf5`) holding
     path         string  (N,)             path relative to the data root, `/` separators
     group        string  (N,)             the source used for splitting
     status       int8    (N,)             0 pending, 1 ok, 2 failed
-    error        string  (N,)             empty, or why the row failed
+    error        string  (N,)             empty, or why the row failed (or why its decoder's fallback made it)
+    decoder      string  (N,)             the decoder that made the clip: the store's, or its fallback's
     probe/frames int32   (N,)             decoded frame count of the video
     probe/fps    float32 (N,)
     probe/width  int32   (N,)
@@ -39,7 +40,9 @@ SPLIT_CODES = {"train": TRAIN, "val": VAL, "test": TEST}
 SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
 
 PROBE_FIELDS = ("frames", "fps", "width", "height", "codec")
-ROW_ARRAYS = ("label", "split", "frame_index", "path", "group", "status", "error")
+ROW_ARRAYS = ("label", "split", "frame_index", "path", "group", "status", "error", "decoder")
+# Arrays that stores written before them lack: read as their defaults, and not written into such a store.
+LATER_ARRAYS = ("decoder",)
 
 ZARR_SUFFIXES = (".zarr",)
 HDF5_SUFFIXES = (".h5", ".hdf5")

@@ -64,7 +64,7 @@ class ClipStore(StoreHandle):
         self.attrs = {name: attr_value(value) for name, value in self._root.attrs.items()}
         self.spec = StoreSpec.from_attrs(self.attrs)
         self.clips = self._root["clips"]
-        arrays = {name: _load(self._root[name]) for name in ROW_ARRAYS}
+        arrays = {name: _load(self._root[name]) for name in ROW_ARRAYS if name in self._root}
         self.label: np.ndarray = arrays["label"]
         self.split: np.ndarray = arrays["split"]
         self.frame_index: np.ndarray = arrays["frame_index"]
@@ -72,6 +72,7 @@ class ClipStore(StoreHandle):
         self.group: np.ndarray = arrays["group"]
         self.status: np.ndarray = arrays["status"]
         self.error: np.ndarray = arrays["error"]
+        self.decoder: np.ndarray = arrays.get("decoder", np.where(self.status == OK, self.spec.decoder, ""))
         self._reader = _fast_reader(self)
 
     def __len__(self) -> int:
@@ -123,6 +124,7 @@ class ClipStore(StoreHandle):
                 "group": self.group,
                 "status": self.status,
                 "error": self.error,
+                "decoder": self.decoder,
             }
         )
         for name in PROBE_FIELDS:

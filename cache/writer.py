@@ -26,6 +26,7 @@ from cache.store import StoreHandle
 
 ERROR_BYTES = 256
 CODEC_BYTES = 32
+DECODER_BYTES = 16
 
 
 @dataclass
@@ -38,6 +39,7 @@ class ShardResult:
     status: np.ndarray
     error: list[str]
     probe: dict[str, np.ndarray] = field(default_factory=dict)
+    decoder: list[str] = field(default_factory=list)  # which decoder made each clip ("" for a failed row)
 
     @property
     def rows(self) -> slice:
@@ -79,6 +81,7 @@ def _initial_arrays(table: pd.DataFrame, spec: StoreSpec) -> dict[str, np.ndarra
         "group": table["group"].to_numpy(str),
         "status": np.zeros(n, np.int8),
         "error": np.full(n, "", dtype=object).astype(str),
+        "decoder": np.full(n, "", dtype=object).astype(str),
         "frame_index": np.full((n, spec.frames), -1, np.int32),
         "probe/frames": np.zeros(n, np.int32),
         "probe/fps": np.zeros(n, np.float32),
@@ -118,7 +121,7 @@ def _create_hdf5(path: Path, table: pd.DataFrame, spec: StoreSpec) -> None:
         for name, value in spec.attrs().items():
             f.attrs[name] = value
         allocate(f, "clips", (len(table), *spec.clip_shape()), h5py.h5t.STD_U8LE)
-        widths = {"error": ERROR_BYTES, "probe/codec": CODEC_BYTES}
+        widths = {"error": ERROR_BYTES, "decoder": DECODER_BYTES, "probe/codec": CODEC_BYTES}
         for name, values in _initial_arrays(table, spec).items():
             if values.dtype.kind == "U":
                 values = _encode(values, widths.get(name))
@@ -160,6 +163,8 @@ class StoreWriter(StoreHandle):
         self.flush()
         self._set("frame_index", rows, shard.frame_index)
         self._set("error", rows, np.array(shard.error, dtype=str))
+        if "decoder" in self._root:  # LATER_ARRAYS: an older store has none
+            self._set("decoder", rows, np.array(shard.decoder or [""] * len(shard.status), dtype=str))
         for name in PROBE_FIELDS:
             self._set(f"probe/{name}", rows, shard.probe[name])
         self.flush()

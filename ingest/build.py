@@ -34,7 +34,7 @@ from cache.schema import (
 )
 from cache.store import open_store
 from cache.writer import ShardResult, StoreWriter, create_store
-from ingest.clips import FELL_BACK, RowJob, RowOutcome
+from ingest.clips import FALLBACKS, RowJob, RowOutcome
 from ingest.decoders import GPU_DECODERS, choose
 from ingest.discover import UsageError, find_videos
 from ingest.frames import RESIZE_MODES
@@ -83,8 +83,11 @@ class BuildSummary:
         )
 
     def _fallback_note(self) -> str:
-        """A GPU build says how many of its ok rows PyAV decoded instead: all of them must not pass for a GPU build."""
-        return f"; {len(self.fallbacks)} of {self.ok} ok rows fell back to pyav" if self.decoder in GPU_DECODERS else ""
+        """How many ok rows the fallback decoder made: always for a GPU build, whose every row falling back to
+        PyAV must not pass for a GPU build; for a CPU build where any did."""
+        if self.decoder not in GPU_DECODERS and not self.fallbacks:
+            return ""
+        return f"; {len(self.fallbacks)} of {self.ok} ok rows fell back to {FALLBACKS[self.decoder]}"
 
 
 class Ranks:
@@ -273,18 +276,18 @@ def _shard_result(rows: range, outcomes: dict[int, RowOutcome], spec: StoreSpec)
     clips = np.zeros((k, *spec.clip_shape()), dtype=np.uint8)
     frame_index = np.full((k, spec.frames), -1, dtype=np.int32)
     status = np.full(k, FAILED, dtype=np.int8)
-    errors = [""] * k
+    errors, decoders = [""] * k, [""] * k
     probe = {name: [] for name in PROBE_FIELDS}
     for i, row in enumerate(rows):
         outcome = outcomes[row]
         if outcome.clip is not None:
             clips[i], frame_index[i], status[i] = outcome.clip, outcome.indices, OK
-        errors[i] = outcome.error
+        errors[i], decoders[i] = outcome.error, outcome.decoder
         for name in PROBE_FIELDS:
             probe[name].append(getattr(outcome.probe, name))
     dtypes = {"frames": np.int32, "fps": np.float32, "width": np.int32, "height": np.int32, "codec": str}
     arrays = {name: np.array(values, dtype=dtypes[name]) for name, values in probe.items()}
-    return ShardResult(rows.start, clips, frame_index, status, errors, arrays)
+    return ShardResult(rows.start, clips, frame_index, status, errors, arrays, decoders)
 
 
 def _summarise(out: Path, settled_before: int, seconds: float, decoder: str) -> BuildSummary:
@@ -292,7 +295,7 @@ def _summarise(out: Path, settled_before: int, seconds: float, decoder: str) -> 
     with open_store(out) as store:
         status = store.status
         failed = np.flatnonzero(status == FAILED)
-        fell_back = np.flatnonzero((status == OK) & np.char.startswith(store.error.astype(str), FELL_BACK))
+        fell_back = np.flatnonzero((status == OK) & (store.decoder != decoder))
         return BuildSummary(
             ok=int((status == OK).sum()),
             failed=len(failed),
@@ -301,7 +304,7 @@ def _summarise(out: Path, settled_before: int, seconds: float, decoder: str) -> 
             seconds=seconds,
             decoder=decoder,
             failures=[(store.path[i], store.error[i]) for i in failed],
-            fallbacks=[(store.path[i], store.error[i][len(FELL_BACK) :]) for i in fell_back],
+            fallbacks=[(store.path[i], store.error[i].partition(": ")[2]) for i in fell_back],
         )
 
 

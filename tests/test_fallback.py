@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 import zarr
-from conftest import encode_lying, encode_numbered, read_number
+from conftest import build_args, encode_lying, encode_numbered, read_number, run_cli
 
 from cache import open_store
 from cache.schema import FAILED, OK, StoreSpec
@@ -65,3 +65,19 @@ def test_a_file_decord_refuses_is_decoded_by_pyav_and_says_so(tmp_path):
     assert outcome.clip is not None and outcome.decoder == "pyav" and pyav.decoder == "pyav"
     assert outcome.fell_back and outcome.error.startswith("fell back to pyav: ") and not pyav.error
     assert (outcome.clip == pyav.clip).all() and (outcome.indices == pyav.indices).all()
+
+
+def test_a_decord_build_stores_which_decoder_made_each_clip_and_counts_the_fallbacks(tmp_path):
+    root = tmp_path / "root"
+    for name in ("Celeb-real/id0_0000.mp4", "Celeb-real/id1_0000.mp4", "Celeb-synthesis/id3_id1_0000.mp4"):
+        encode_numbered(root / name, 30)
+    encode_lying(root / "Celeb-synthesis/id2_id0_0000.mp4", 200)
+    store = tmp_path / "decord.h5"
+    built = run_cli(*build_args(root, store, "--decoder", "decord", "--workers", "1"))
+    assert "1 of 4 ok rows fell back to pyav" in built.stdout
+    assert "fell back Celeb-synthesis/id2_id0_0000.mp4: " in built.stdout
+    with open_store(store) as opened:
+        made = dict(zip(opened.path.tolist(), opened.decoder.tolist(), strict=True))
+        assert (opened.status == OK).all()
+    assert made.pop("Celeb-synthesis/id2_id0_0000.mp4") == "pyav" and set(made.values()) == {"decord"}
+    assert "ok clips by decoder: decord 3, pyav 1" in run_cli("cache", "info", str(store)).stdout

@@ -124,15 +124,16 @@ def shards_of(clips: np.ndarray, per_shard: int) -> list[ShardResult]:
         probe["width"] = probe["width"].astype(np.int32)
         frame_index = np.where(ok[:, None], np.arange(frames, dtype=np.int32), -1).astype(np.int32)
         errors = ["" if good else "broken" for good in ok]
-        shards.append(ShardResult(start, block, frame_index, np.where(ok, OK, FAILED).astype(np.int8), errors, probe))
+        decoders = ["pyav" if good else "" for good in ok]
+        status = np.where(ok, OK, FAILED).astype(np.int8)
+        shards.append(ShardResult(start, block, frame_index, status, errors, probe, decoders))
     return shards
 
 
 def arrays_of(shard: ShardResult) -> dict[str, np.ndarray]:
     probe = {f"probe/{name}": values for name, values in shard.probe.items()}
-    return {"clips": shard.clips, "frame_index": shard.frame_index, "error": np.array(shard.error), **probe} | {
-        "status": shard.status
-    }
+    rows = {"frame_index": shard.frame_index, "error": np.array(shard.error), "decoder": np.array(shard.decoder)}
+    return {"clips": shard.clips, **rows, **probe} | {"status": shard.status}
 
 
 @pytest.fixture(scope="module")
@@ -179,11 +180,12 @@ def test_zarr_reads_every_array_of_a_directly_written_store_without_warnings(wri
         group = zarr.open_group(path, mode="r")
         arrays = dict(group.arrays()) | {f"probe/{name}": array for name, array in group["probe"].arrays()}
         values = {name: array[...] for name, array in arrays.items()}
-    assert len(values) == 13
+    assert len(values) == 14
     assert values["clips"].shape == clips.shape and (values["clips"] == clips).all()
     for name, value in expected.items():
         assert (values[name] == value).all(), name
     assert values["error"].tolist() == ["", "broken", "", "broken", "broken", "broken", ""]
+    assert values["decoder"].tolist() == ["pyav", "", "pyav", "", "", "", "pyav"]
     assert values["probe/codec"].tolist() == ["h264" if good else "" for good in ok]
     assert np.signbit(values["probe/fps"]).tolist() == [False] * 4 + [True] + [False] * 2
     with open_store(path) as store:
