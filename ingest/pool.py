@@ -15,10 +15,12 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 import torch
 
+from cache.exits import ignore_stop_signals
 from ingest.clips import RowJob, RowOutcome, decode_row, gpu_rows
 from ingest.decoders import GPU_DECODERS, Probe
 
 PR_SET_PDEATHSIG = 1
+CRASHED = "the decoder crashed: its process died on this video"
 PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: a forked worker loads nothing
 
 
@@ -28,7 +30,8 @@ def threads_per_worker(workers: int) -> int:
 
 
 class DecodePool:
-    """Where rows decode: `workers` processes forked from this one, or this process alone.
+    """Where rows decode: `workers` processes forked from this one, even for one worker, so that a decoder that
+    crashes its process (a segfault in FFmpeg, the OOM killer) costs one failed row, never the build.
 
     Create it first and the workers start while the caller finds its videos and creates its store.
     Workers are forked, not started by a fork server: this process has already imported torch and PyAV,
@@ -39,8 +42,7 @@ class DecodePool:
     of the outcome: a few hundred bytes, not megabytes to pickle through a pipe, where a worker killed half
     way through sending would leave this process waiting for the rest for ever.
 
-    A GPU decoder runs in this process (CUDA does not survive a fork) with `workers` videos in flight,
-    and one worker is this process: neither starts any process.
+    A GPU decoder runs in this process (CUDA does not survive a fork) with `workers` videos in flight.
     """
 
     def __init__(self, decoder: str, workers: int, clip_shape: tuple[int, ...]) -> None:
@@ -52,7 +54,7 @@ class DecodePool:
 
     @property
     def forks(self) -> bool:
-        return self.workers > 1 and self.decoder not in GPU_DECODERS
+        return self.decoder not in GPU_DECODERS
 
     def __enter__(self) -> DecodePool:
         return self
@@ -75,8 +77,6 @@ class DecodePool:
         """
         if self.decoder in GPU_DECODERS:
             return gpu_rows(jobs, self.workers)
-        if self._executor is None:
-            return map(decode_row, jobs)
         queue = deque(jobs)
         running: dict[Future, tuple[RowJob, int]] = {}
         self._submit(queue, running)
@@ -128,7 +128,7 @@ class DecodePool:
             try:
                 return self._collect(pool.submit(_decode_into, job, 0).result(), 0)
             except BrokenProcessPool:
-                return RowOutcome(job.row, None, None, Probe(), "the decoding process died on this video")
+                return RowOutcome(job.row, None, None, Probe(), CRASHED)
 
 
 def decode_rows(jobs: list[RowJob], workers: int) -> Iterator[RowOutcome]:
@@ -165,7 +165,7 @@ def _worker(slots: np.ndarray) -> None:
     global _slots
     _slots = slots
     torch.set_num_threads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_stop_signals()
     PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 

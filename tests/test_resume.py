@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,8 +88,14 @@ def kill_mid_build(args, store, stop: int = signal.SIGKILL) -> str:
 
 @pytest.mark.parametrize(
     "suffix, stop, workers",
-    [("zarr", signal.SIGKILL, 1), ("h5", signal.SIGKILL, 1), ("zarr", signal.SIGINT, 1), ("h5", signal.SIGTERM, 1)],
-    ids=["zarr-sigkill", "h5-sigkill", "zarr-ctrl-c", "h5-sigterm"],
+    [
+        ("zarr", signal.SIGKILL, 1),
+        ("h5", signal.SIGKILL, 1),
+        ("zarr", signal.SIGINT, 1),
+        ("h5", signal.SIGTERM, 1),
+        ("zarr", signal.SIGINT, 2),
+    ],
+    ids=["zarr-sigkill", "h5-sigkill", "zarr-ctrl-c", "h5-sigterm", "zarr-ctrl-c-2-workers"],
 )
 def test_resume_after_a_kill_or_interruption_equals_an_uninterrupted_build(
     many_videos, reference, tmp_path, suffix, stop, workers
@@ -215,3 +222,37 @@ def test_a_killed_build_leaves_no_worker_behind(many_videos, tmp_path):
     assert len(workers) == 2, "the build ended before its workers were seen"
     _, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive, "a worker outlived the build it decoded for"
+
+
+CRASHING_DECODER = """
+import os, signal
+from ingest.decoders import PyAVDecoder
+
+decode = PyAVDecoder.decode
+
+
+def crash_on_segv_files(self, path, count):
+    if path.endswith("_SEGV.mp4"):
+        os.kill(os.getpid(), signal.SIGSEGV)  # as a segfault inside FFmpeg would
+    return decode(self, path, count)
+
+
+PyAVDecoder.decode = crash_on_segv_files
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_decoder_that_crashes_its_process_fails_its_row_and_the_build_goes_on(demo_root, tmp_path, workers):
+    root = tmp_path / "root"
+    shutil.copytree(demo_root, root)
+    shutil.copy(root / "Celeb-real/id1_0000.mp4", root / "Celeb-synthesis/id1_id2_SEGV.mp4")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(CRASHING_DECODER)
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *sys.path])}
+    store = tmp_path / "crash.zarr"
+    result = run_cli(*build_args(root, store, "--workers", str(workers), "--decoder", "pyav"), env=env)
+    assert "1 failed, 0 pending" in result.stdout
+    with open_store(store) as built:
+        failed = np.flatnonzero(built.status != OK)
+        assert built.path[failed].tolist() == ["Celeb-synthesis/id1_id2_SEGV.mp4"]
+        assert built.error[failed[0]].startswith("the decoder crashed")
