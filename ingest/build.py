@@ -32,10 +32,10 @@ from cache.schema import (
     shard_slice,
     store_format,
 )
-from cache.store import open_store
+from cache.store import ClipStore, open_store
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.clips import FALLBACKS, RowJob, RowOutcome
-from ingest.decoders import GPU_DECODERS, choose
+from ingest.decoders import GPU_DECODERS, Probe, choose
 from ingest.discover import UsageError, find_videos
 from ingest.frames import RESIZE_MODES
 from ingest.pool import DecodePool, threads_per_worker
@@ -57,6 +57,7 @@ class BuildConfig:
     test_list: Path | None = None
     clips_per_shard: int = 8
     resume: bool = False
+    retry_failed: bool = False
     strict: bool = False
 
 
@@ -70,6 +71,8 @@ class BuildSummary:
     decoder: str
     failures: list[tuple[str, str]]
     fallbacks: list[tuple[str, str]]  # rows the GPU decoder failed on and PyAV decoded, with the GPU's reason
+    retried: int = 0  # failed rows decoded again (--retry-failed)
+    recovered: int = 0  # of them, those now ok
 
     @property
     def videos_per_second(self) -> float:
@@ -80,6 +83,7 @@ class BuildSummary:
             f"{out}: {self.ok} ok, {self.failed} failed, {self.pending} pending; "
             f"{self.done} videos decoded in {self.seconds:.1f} s ({self.videos_per_second:.2f} videos/s, "
             f"decoder {self.decoder}{self._fallback_note()})"
+            + (f"; {self.recovered} of {self.retried} failed videos decoded again are now ok" if self.retried else "")
         )
 
     def _fallback_note(self) -> str:
@@ -155,7 +159,8 @@ def _build(
 ) -> BuildSummary:
     with DecodePool(spec.decoder, config.workers, spec.clip_shape()) as pool:  # workers start while videos are found
         table, status = _discover(config, spec)
-        jobs = _jobs(config, spec, table["path"].tolist(), _pending_shards(status, spec, ranks))
+        redo = (status == PENDING) | ((status == FAILED) & config.retry_failed)
+        jobs = _jobs(config, spec, table["path"].tolist(), _shards_to_do(redo, spec, ranks), redo)
         outcomes = tqdm(
             pool.rows(jobs),  # the first videos decode while the store is created
             total=len(jobs),
@@ -168,13 +173,15 @@ def _build(
         if not config.out.exists() and ranks.main:
             create_store(config.out, table, spec)
         ranks.barrier()
-        with StoreWriter(config.out) as writer:
-            for shard in _collect_shards(outcomes, spec, len(table)):
+        # The writer opens first: HDF5 lets a file open for writing be opened again for reading, not the reverse.
+        with StoreWriter(config.out) as writer, open_store(config.out) as store:
+            kept = _kept_rows(store, redo) if config.retry_failed else None
+            for shard in _collect_shards(outcomes, spec, len(table), kept):
                 with deferred_stop():
                     writer.write_shard(shard)
-    settled_before = int((status != PENDING).sum())
     ranks.barrier()
-    summary = _summarise(config.out, settled_before, time.perf_counter() - started, spec.decoder)
+    retried = np.flatnonzero(redo & (status == FAILED))
+    summary = _summarise(config.out, int((~redo).sum()), time.perf_counter() - started, spec.decoder, retried)
     if ranks.main:
         _finish(config.out, summary)
         log(summary.line(config.out))
@@ -198,13 +205,31 @@ def _discover(config: BuildConfig, spec: StoreSpec) -> tuple[pd.DataFrame, np.nd
         return table, store.status
 
 
-def _pending_shards(status: np.ndarray, spec: StoreSpec, ranks: Ranks) -> list[int]:
-    """This rank's shards that hold a pending row."""
+def _shards_to_do(redo: np.ndarray, spec: StoreSpec, ranks: Ranks) -> list[int]:
+    """This rank's shards that hold a row to decode."""
     return [
         s
-        for s in range(ranks.index, shard_count(len(status), spec.clips_per_shard), ranks.count)
-        if (status[shard_slice(s, spec.clips_per_shard, len(status))] == PENDING).any()
+        for s in range(ranks.index, shard_count(len(redo), spec.clips_per_shard), ranks.count)
+        if redo[shard_slice(s, spec.clips_per_shard, len(redo))].any()
     ]
+
+
+def _kept_rows(store: ClipStore, redo: np.ndarray) -> Callable[[range], dict[int, RowOutcome]]:
+    """A shard's rows that are not decoded again, as the store holds them: a shard decoded again for its failed
+    rows is still written whole, its ok rows as they were."""
+    probe = store.table()[list(PROBE_FIELDS)]
+
+    def kept(rows: range) -> dict[int, RowOutcome]:
+        keep = [row for row in rows if not redo[row]]
+        clips = store.read(keep)
+        return {
+            row: RowOutcome(
+                row, clip, store.frame_index[row], Probe(*probe.loc[row].tolist()), store.error[row], store.decoder[row]
+            )
+            for row, clip in zip(keep, clips, strict=True)
+        }
+
+    return kept
 
 
 def _check(config: BuildConfig, ranks: Ranks) -> tuple[StoreSpec, str]:
@@ -216,6 +241,8 @@ def _check(config: BuildConfig, ranks: Ranks) -> tuple[StoreSpec, str]:
         raise UsageError(str(error)) from error
     if fmt == "hdf5" and ranks.count > 1:
         raise UsageError("an HDF5 store has one writer: use a .zarr store to build with several ranks")
+    if config.retry_failed and not config.resume:
+        raise UsageError("--retry-failed decodes the failed rows of an existing store again: add --resume")
     if config.resize not in RESIZE_MODES:
         raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
     for name in ("frames", "size", "workers", "clips_per_shard"):
@@ -249,24 +276,33 @@ def _check_resumable(out: Path, paths: list[str], spec: StoreSpec) -> None:
         raise UsageError(f"--resume {out}: the videos under the data root are not those the store was built from")
 
 
-def _jobs(config: BuildConfig, spec: StoreSpec, paths: list[str], shards: list[int]) -> list[RowJob]:
+def _jobs(config: BuildConfig, spec: StoreSpec, paths: list[str], shards: list[int], redo: np.ndarray) -> list[RowJob]:
     threads = threads_per_worker(config.workers)
     root = config.data_root
     return [
         RowJob(row, str(root / paths[row]), spec.decoder, threads, spec.frames, spec.size, spec.resize)
         for shard in shards
         for row in shard_rows(shard, spec.clips_per_shard, len(paths))
+        if redo[row]
     ]
 
 
-def _collect_shards(outcomes: Iterable[RowOutcome], spec: StoreSpec, n: int) -> Iterator[ShardResult]:
-    """Gather outcomes by shard and hand each shard on once all its rows are in."""
+def _collect_shards(
+    outcomes: Iterable[RowOutcome],
+    spec: StoreSpec,
+    n: int,
+    kept: Callable[[range], dict[int, RowOutcome]] | None = None,
+) -> Iterator[ShardResult]:
+    """Gather outcomes by shard, with the `kept` rows of a shard that is not decoded whole, and hand each shard
+    on once all its rows are in."""
     buffers: dict[int, dict[int, RowOutcome]] = {}
     for outcome in outcomes:
         shard = outcome.row // spec.clips_per_shard
-        buffer = buffers.setdefault(shard, {})
-        buffer[outcome.row] = outcome
         rows = shard_rows(shard, spec.clips_per_shard, n)
+        if shard not in buffers:
+            buffers[shard] = kept(rows) if kept else {}
+        buffer = buffers[shard]
+        buffer[outcome.row] = outcome
         if len(buffer) == len(rows):
             yield _shard_result(rows, buffers.pop(shard), spec)
 
@@ -290,8 +326,12 @@ def _shard_result(rows: range, outcomes: dict[int, RowOutcome], spec: StoreSpec)
     return ShardResult(rows.start, clips, frame_index, status, errors, arrays, decoders)
 
 
-def _summarise(out: Path, settled_before: int, seconds: float, decoder: str) -> BuildSummary:
-    """Counts from the store itself, so that they cover every rank's work."""
+def _summarise(
+    out: Path, settled_before: int, seconds: float, decoder: str, retried: np.ndarray | None = None
+) -> BuildSummary:
+    """Counts from the store itself, so that they cover every rank's work; `retried` the failed rows decoded
+    again."""
+    retried = np.zeros(0, np.int64) if retried is None else retried
     with open_store(out) as store:
         status = store.status
         failed = np.flatnonzero(status == FAILED)
@@ -305,6 +345,8 @@ def _summarise(out: Path, settled_before: int, seconds: float, decoder: str) -> 
             decoder=decoder,
             failures=[(store.path[i], store.error[i]) for i in failed],
             fallbacks=[(store.path[i], store.error[i].partition(": ")[2]) for i in fell_back],
+            retried=len(retried),
+            recovered=int((status[retried] == OK).sum()),
         )
 
 

@@ -66,6 +66,12 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--test-list", type=Path, help="Celeb-DF style test list (default: the data root's own)")
     build.add_argument("--clips-per-shard", type=int, default=8, help="clips per shard file and per write (default 8)")
     build.add_argument("--resume", action="store_true", help="finish an interrupted build of STORE")
+    build.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: decode the videos that failed again (after installing a decoder or replacing a file) "
+        "and say how many now succeed",
+    )
     build.add_argument("--strict", action="store_true", help="exit 3 when any video failed")
 
     demo = commands.add_parser(
@@ -132,6 +138,7 @@ def _build(args: argparse.Namespace) -> int:
         test_list=args.test_list,
         clips_per_shard=args.clips_per_shard,
         resume=args.resume,
+        retry_failed=args.retry_failed,
         strict=args.strict,
     )
     summary = build_cache(config)

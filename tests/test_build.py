@@ -1,5 +1,6 @@
 """`ingest build-cache` end to end, as a user runs it, on real videos with broken files among them."""
 
+import shutil
 import warnings
 
 import h5py
@@ -177,3 +178,24 @@ def test_eight_videos_from_eight_sources_build_with_both_classes_in_train_and_va
         (root / "Celeb-real" / f"{name}.mp4").unlink()
     line = one_line_error(run_cli(*build_args(root, tmp_path / "t.zarr"), check=False))
     assert "real videos from 1 source" in line and not (tmp_path / "t.zarr").exists()
+
+
+@pytest.mark.parametrize("suffix", ["zarr", "h5"])
+def test_retry_failed_decodes_failed_rows_again_and_keeps_the_rest(celebdf_root, tmp_path, suffix):
+    root = tmp_path / "root"
+    shutil.copytree(celebdf_root, root)
+    store = tmp_path / f"s.{suffix}"
+    args = build_args(root, store, "--workers", "1", "--clips-per-shard", "3")
+    run_cli(*args)
+    with open_store(store) as before:
+        ok_before, clips_before = before.rows(), before.read(before.rows())
+        assert (before.status == FAILED).sum() == 4
+    shutil.copy(root / "Celeb-real/id0_0000.mp4", root / "Celeb-synthesis/id9_0001.mp4")  # the text file replaced
+    assert "--retry-failed" in one_line_error(run_cli(*args, "--retry-failed", check=False))
+    result = run_cli(*args, "--resume", "--retry-failed")
+    assert "4 videos decoded" in result.stdout and "1 of 4 failed videos decoded again are now ok" in result.stdout
+    with open_store(store) as after:
+        replaced = after.path.tolist().index("Celeb-synthesis/id9_0001.mp4")
+        assert after.status[replaced] == OK and (after.status == FAILED).sum() == 3
+        assert (after.read(ok_before) == clips_before).all(), "rows that were ok are kept as they were"
+        assert [read_number(frame) for frame in after.read([replaced])[0]] == after.frame_index[replaced].tolist()
