@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -144,6 +146,24 @@ def small_disk(tmp_path):
     disk = SmallDisk(tmp_path / "disk", 3 * 2**20)
     yield disk
     disk.unmount()
+
+
+def stop_mid_run(args: list[str], ready, stop: int, line: str, errors: Path) -> None:
+    """Run `python -m args`, send it `stop` once `ready()`: SIGKILL kills it; any other signal ends it with status
+    128 + the signal and one line starting `line` (its stderr is kept in `errors`)."""
+    with errors.open("w") as sink:
+        process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=sink)
+        deadline = time.monotonic() + 180
+        while process.poll() is None and not ready():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(process.pid, stop)
+        process.wait()
+    if stop == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    else:
+        assert process.returncode == 128 + stop, errors.read_text()
+        one_line(errors.read_text(), line)
 
 
 def one_line(stderr: str, start: str) -> str:

@@ -1,19 +1,15 @@
 """The feature cache on real stores: what it stores, resuming after SIGKILL, never mixing, training on it."""
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import build_args, one_line, run_cli, train_args
+from conftest import build_args, one_line, run_cli, stop_mid_run, train_args
 
 from cache import open_store
 from cache.features import FeatureDataset, FeatureWriter, feature_entries
@@ -86,21 +82,9 @@ def done_count(store: Path) -> int:
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_a_killed_or_preempted_run_resumes_to_what_an_uninterrupted_run_stores(demo_root, computed, tmp_path, stop):
     store = build_store(demo_root, tmp_path)
-    args = [sys.executable, "-m", *features_args(store, "--batch-size", "1")]
-    errors = tmp_path / "stderr.txt"
-    with errors.open("w") as sink:
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=sink)
-        deadline = time.monotonic() + 180
-        while process.poll() is None and done_count(store) < 4:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        os.kill(process.pid, stop)
-        process.wait()
-    if stop == signal.SIGKILL:
-        assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    else:
-        assert process.returncode == 128 + stop, errors.read_text()
-        one_line(errors.read_text(), "cache: interrupted: every finished shard's features are kept")
+    kept = "cache: interrupted: every finished shard's features are kept"
+    args = features_args(store, "--batch-size", "1")
+    stop_mid_run(args, lambda: done_count(store) >= 4, stop, kept, tmp_path / "stderr.txt")
     with open_store(store) as handle:
         rows = len(handle)
     assert 4 <= done_count(store) < rows

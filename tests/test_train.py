@@ -1,18 +1,14 @@
 """Training from the store as users run it: real processes, real checkpoints, two gloo ranks, SIGKILL."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import build_args, encode_numbered, one_line, run_cli, train_args
+from conftest import build_args, encode_numbered, one_line, run_cli, stop_mid_run, train_args
 
 import train
 from cache import open_store
@@ -123,20 +119,8 @@ def progress_epoch(folder: Path) -> int:
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_resume_after_a_kill_or_preemption_ends_as_an_uninterrupted_run(tiny_cache, tmp_path, stop):
     args = train_args(tiny_cache, tmp_path / "killed", "simple_cnn", "--epochs", "3")
-    errors = tmp_path / "stderr.txt"
-    with errors.open("w") as sink:
-        process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=sink)
-        deadline = time.monotonic() + 180
-        while process.poll() is None and progress_epoch(tmp_path / "killed" / "simple_cnn") < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        os.kill(process.pid, stop)
-        process.wait()
-    if stop == signal.SIGKILL:
-        assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    else:
-        assert process.returncode == 128 + stop, errors.read_text()
-        one_line(errors.read_text(), "train: interrupted: simple_cnn's last checkpoint is after epoch")
+    line = "train: interrupted: simple_cnn's last checkpoint is after epoch"
+    stop_mid_run(args, lambda: progress_epoch(tmp_path / "killed" / "simple_cnn") >= 1, stop, line, tmp_path / "err")
     assert 1 <= progress_epoch(tmp_path / "killed" / "simple_cnn") < 3
     resumed = run_cli(*args, "--resume")
     assert "resuming after epoch" in resumed.stdout
