@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -9,6 +10,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -95,7 +97,43 @@ def decode(config: BenchConfig, context: Context) -> list[Row]:
                 note=f"{ours.median * config.frames:,.0f} frames/s",
             )
         )
-    return rows + gpu_decode(config, paths, seed)
+    return rows + _decode_scaling(config, paths, context) + gpu_decode(config, paths, seed)
+
+
+def _decode_scaling(config: BenchConfig, paths: list[str], context: Context) -> list[Row]:
+    """PyAV in a process per core at once, against that many times one process: how far this machine's cores
+    scale on decoding alone, the ceiling for `build-cache`'s workers (shared caches, memory and any SMT siblings
+    keep it under 1)."""
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2 or "decode/pyav" not in context.rates:
+        return []
+    with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("fork")) as pool:
+        list(pool.map(int, range(cores)))  # the processes exist before the clock starts
+
+        def together() -> float:
+            return sum(pool.map(_decode_all, [(paths, config.frames)] * cores))
+
+        rate = Rate.measure(together, config.repeat, "videos/s")
+    one = context.rates["decode/pyav"]
+    return [
+        Row(
+            "decode + sample 16 frames",
+            f"pyav, {cores} processes at once, 1 thread each, {len(paths)} videos each",
+            rate,
+            limit=one.scaled(cores, one.unit),
+            limit_name=f"{cores} x pyav in 1 process (the row above)",
+            note="how far the cores scale on decoding alone: the ceiling of build-cache's workers/one-core ratio",
+        )
+    ]
+
+
+def _decode_all(job: tuple[list[str], int]) -> int:
+    paths, frames = job
+    torch.set_num_threads(1)
+    decoder = make_decoder("pyav", threads=1)
+    for path in paths:
+        decoder.decode(path, frames)
+    return len(paths)
 
 
 def gpu_decode(config: BenchConfig, paths: list[str], seed: Rate) -> list[Row]:
@@ -136,7 +174,7 @@ def gpu_decode(config: BenchConfig, paths: list[str], seed: Rate) -> list[Row]:
 def gpu_ingest(config: BenchConfig) -> list[Row]:
     """`build-cache` with each GPU decoder at 1, 7 and 16 videos in flight; rows PyAV decoded are not counted."""
     rows = []
-    root = _replicated_root(config, 2 * max(gpu_in_flights(config)))
+    root = _linked_root(config, 2 * max(gpu_in_flights(config)))
     for name in (name for name in GPU_DECODERS if available(name)):
         for in_flight in gpu_in_flights(config):
             notes: list[str] = []
@@ -154,10 +192,10 @@ def gpu_ingest(config: BenchConfig) -> list[Row]:
     return rows
 
 
-def _replicated_root(config: BenchConfig, count: int) -> Path:
+def _linked_root(config: BenchConfig, count: int) -> Path:
     """A Celeb-DF-shaped folder of `count` links to the bench's videos, real and fake in turn: enough videos to
-    keep 16 in flight, however few the bench has."""
-    root = config.work / "gpu-ingest-data"
+    keep 16 in flight, or to spread a build's fixed costs as a real data set does, however few the bench has."""
+    root = config.work / f"linked-{count}"
     for i in range(count if not root.exists() else 0):
         source = config.videos[i % len(config.videos)].resolve()
         name = f"Celeb-real/id{i}_0000" if i % 2 else f"Celeb-synthesis/id{i}_id{i + 1}_0000"
@@ -327,7 +365,8 @@ def _remove(path: Path) -> None:
 def ingest(config: BenchConfig, context: Context) -> list[Row]:
     """`build-cache` end to end on the bench's videos and on the demo set, with the scaling ratio of its workers,
     then with each GPU decoder."""
-    rows = _ingest_scaling(config, config.data_root, _ingest_limit(config, context))
+    # Six videos would be mostly fixed costs (discovery, forks, store creation, summary): four links to each.
+    rows = _ingest_scaling(config, _linked_root(config, 4 * len(config.videos)), _ingest_limit(config, context))
     if config.demo_set is not None:
         rows += _ingest_scaling(config, config.demo_set, None)
     return rows + gpu_ingest(config)
