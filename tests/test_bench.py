@@ -1,6 +1,7 @@
 """The bench's machinery on tiny inputs: timing, rows, tables, JSON, the plot, and a real run. Nothing about speed."""
 
 import json
+import os
 
 import pytest
 from conftest import encode_numbered, run_cli
@@ -69,7 +70,10 @@ def test_decode_and_read_stages_fill_their_rows(bench_config):
     rows = decode(bench_config, context) + read(bench_config, context)
     decoded = [row for row in rows if row.stage.startswith("decode") and row.ours]
     assert {row.measures.split(",")[0] for row in decoded} == {"pyav", "decord"}
-    assert all(row.baseline and row.limit for row in decoded)
+    alone = [row for row in decoded if "1 process" in row.measures]
+    assert len(alone) == 2 and all(row.baseline and row.limit for row in alone)
+    together = [row for row in decoded if "processes at once" in row.measures]
+    assert len(together) == (len(os.sched_getaffinity(0)) > 1) and all(row.limit for row in together)
     assert any("not run" in row.note for row in rows)
     reads = [row for row in rows if row.stage == "store random read"]
     assert {"zarr", "h5"} == {row.measures.split(",")[0] for row in reads} and all(row.ours for row in reads)
