@@ -173,7 +173,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     stop_on_signals()
     args = parser().parse_args(argv)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # A trial that fails raises out of the study anyway, so optuna need not log it (with a traceback, for Ctrl-C).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     accelerator = make_accelerator(args)
     study = None
     try:
