@@ -32,7 +32,7 @@ from cache.schema import (
     shard_slice,
     store_format,
 )
-from cache.store import ClipStore, open_store
+from cache.store import open_store
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.clips import FALLBACKS, RowJob, RowOutcome
 from ingest.decoders import GPU_DECODERS, Probe, choose
@@ -174,8 +174,7 @@ def _build(
             create_store(config.out, table, spec)
         ranks.barrier()
         # The writer opens first: HDF5 lets a file open for writing be opened again for reading, not the reverse.
-        with StoreWriter(config.out) as writer, open_store(config.out) as store:
-            kept = _kept_rows(store, redo) if config.retry_failed else None
+        with StoreWriter(config.out) as writer, _kept_rows(config.out, redo, config.retry_failed) as kept:
             for shard in _collect_shards(outcomes, spec, len(table), kept):
                 with deferred_stop():
                     writer.write_shard(shard)
@@ -214,22 +213,31 @@ def _shards_to_do(redo: np.ndarray, spec: StoreSpec, ranks: Ranks) -> list[int]:
     ]
 
 
-def _kept_rows(store: ClipStore, redo: np.ndarray) -> Callable[[range], dict[int, RowOutcome]]:
-    """A shard's rows that are not decoded again, as the store holds them: a shard decoded again for its failed
-    rows is still written whole, its ok rows as they were."""
-    probe = store.table()[list(PROBE_FIELDS)]
+@contextlib.contextmanager
+def _kept_rows(out: Path, redo: np.ndarray, retrying: bool) -> Iterator[Callable[[range], dict] | None]:
+    """With `retrying`, a shard's rows that are not decoded again, as the store holds them: a shard decoded again
+    for its failed rows is still written whole, its ok rows as they were. (Shards are otherwise decoded whole.)"""
+    if not retrying:
+        yield None
+        return
+    with open_store(out) as store:
+        probe = store.table()[list(PROBE_FIELDS)]
 
-    def kept(rows: range) -> dict[int, RowOutcome]:
-        keep = [row for row in rows if not redo[row]]
-        clips = store.read(keep)
-        return {
-            row: RowOutcome(
-                row, clip, store.frame_index[row], Probe(*probe.loc[row].tolist()), store.error[row], store.decoder[row]
-            )
-            for row, clip in zip(keep, clips, strict=True)
-        }
+        def kept(rows: range) -> dict[int, RowOutcome]:
+            keep = [row for row in rows if not redo[row]]
+            return {
+                row: RowOutcome(
+                    row,
+                    clip,
+                    store.frame_index[row],
+                    Probe(*probe.loc[row].tolist()),
+                    store.error[row],
+                    store.decoder[row],
+                )
+                for row, clip in zip(keep, store.read(keep), strict=True)
+            }
 
-    return kept
+        yield kept
 
 
 def _check(config: BuildConfig, ranks: Ranks) -> tuple[StoreSpec, str]:
