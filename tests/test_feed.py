@@ -31,13 +31,17 @@ def test_each_pass_reads_every_clip_once_in_the_samplers_order_and_leaves_held_b
             feed.sampler = train_sampler(dataset, "weights", 42, epoch)
             order = dataset.rows[list(train_sampler(dataset, "weights", 42, epoch))]
             seen: list[int] = []
+            kept = []  # labels and rows are kept for the whole pass, as evaluation gathers them
             for clips, labels, rows in feed:
+                kept.append((labels, rows))
                 assert rows.tolist() == order[len(seen) : len(seen) + len(rows)].tolist()
                 expected = store.read(rows.numpy())  # meanwhile the readers run ahead into the other buffers
                 assert clips.dtype == torch.uint8 and (clips.numpy() == expected).all()
                 assert labels.tolist() == store.label[rows.numpy()].tolist()
                 seen += rows.tolist()
             assert seen == order.tolist() and sorted(seen) == sorted(dataset.rows.tolist())
+            for labels, rows in kept:
+                assert labels.tolist() == store.label[rows.numpy()].tolist(), "a later batch overwrote these labels"
     assert len(dataset) % 2 == 1, "the store should end on a short batch"
 
 

@@ -102,7 +102,8 @@ class BatchFeed:
     kept from one pass to the next (pinned where the device is a GPU). Worker processes would pickle every
     2.4 MB clip across a pipe, and fresh buffers would fault their pages in on every batch: each costs as
     much as the read itself. A buffer is refilled only after the consumer has asked for the batch after the
-    one it held (on a CPU the model uses the buffer itself) and after its copy to the GPU is done.
+    one it held (on a CPU the model uses the buffer itself) and after its copy to the GPU is done. Labels and
+    rows, which callers keep for a whole pass (evaluation gathers them), are new tensors for every batch.
     `threads=0` reads in the training thread between steps, which suits features already in memory.
     `sampler` (store order when None) may be replaced between passes: each pass draws its order from it
     once, as a DataLoader does.
@@ -124,7 +125,7 @@ class BatchFeed:
         self.sharding = sharding
         self.device = device or torch.device("cpu")
         self.threads = threads
-        self._ring: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._ring: list[torch.Tensor] = []
         self._busy = False
 
     def plan(self) -> BatchSampler:
@@ -139,17 +140,11 @@ class BatchFeed:
     def __len__(self) -> int:
         return len(self.plan())
 
-    def _buffers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _buffers(self) -> list[torch.Tensor]:
         if not self._ring:
             pin = self.device.type == "cuda"
             shape, dtype = (self.batch_size, *self.dataset.sample_shape), self.dataset.sample_dtype
-            self._ring = [
-                (
-                    torch.empty(shape, dtype=dtype, pin_memory=pin),
-                    torch.empty(self.batch_size, dtype=torch.int64, pin_memory=pin),
-                )
-                for _ in range(max(self.threads, 1) + 1)
-            ]
+            self._ring = [torch.empty(shape, dtype=dtype, pin_memory=pin) for _ in range(max(self.threads, 1) + 1)]
         return self._ring
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -170,10 +165,9 @@ class BatchFeed:
             slot, indices = k % len(ring), plan[k]
             if copied[slot] is not None:
                 copied[slot].synchronize()  # the GPU has taken what this buffer held before
-            inputs, labels = (buffer[: len(indices)] for buffer in ring[slot])
+            inputs = ring[slot][: len(indices)]
             self.dataset.read_into(indices, inputs)
-            labels.copy_(torch.from_numpy(self.dataset.labels[indices]))
-            return inputs, labels
+            return inputs, torch.from_numpy(self.dataset.labels[indices])  # a copy: fancy indexing
 
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix=READER_THREADS) if self.threads else None
         ahead: deque[Future] = (
