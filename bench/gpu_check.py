@@ -18,7 +18,6 @@ import torch
 
 from cache import open_store
 from cache.schema import OK
-from ingest.clips import FELL_BACK
 from ingest.decoders import DECODERS, DecodeError, choose, unavailable
 
 MODULES = ("torch", "torchvision", "timm", "accelerate", "h5py", "zarr", "numcodecs", "matplotlib", "av", "decord")
@@ -49,7 +48,7 @@ def compare(cpu_path: Path, gpu_path: Path) -> dict:
         if cpu.path.tolist() != gpu.path.tolist():
             return {"problems": ["the stores hold different videos"]}
         both = np.flatnonzero((cpu.status == OK) & (gpu.status == OK))
-        fell_back = [int(row) for row in both if str(gpu.error[row]).startswith(FELL_BACK)]
+        fell_back = np.intersect1d(gpu.fell_back(), both)
         frames_differ = [int(row) for row in both if (cpu.frame_index[row] != gpu.frame_index[row]).any()]
         differences = [_difference(cpu.read([row])[0], gpu.read([row])[0]) for row in both]
         per_channel = np.mean(differences, axis=0) if differences else np.zeros(3)
@@ -60,7 +59,7 @@ def compare(cpu_path: Path, gpu_path: Path) -> dict:
             "ok_in_both": len(both),
             "status_differs": [str(gpu.path[row]) for row in status_differs],
             "frame_index_differs": [str(gpu.path[row]) for row in frames_differ],
-            "fell_back": {str(gpu.path[row]): str(gpu.error[row])[len(FELL_BACK) :] for row in fell_back},
+            "fell_back": {str(gpu.path[row]): str(gpu.error[row]).partition(": ")[2] for row in fell_back},
             "mean_abs_difference_rgb": [round(float(value), 3) for value in per_channel],
             "worst_rows": _worst(gpu.path[both], differences),
         }

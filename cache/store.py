@@ -86,6 +86,10 @@ class ClipStore(StoreHandle):
             keep &= self.split == code
         return np.flatnonzero(keep)
 
+    def fell_back(self) -> np.ndarray:
+        """Rows of ok clips made by a decoder other than the store's: its fallback (the row's error says why)."""
+        return np.flatnonzero((self.status == OK) & (self.decoder != self.spec.decoder))
+
     def read(self, rows, out: np.ndarray | None = None) -> np.ndarray:
         """The clips of `rows`, in that order, as one uint8 array (len(rows), T, H, W, 3).
 

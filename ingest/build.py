@@ -343,7 +343,7 @@ def _summarise(
     with open_store(out) as store:
         status = store.status
         failed = np.flatnonzero(status == FAILED)
-        fell_back = np.flatnonzero((status == OK) & (store.decoder != decoder))
+        fell_back = store.fell_back()
         return BuildSummary(
             ok=int((status == OK).sum()),
             failed=len(failed),

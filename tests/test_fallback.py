@@ -59,6 +59,7 @@ def test_a_gpu_store_counts_its_fallbacks_in_its_summary(jobs, tmp_path):
     assert zarr.open_group(out, mode="r").attrs["summary"]["fallbacks"] == 2
     with open_store(out) as store:
         assert store.status.tolist() == [OK, OK, FAILED] and np.char.startswith(store.error[:2], FELL_BACK).all()
+        assert store.fell_back().tolist() == [0, 1]
 
 
 REFUSED_BY_DECORD_ONLY = """
