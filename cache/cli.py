@@ -149,12 +149,26 @@ def info(store: ClipStore) -> int:
     print(counts(store).to_string())
     made = pd.Series(store.decoder[store.status == OK]).value_counts()
     print("  ok clips by decoder: " + ", ".join(f"{name} {n}" for name, n in made.items()))
+    if spec.resize == "face":
+        print(_faces_line(store))
     for name, entry in feature_entries(store).items():
         print(f"  features/{name}: {entry.backbone} ({entry.source}), {entry.frame_size}px, dim {entry.dim}")
     failed = np.flatnonzero(store.status == FAILED)
     for row in failed:
         print(f"  failed {store.path[row]}: {store.error[row]}")
     return 0
+
+
+def _faces_line(store: ClipStore) -> str:
+    """How well the face crops held: clips without a face (stored squashed) and frames with a detection."""
+    spec, ok = store.spec, store.status == OK
+    detected = store.face_detected[ok]
+    frames = detected[detected > 0].sum()
+    return (
+        f"  faces: {len(store.without_face())} of {int(ok.sum())} ok clips had no face (stored squashed); "
+        f"the face was detected in {frames} of {int((detected > 0).sum()) * spec.frames} frames of the others "
+        f"(margin {spec.face_margin}, --no-face {spec.no_face})"
+    )
 
 
 def verify(store: ClipStore, batch: int) -> int:

@@ -12,6 +12,10 @@ A store is a Zarr v3 group (`*.zarr`) or an HDF5 file (`*.h5`, `*.hdf5`) holding
     status       int8    (N,)             0 pending, 1 ok, 2 failed
     error        string  (N,)             empty, or why the row failed (or why its decoder's fallback made it)
     decoder      string  (N,)             the decoder that made the clip: the store's, or its fallback's
+    face_box     int32   (N, T, 4)        `--resize face`: each frame's square crop in source pixels (x0, y0,
+                                          x1, y1; may reach past the frame, where it is padded), -1 where none
+    face_detected int8   (N,)             `--resize face`: frames in which the tracked face was detected (0: no
+                                          face, the clip is squashed), -1 in other modes and rows not ok
     probe/frames int32   (N,)             decoded frame count of the video
     probe/fps    float32 (N,)
     probe/width  int32   (N,)
@@ -40,9 +44,20 @@ SPLIT_CODES = {"train": TRAIN, "val": VAL, "test": TEST}
 SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
 
 PROBE_FIELDS = ("frames", "fps", "width", "height", "codec")
-ROW_ARRAYS = ("label", "split", "frame_index", "path", "group", "status", "error", "decoder")
+ROW_ARRAYS = (
+    "label",
+    "split",
+    "frame_index",
+    "path",
+    "group",
+    "status",
+    "error",
+    "decoder",
+    "face_box",
+    "face_detected",
+)
 # Arrays that stores written before them lack: read as their defaults, and not written into such a store.
-LATER_ARRAYS = ("decoder",)
+LATER_ARRAYS = ("decoder", "face_box", "face_detected")
 
 ZARR_SUFFIXES = (".zarr",)
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -62,15 +77,19 @@ class StoreSpec:
     decoder: str = "pyav"
     clips_per_shard: int = 8
     data_root: str = ""
+    face_margin: float = 1.3  # `--resize face`: the crop's side over the face box's longer side
+    no_face: str = "squash"  # `--resize face`: what a video without a face becomes (squash or fail)
 
     def attrs(self) -> dict:
         return {"schema": SCHEMA, **asdict(self)}
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> StoreSpec:
+        """The spec saved in `attrs`; settings added since a store was written take their defaults, which are
+        what that store was built with."""
         if attrs.get("schema") != SCHEMA:
             raise StoreError(f"not a {SCHEMA} store (schema attribute is {attrs.get('schema')!r})")
-        return cls(**{name: attrs[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: attrs[name] for name in cls.__dataclass_fields__ if name in attrs})
 
     def clip_shape(self) -> tuple[int, int, int, int]:
         return (self.frames, self.size, self.size, 3)
@@ -84,10 +103,12 @@ class ClipSettings:
     size: int
     resize: str
     decoder: str
+    face_margin: float = 1.3
+    no_face: str = "squash"
 
     @classmethod
     def of_spec(cls, spec: StoreSpec) -> ClipSettings:
-        return cls(spec.frames, spec.size, spec.resize, spec.decoder)
+        return cls(spec.frames, spec.size, spec.resize, spec.decoder, spec.face_margin, spec.no_face)
 
     def as_dict(self) -> dict:
         return asdict(self)

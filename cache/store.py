@@ -73,6 +73,10 @@ class ClipStore(StoreHandle):
         self.status: np.ndarray = arrays["status"]
         self.error: np.ndarray = arrays["error"]
         self.decoder: np.ndarray = arrays.get("decoder", np.where(self.status == OK, self.spec.decoder, ""))
+        self.face_box: np.ndarray = arrays.get(
+            "face_box", np.full((len(self.status), self.spec.frames, 4), -1, np.int32)
+        )
+        self.face_detected: np.ndarray = arrays.get("face_detected", np.full(len(self.status), -1, np.int8))
         self._reader = _fast_reader(self)
 
     def __len__(self) -> int:
@@ -89,6 +93,10 @@ class ClipStore(StoreHandle):
     def fell_back(self) -> np.ndarray:
         """Rows of ok clips made by a decoder other than the store's: its fallback (the row's error says why)."""
         return np.flatnonzero((self.status == OK) & (self.decoder != self.spec.decoder))
+
+    def without_face(self) -> np.ndarray:
+        """Rows of ok clips of a face build in which no face was found: stored squashed."""
+        return np.flatnonzero((self.status == OK) & (self.face_detected == 0))
 
     def read(self, rows, out: np.ndarray | None = None) -> np.ndarray:
         """The clips of `rows`, in that order, as one uint8 array (len(rows), T, H, W, 3).

@@ -40,6 +40,8 @@ class ShardResult:
     error: list[str]
     probe: dict[str, np.ndarray] = field(default_factory=dict)
     decoder: list[str] = field(default_factory=list)  # which decoder made each clip ("" for a failed row)
+    face_box: np.ndarray | None = None  # (k, T, 4) int32 crop windows of `--resize face`; None: -1, as fill
+    face_detected: np.ndarray | None = None  # (k,) int8 frames with the face detected; None: -1
 
     @property
     def rows(self) -> slice:
@@ -83,6 +85,8 @@ def _initial_arrays(table: pd.DataFrame, spec: StoreSpec) -> dict[str, np.ndarra
         "error": np.full(n, "", dtype=object).astype(str),
         "decoder": np.full(n, "", dtype=object).astype(str),
         "frame_index": np.full((n, spec.frames), -1, np.int32),
+        "face_box": np.full((n, spec.frames, 4), -1, np.int32),
+        "face_detected": np.full(n, -1, np.int8),
         "probe/frames": np.zeros(n, np.int32),
         "probe/fps": np.zeros(n, np.float32),
         "probe/width": np.zeros(n, np.int32),
@@ -149,6 +153,11 @@ def _encode(values, width: int | None) -> np.ndarray:
     return np.array(cut, dtype=h5py.string_dtype("utf-8", width))
 
 
+def _or_none(values: np.ndarray | None, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """`values`, or the array's "none" (-1) where a writer has none to give."""
+    return np.full(shape, -1, dtype) if values is None else values.astype(dtype, copy=False)
+
+
 class StoreWriter(StoreHandle):
     """Writes whole shards into an existing store; one writer per shard at a time."""
 
@@ -163,8 +172,15 @@ class StoreWriter(StoreHandle):
         self.flush()
         self._set("frame_index", rows, shard.frame_index)
         self._set("error", rows, np.array(shard.error, dtype=str))
-        if "decoder" in self._root:  # LATER_ARRAYS: an older store has none
-            self._set("decoder", rows, np.array(shard.decoder or [""] * len(shard.status), dtype=str))
+        k = len(shard.status)
+        later = {
+            "decoder": np.array(shard.decoder or [""] * k, dtype=str),
+            "face_box": _or_none(shard.face_box, (k, shard.frame_index.shape[1], 4), np.int32),
+            "face_detected": _or_none(shard.face_detected, (k,), np.int8),
+        }
+        for name, values in later.items():
+            if name in self._root:  # LATER_ARRAYS: an older store has none
+                self._set(name, rows, values)
         for name in PROBE_FIELDS:
             self._set(f"probe/{name}", rows, shard.probe[name])
         self.flush()

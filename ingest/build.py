@@ -37,6 +37,7 @@ from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.clips import FALLBACKS, RowJob, RowOutcome
 from ingest.decoders import GPU_DECODERS, Probe, choose
 from ingest.discover import UsageError, find_videos
+from ingest.faces import NO_FACE_CHOICES, FaceCrops, FaceSettings
 from ingest.frames import RESIZE_MODES
 from ingest.pool import DecodePool, threads_per_worker
 from ingest.splits import assign_splits
@@ -49,6 +50,8 @@ class BuildConfig:
     frames: int = 16
     size: int = 224
     resize: str = "squash"
+    face_margin: float = 1.3
+    no_face: str = "squash"
     decoder: str = "auto"
     workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
     val_fraction: float = 0.2
@@ -73,6 +76,7 @@ class BuildSummary:
     fallbacks: list[tuple[str, str]]  # rows the GPU decoder failed on and PyAV decoded, with the GPU's reason
     retried: int = 0  # failed rows decoded again (--retry-failed)
     recovered: int = 0  # of them, those now ok
+    without_face: int | None = None  # `--resize face`: ok clips with no face found, stored squashed
 
     @property
     def videos_per_second(self) -> float:
@@ -84,6 +88,7 @@ class BuildSummary:
             f"{self.done} videos decoded in {self.seconds:.1f} s ({self.videos_per_second:.2f} videos/s, "
             f"decoder {self.decoder}{self._fallback_note()})"
             + (f"; {self.recovered} of {self.retried} failed videos decoded again are now ok" if self.retried else "")
+            + (f"; {self.without_face} of {self.ok} clips had no face (stored squashed)" if self.without_face else "")
         )
 
     def _fallback_note(self) -> str:
@@ -233,6 +238,9 @@ def _kept_rows(out: Path, redo: np.ndarray, retrying: bool) -> Iterator[Callable
                     Probe(*probe.loc[row].tolist()),
                     store.error[row],
                     store.decoder[row],
+                    FaceCrops(store.face_box[row], int(store.face_detected[row]))
+                    if store.face_detected[row] >= 0
+                    else None,
                 )
                 for row, clip in zip(keep, store.read(keep), strict=True)
             }
@@ -253,6 +261,10 @@ def _check(config: BuildConfig, ranks: Ranks) -> tuple[StoreSpec, str]:
         raise UsageError("--retry-failed decodes the failed rows of an existing store again: add --resume")
     if config.resize not in RESIZE_MODES:
         raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
+    if config.no_face not in NO_FACE_CHOICES:
+        raise UsageError(f"--no-face must be one of {', '.join(NO_FACE_CHOICES)}")
+    if config.face_margin < 1:
+        raise UsageError("--face-margin must be at least 1: the crop holds the whole face box")
     for name in ("frames", "size", "workers", "clips_per_shard"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
@@ -265,6 +277,8 @@ def _check(config: BuildConfig, ranks: Ranks) -> tuple[StoreSpec, str]:
         decoder=decoder,
         clips_per_shard=config.clips_per_shard,
         data_root=str(config.data_root.resolve()),
+        face_margin=config.face_margin,
+        no_face=config.no_face,
     )
     return spec, choice
 
@@ -275,7 +289,9 @@ def _check_resumable(out: Path, paths: list[str], spec: StoreSpec) -> None:
             old, old_paths = store.spec, store.path.tolist()
     except Exception as error:
         raise UsageError(f"--resume {out}: {error}") from error
-    for name in ("frames", "size", "resize", "decoder", "clips_per_shard"):
+    names = ["frames", "size", "resize", "decoder", "clips_per_shard"]
+    names += ["face_margin", "no_face"] if spec.resize == "face" else []
+    for name in names:
         if getattr(old, name) != getattr(spec, name):
             raise UsageError(
                 f"--resume {out}: the store was built with {name}={getattr(old, name)!r}, not {getattr(spec, name)!r}"
@@ -287,8 +303,9 @@ def _check_resumable(out: Path, paths: list[str], spec: StoreSpec) -> None:
 def _jobs(config: BuildConfig, spec: StoreSpec, paths: list[str], shards: list[int], redo: np.ndarray) -> list[RowJob]:
     threads = threads_per_worker(config.workers)
     root = config.data_root
+    face = FaceSettings(margin=spec.face_margin, no_face=spec.no_face)
     return [
-        RowJob(row, str(root / paths[row]), spec.decoder, threads, spec.frames, spec.size, spec.resize)
+        RowJob(row, str(root / paths[row]), spec.decoder, threads, spec.frames, spec.size, spec.resize, face)
         for shard in shards
         for row in shard_rows(shard, spec.clips_per_shard, len(paths))
         if redo[row]
@@ -321,17 +338,21 @@ def _shard_result(rows: range, outcomes: dict[int, RowOutcome], spec: StoreSpec)
     frame_index = np.full((k, spec.frames), -1, dtype=np.int32)
     status = np.full(k, FAILED, dtype=np.int8)
     errors, decoders = [""] * k, [""] * k
+    face_box = np.full((k, spec.frames, 4), -1, dtype=np.int32)
+    face_detected = np.full(k, -1, dtype=np.int8)
     probe = {name: [] for name in PROBE_FIELDS}
     for i, row in enumerate(rows):
         outcome = outcomes[row]
         if outcome.clip is not None:
             clips[i], frame_index[i], status[i] = outcome.clip, outcome.indices, OK
+            if outcome.face is not None:
+                face_box[i], face_detected[i] = outcome.face.boxes, outcome.face.detected
         errors[i], decoders[i] = outcome.error, outcome.decoder
         for name in PROBE_FIELDS:
             probe[name].append(getattr(outcome.probe, name))
     dtypes = {"frames": np.int32, "fps": np.float32, "width": np.int32, "height": np.int32, "codec": str}
     arrays = {name: np.array(values, dtype=dtypes[name]) for name, values in probe.items()}
-    return ShardResult(rows.start, clips, frame_index, status, errors, arrays, decoders)
+    return ShardResult(rows.start, clips, frame_index, status, errors, arrays, decoders, face_box, face_detected)
 
 
 def _summarise(
@@ -355,6 +376,7 @@ def _summarise(
             fallbacks=[(store.path[i], store.error[i].partition(": ")[2]) for i in fell_back],
             retried=len(retried),
             recovered=int((status[retried] == OK).sum()),
+            without_face=len(store.without_face()) if store.spec.resize == "face" else None,
         )
 
 
@@ -381,6 +403,7 @@ def _finish(out: Path, summary: BuildSummary) -> None:
                     "videos_per_second": round(summary.videos_per_second, 3),
                     "decoder": summary.decoder,
                     "fallbacks": len(summary.fallbacks),
+                    "without_face": summary.without_face,
                 },
                 "probe": probe,
             }

@@ -15,6 +15,7 @@ from ingest.build import BuildConfig, build_cache
 from ingest.decoders import DECODERS
 from ingest.demo import DemoSpec, make_demo
 from ingest.discover import UsageError
+from ingest.faces import NO_FACE_CHOICES
 from ingest.frames import RESIZE_MODES
 
 
@@ -43,7 +44,27 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
     build.add_argument("--size", type=int, default=224, help="frames are resized to SIZE x SIZE (default 224)")
     build.add_argument(
-        "--resize", choices=RESIZE_MODES, default="squash", help="squash the whole frame (default) or crop its centre"
+        "--resize",
+        choices=RESIZE_MODES,
+        default="squash",
+        help=(
+            "squash the whole frame (default, the seed notebook's), crop its centre square, or crop a square "
+            "around the face (dlib's frontal face detector on the sampled frames, one smoothed face track per "
+            "video; the boxes are kept in the store)"
+        ),
+    )
+    build.add_argument(
+        "--face-margin",
+        type=float,
+        default=1.3,
+        help="with --resize face: the crop's side over the face box's longer side (default 1.3, FaceForensics++'s)",
+    )
+    build.add_argument(
+        "--no-face",
+        choices=NO_FACE_CHOICES,
+        default="squash",
+        help="with --resize face: a video with no face in any sampled frame is stored squashed and counted "
+        "(default), or fails with that reason",
     )
     build.add_argument(
         "--decoder",
@@ -130,6 +151,8 @@ def _build(args: argparse.Namespace) -> int:
         frames=args.frames,
         size=args.size,
         resize=args.resize,
+        face_margin=args.face_margin,
+        no_face=args.no_face,
         decoder=args.decoder,
         workers=args.workers,
         val_fraction=args.val_fraction,

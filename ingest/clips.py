@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ingest.decoders import DecodedClip, DecodeError, Probe, available, error_line, make_decoder
-from ingest.frames import resize_clip
+from ingest.faces import NO_FACE, FaceCrops, FaceSettings
+from ingest.frames import make_clip
 
 # The decoder that tries a video its decoder failed on: PyAV's careful path for a GPU decoder's refusals and for
 # decord's (decord refuses truncated faststart MP4 files that PyAV decodes), decord for PyAV's.
@@ -30,6 +31,7 @@ class RowJob:
     frames: int
     size: int
     resize: str
+    face: FaceSettings = FaceSettings()
 
 
 @dataclass
@@ -40,6 +42,7 @@ class RowOutcome:
     probe: Probe
     error: str = ""
     decoder: str = ""  # the decoder that produced the clip
+    face: FaceCrops | None = None  # `--resize face`: the crop windows (none detected: squashed)
 
     @property
     def fell_back(self) -> bool:
@@ -50,16 +53,27 @@ class RowOutcome:
 def decode_row(job: RowJob) -> RowOutcome:
     """Decode, sample and resize one video, with the other CPU decoder where the job's fails; any failure
     becomes the row's reason, never an exception."""
-    return fall_back(_decode(job), job)
+    return without_face(fall_back(_decode(job), job), job)
 
 
 def _decode(job: RowJob) -> RowOutcome:
     try:
         decoded = make_decoder(job.decoder, job.threads).decode(job.path, job.frames)
-        clip = resize_clip(decoded.frames, job.size, job.resize).numpy()
-        return RowOutcome(job.row, clip, decoded.indices.astype(np.int32), decoded.probe, decoder=job.decoder)
+        clip, face = make_clip(decoded.frames, job.size, job.resize, job.face)
+        indices = decoded.indices.astype(np.int32)
+        return RowOutcome(job.row, clip.numpy(), indices, decoded.probe, decoder=job.decoder, face=face)
     except Exception as error:
         return failed_row(job.row, error)
+
+
+def without_face(outcome: RowOutcome, job: RowJob) -> RowOutcome:
+    """Under `--no-face fail`, a face clip in whose sampled frames no face was found fails, its probe kept.
+
+    Decided after the fallback, which is for videos that do not decode, not for videos without a face.
+    """
+    if outcome.face is None or outcome.face.detected or job.face.no_face != "fail":
+        return outcome
+    return replace(outcome, clip=None, indices=None, error=NO_FACE, decoder="", face=None)
 
 
 def failed_row(row: int, error: Exception, source: str = "") -> RowOutcome:
@@ -73,14 +87,16 @@ def gpu_rows(jobs: list[RowJob], in_flight: int) -> Iterator[RowOutcome]:
     the videos the GPU decoder fails on. Nothing of the GPU path raises past this."""
     from ingest.gpu_decoders import gpu_results
 
+    by_row = {job.row: job for job in jobs}
     outcomes = (_gpu_outcome(job, result) for job, result in gpu_results(jobs, in_flight))
-    return with_fallback(outcomes, jobs)
+    return (without_face(outcome, by_row[outcome.row]) for outcome in with_fallback(outcomes, jobs))
 
 
 def _gpu_outcome(job: RowJob, result: DecodedClip | DecodeError) -> RowOutcome:
     if isinstance(result, DecodeError):
         return failed_row(job.row, result, source=f"{job.decoder}: ")
-    return RowOutcome(job.row, result.frames, result.indices.astype(np.int32), result.probe, decoder=job.decoder)
+    indices = result.indices.astype(np.int32)
+    return RowOutcome(job.row, result.frames, indices, result.probe, decoder=job.decoder, face=result.face)
 
 
 def with_fallback(outcomes: Iterable[RowOutcome], jobs: list[RowJob]) -> Iterator[RowOutcome]:

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ingest.faces import FaceCrops
 from ingest.frames import sample_indices
 
 DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
@@ -40,6 +41,7 @@ class DecodedClip:
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB
     indices: np.ndarray  # (T,) source frame numbers
     probe: Probe
+    face: FaceCrops | None = None  # the face crops a GPU decoder cut the frames to (`--resize face`)
 
 
 class Decoder(Protocol):

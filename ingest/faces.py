@@ -15,8 +15,11 @@ from functools import cache
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 NO_FACE_CHOICES = ("squash", "fail")
+NO_FACE = "no face in any sampled frame"  # the reason a row fails with under `--no-face fail`
 # Sampled frames lie about a second apart in Celeb-DF, where a face can move further than its own width, so
 # boxes are linked by how near they are for their size rather than by their overlap.
 LINK_DISTANCE = 1.5  # centres at most this many face sides apart (the mean of both) are one face...
@@ -29,6 +32,9 @@ class FaceSettings:
     margin: float = 1.3  # crop side over the face box's longer side
     working_side: int = 640  # frames are scaled down to this longer side for detection
     no_face: str = "squash"  # a video without a face: stored squashed, or failed
+
+
+FACE_DEFAULTS = FaceSettings()
 
 
 @dataclass(frozen=True)
@@ -47,19 +53,35 @@ def _detector():
     return dlib.get_frontal_face_detector()
 
 
-def detect(frames: np.ndarray, working_side: int) -> list[np.ndarray]:
+def detect(frames: np.ndarray | torch.Tensor, working_side: int) -> list[np.ndarray]:
     """Face boxes (k, 4) float x0, y0, x1, y1 in source pixels, for each RGB frame of (T, H, W, 3)."""
-    height, width = frames.shape[1:3]
-    scale = min(1.0, working_side / max(height, width))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    greys, scale = working_copy(frames, working_side)
     found = []
-    for frame in frames:
-        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-        if scale < 1:
-            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    for grey in greys:
         boxes = [(r.left(), r.top(), r.right() + 1, r.bottom() + 1) for r in _detector()(grey, 0)]
         found.append(np.array(boxes, dtype=np.float64).reshape(-1, 4) / scale)
     return found
+
+
+def working_copy(frames: np.ndarray | torch.Tensor, working_side: int) -> tuple[np.ndarray, float]:
+    """Grey uint8 frames (T, h, w) on the host, the longer side at most `working_side`, and their scale.
+
+    Frames in GPU memory are shrunk there, so that only the small grey copy crosses to the host.
+    """
+    height, width = frames.shape[1:3]
+    scale = min(1.0, working_side / max(height, width))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if isinstance(frames, torch.Tensor) and frames.device.type != "cpu":
+        rgb = frames.permute(0, 3, 1, 2).float()
+        if scale < 1:
+            rgb = F.interpolate(rgb, size=size, mode="bilinear", antialias=True, align_corners=False)
+        weights = torch.tensor([0.299, 0.587, 0.114], device=rgb.device).view(1, 3, 1, 1)
+        grey = (rgb * weights).sum(dim=1).round_().clamp_(0, 255).to(torch.uint8)
+        return grey.cpu().numpy(), scale
+    greys = [cv2.cvtColor(np.asarray(frame), cv2.COLOR_RGB2GRAY) for frame in frames]
+    if scale < 1:
+        greys = [cv2.resize(grey, size[::-1], interpolation=cv2.INTER_AREA) for grey in greys]
+    return np.stack(greys), scale
 
 
 def link_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -146,7 +168,7 @@ def _inside(start: np.ndarray, side: np.ndarray, limit: int) -> np.ndarray:
     return np.where(fits, np.clip(start, 0, np.maximum(limit - side, 0)), (limit - side) // 2)
 
 
-def face_crops(frames: np.ndarray, settings: FaceSettings) -> FaceCrops | None:
+def face_crops(frames: np.ndarray | torch.Tensor, settings: FaceSettings) -> FaceCrops | None:
     """The crop window of each frame of (T, H, W, 3) RGB, or None where no frame shows a face."""
     boxes = track(detect(frames, settings.working_side))
     if boxes is None:
@@ -154,15 +176,3 @@ def face_crops(frames: np.ndarray, settings: FaceSettings) -> FaceCrops | None:
     detected = int((~np.isnan(boxes[:, 0])).sum())
     height, width = frames.shape[1:3]
     return FaceCrops(crop_windows(fill_gaps(boxes), settings.margin, height, width), detected)
-
-
-def cut(frames: np.ndarray, windows: np.ndarray) -> list[np.ndarray]:
-    """Each frame's window, zero-padded where it reaches past the frame."""
-    height, width = frames.shape[1:3]
-    crops = []
-    for frame, (x0, y0, x1, y1) in zip(frames, windows, strict=True):
-        crop = np.zeros((y1 - y0, x1 - x0, 3), dtype=frame.dtype)
-        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-        crop[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = frame[sy0:sy1, sx0:sx1]
-        crops.append(crop)
-    return crops

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from ingest.decoders import DecodedClip, DecodeError, Probe, error_line, probe_video
-from ingest.frames import resize_clip, sample_indices
+from ingest.faces import FACE_DEFAULTS, FaceCrops, FaceSettings
+from ingest.frames import make_clip, sample_indices
 
 
 class Job(Protocol):
@@ -36,6 +37,7 @@ class Job(Protocol):
     frames: int
     size: int
     resize: str
+    face: FaceSettings
 
 
 Result = DecodedClip | DecodeError  # a job's clip (resized to the job's size), or why there is none
@@ -178,8 +180,16 @@ class NvdecDecoder:
             )
         return local.reader
 
-    def decode(self, path: str, count: int, size: int | None = None, resize: str = "squash") -> DecodedClip:
-        """The sampled frames on the host: full size, or resized on the GPU to `size` first."""
+    def decode(
+        self,
+        path: str,
+        count: int,
+        size: int | None = None,
+        resize: str = "squash",
+        face: FaceSettings = FACE_DEFAULTS,
+    ) -> DecodedClip:
+        """The sampled frames on the host: full size, or made into the clip on the GPU first (with `--resize face`
+        the faces are found on a small grey copy on the host, then cut and resized on the GPU)."""
         with refusals():
             probe = probe_video(path)
             indices = sample_indices(probe.frames, count)
@@ -192,19 +202,20 @@ class NvdecDecoder:
                     raise DecodeError(f"asked for {len(unique)} frames, the GPU decoded {len(surfaces)}")
                 frames = torch.stack([_hwc(torch.from_dlpack(surface)) for surface in surfaces])
                 frames = frames[torch.from_numpy(positions).to(self.device)]
+                crops = None
                 if size is not None:
-                    frames = resize_clip(frames, size, resize)
+                    frames, crops = make_clip(frames, size, resize, face)
                 host = frames.cpu().numpy()
             stream.synchronize()  # the decoder's surfaces stay alive until every copy out of them is done
             del surfaces
-            return DecodedClip(host, indices, probe)
+            return DecodedClip(host, indices, probe, crops)
 
     def clips(self, jobs: list[Job], in_flight: int) -> Iterator[tuple[Job, Result]]:
         return _bounded(self._result, jobs, in_flight)
 
     def _result(self, job: Job) -> Result:
         try:
-            return self.decode(job.path, job.frames, job.size, job.resize)
+            return self.decode(job.path, job.frames, job.size, job.resize, job.face)
         except DecodeError as error:
             return error
 
@@ -218,7 +229,8 @@ class DaliDecoder:
     """DALI's `fn.decoders.video` on the GPU (`mixed`) with exact frame indices, resized in the same pipeline.
 
     A pipeline takes a batch of whole files as bytes; `--resize crop` slices the centred square on the GPU
-    before the resize. The resize is DALI's linear filter with antialiasing, the same interpolation as
+    before the resize; `--resize face` takes the whole frames into torch on the GPU and cuts the faces there.
+    The resize is DALI's linear filter with antialiasing, the same interpolation as
     the CPU decoders' torch resize. A pipeline that failed a run is never run again.
     """
 
@@ -229,21 +241,31 @@ class DaliDecoder:
         self._pipelines: dict[tuple[int, int | None, str], object] = {}
 
     def _pipeline(self, batch: int, size: int | None, resize: str):
+        size = None if resize == "face" else size  # face clips are cut from whole frames, by torch
         key = (batch, size, resize)
         if key not in self._pipelines:
             self._pipelines[key] = _dali_pipeline(batch, size, resize == "crop", self.device.index or 0)
         return self._pipelines[key]
 
-    def run(self, paths: list[str], probes: list[Probe], indices: list[np.ndarray], size: int | None, resize: str):
-        """Host arrays (T, S, S, 3), or (T, H, W, 3) full frames with `size` None, one for each of `paths`."""
+    def run(
+        self,
+        paths: list[str],
+        probes: list[Probe],
+        indices: list[np.ndarray],
+        size: int | None,
+        resize: str,
+        face: FaceSettings = FACE_DEFAULTS,
+    ) -> list[tuple[np.ndarray, FaceCrops | None]]:
+        """Host arrays (T, S, S, 3), or (T, H, W, 3) full frames with `size` None, one for each of `paths`, with
+        the face crops of `--resize face` (found on a small grey copy on the host, cut and resized on the GPU)."""
         try:
             with refusals():
-                return self._run(paths, probes, indices, size, resize)
+                return self._run(paths, probes, indices, size, resize, face)
         except DecodeError:
-            self._pipelines.pop((len(paths), size, resize), None)
+            self._pipelines.pop((len(paths), None if resize == "face" else size, resize), None)
             raise
 
-    def _run(self, paths: list[str], probes: list[Probe], indices: list[np.ndarray], size: int | None, resize: str):
+    def _run(self, paths, probes, indices, size, resize, face) -> list[tuple[np.ndarray, FaceCrops | None]]:
         pipe = self._pipeline(len(paths), size, resize)
         unique = [_unique(i) for i in indices]
         pipe.feed_input("encoded", [np.fromfile(path, dtype=np.uint8) for path in paths])
@@ -253,18 +275,32 @@ class DaliDecoder:
             pipe.feed_input("anchor", [anchor for anchor, _ in windows])
             pipe.feed_input("shape", [shape for _, shape in windows])
         (out,) = pipe.run()
-        host = out.as_cpu()
-        clips = [np.asarray(host[i]) for i in range(len(paths))]
+        faces = size is not None and resize == "face"
+        clips = [self._on_device(out[i]) for i in range(len(paths))] if faces else list(out.as_cpu())
         for clip, (frames, _) in zip(clips, unique, strict=True):
             if len(clip) != len(frames):
                 raise DecodeError(f"asked for {len(frames)} frames, DALI decoded {len(clip)}")
-        return [clip[positions] for clip, (_, positions) in zip(clips, unique, strict=True)]
+        if not faces:
+            return [(np.asarray(clip)[positions], None) for clip, (_, positions) in zip(clips, unique, strict=True)]
+        made = [
+            make_clip(clip[torch.from_numpy(p).to(self.device)], size, resize, face)
+            for clip, (_, p) in zip(clips, unique, strict=True)
+        ]
+        return [(clip.cpu().numpy(), crops) for clip, crops in made]
+
+    def _on_device(self, sample) -> torch.Tensor:
+        """One sample of a DALI GPU output copied into a torch tensor on the same device."""
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        frames = torch.empty(tuple(sample.shape()), dtype=torch.uint8, device=self.device)
+        feed_ndarray(sample, frames, cuda_stream=torch.cuda.current_stream(self.device))
+        return frames
 
     def decode(self, path: str, count: int) -> DecodedClip:
         with refusals():
             probe = probe_video(path)
             indices = sample_indices(probe.frames, count)
-            return DecodedClip(self.run([path], [probe], [indices], None, "squash")[0], indices, probe)
+            return DecodedClip(self.run([path], [probe], [indices], None, "squash")[0][0], indices, probe)
 
     def clips(self, jobs: list[Job], in_flight: int) -> Iterator[tuple[Job, Result]]:
         """Batches of `in_flight` videos per pipeline run; a batch that fails is retried a video at a time."""
@@ -285,7 +321,7 @@ class DaliDecoder:
         indices = [sample_indices(probe.frames, job.frames) for job, probe in ready]
         try:
             paths, probes = [job.path for job, _ in ready], [probe for _, probe in ready]
-            clips = self.run(paths, probes, indices, first.size, first.resize)
+            clips = self.run(paths, probes, indices, first.size, first.resize, first.face)
         except DecodeError as error:
             if len(ready) == 1:
                 yield first, error
@@ -293,8 +329,8 @@ class DaliDecoder:
             for one in ready:
                 yield from self._batch([one])
             return
-        for (job, probe), clip, picked in zip(ready, clips, indices, strict=True):
-            yield job, DecodedClip(clip, picked, probe)
+        for (job, probe), (clip, crops), picked in zip(ready, clips, indices, strict=True):
+            yield job, DecodedClip(clip, picked, probe, crops)
 
 
 def _probe_or_error(path: str) -> Probe | DecodeError:

@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
+from skimage import data
 
 from ingest.demo import DemoSpec, make_demo, write_video
 
@@ -212,3 +214,73 @@ def encode_numbered_with(path: Path, frames: int, codec: str, options: dict[str,
     path.parent.mkdir(parents=True, exist_ok=True)
     write_video(path, (numbered_frame(i, 96, 64) for i in range(frames)), 96, 64, codec=codec, options=options)
     return path
+
+
+PATCH = (40, 240, 120, 320)  # rows and columns of the astronaut photograph around her face
+FACE_CENTRE = np.array([(179 + 266) / 2 - 120, (83 + 170) / 2 - 40])  # dlib's box on the photograph, in the patch
+
+
+def face_patch(scale: float = 1.0, mirror: bool = False) -> np.ndarray:
+    top, bottom, left, right = PATCH
+    patch = data.astronaut()[top:bottom, left:right]
+    patch = patch[:, ::-1] if mirror else patch
+    side = round(200 * scale)
+    return np.ascontiguousarray(cv2.resize(patch, (side, side), interpolation=cv2.INTER_AREA))
+
+
+def frames_with(
+    places: list[tuple[int, int]], width: int = 942, height: int = 500, patch=None, extra=None
+) -> np.ndarray:
+    """One frame per (x, y) top-left corner of the face patch on a textured background; `extra` another patch
+    at a fixed place."""
+    patch = face_patch() if patch is None else patch
+    rng = np.random.default_rng(0)
+    background = rng.integers(60, 120, (height, width, 3), dtype=np.uint8)
+    frames = np.repeat(background[None], len(places), axis=0)
+    for frame, (x, y) in zip(frames, places, strict=True):
+        if extra is not None:
+            other, (ox, oy) = extra
+            frame[oy : oy + other.shape[0], ox : ox + other.shape[1]] = other
+        frame[y : y + patch.shape[0], x : x + patch.shape[1]] = patch
+    return frames
+
+
+def moving(width: int, height: int, count: int = 16, side: int = 200) -> list[tuple[int, int]]:
+    xs = np.linspace(0, width - side, count).astype(int)
+    ys = np.linspace(0, height - side, count).astype(int)
+    return list(zip(xs.tolist(), ys.tolist(), strict=True))
+
+
+FACE_FRAMES = 32
+
+
+def write_face_video(path: Path, places: list[tuple[int, int]], width: int, height: int, **kwargs) -> Path:
+    """A video of the astronaut's face with its top-left corner at `places[t]` in frame t (`frames_with`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_video(path, frames_with(places, width, height, **kwargs), width, height)
+    return path
+
+
+FACE_VIDEOS = {  # name: (width, height, the face's places, extra patch); the face is the larger one if two
+    "Celeb-real/id0_0000.mp4": (480, 320, moving(480, 320, FACE_FRAMES), None),
+    "Celeb-real/id1_0000.mp4": (242, 402, moving(242, 402, FACE_FRAMES), None),  # portrait, not a multiple of 16
+    "Celeb-real/id2_0000.mp4": (480, 320, None, None),  # no face
+    "Celeb-synthesis/id0_id1_0000.mp4": (640, 360, moving(640, 360, FACE_FRAMES)[::-1], "small"),
+    "Celeb-synthesis/id1_id2_0000.mp4": (400, 300, [(150, 80)] * FACE_FRAMES, None),
+}
+
+
+@pytest.fixture(scope="session")
+def face_root(tmp_path_factory) -> Path:
+    """Videos of a real face photograph at known places (`FACE_VIDEOS`), with a manifest that splits them."""
+    root = tmp_path_factory.mktemp("faces")
+    lines = ["path,label,split"]
+    for i, (name, (width, height, places, extra)) in enumerate(FACE_VIDEOS.items()):
+        if places is None:
+            write_face_video(root / name, [(0, 0)] * FACE_FRAMES, width, height, patch=np.full((8, 8, 3), 90, np.uint8))
+        else:
+            other = (face_patch(0.8, mirror=True), (width - 165, 0)) if extra else None
+            write_face_video(root / name, places, width, height, extra=other)
+        lines.append(f"{name},{int('synthesis' in name)},{('train', 'val')[i % 2]}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root

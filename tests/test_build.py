@@ -17,7 +17,7 @@ from ingest.discover import VIDEO_SUFFIXES
 from ingest.frames import sample_indices
 from ingest.pool import worker_cpus
 
-ARRAYS = ("label", "split", "frame_index", "path", "group", "status", "error")
+ARRAYS = ("label", "split", "frame_index", "path", "group", "status", "error", "decoder", "face_box", "face_detected")
 
 
 @pytest.fixture(scope="module")

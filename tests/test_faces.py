@@ -1,45 +1,11 @@
 """Face-centred crop windows on frames made from a real photograph (scikit-image's astronaut) at known places."""
 
-import cv2
 import numpy as np
 import pytest
-from skimage import data
+from conftest import FACE_CENTRE, face_patch, frames_with, moving
 
-from ingest.faces import FaceSettings, crop_windows, cut, face_crops, fill_gaps, smooth
-
-PATCH = (40, 240, 120, 320)  # rows and columns of the astronaut photograph around her face
-FACE_CENTRE = np.array([(179 + 266) / 2 - 120, (83 + 170) / 2 - 40])  # dlib's box on the photograph, in the patch
-
-
-def face_patch(scale: float = 1.0, mirror: bool = False) -> np.ndarray:
-    top, bottom, left, right = PATCH
-    patch = data.astronaut()[top:bottom, left:right]
-    patch = patch[:, ::-1] if mirror else patch
-    side = round(200 * scale)
-    return np.ascontiguousarray(cv2.resize(patch, (side, side), interpolation=cv2.INTER_AREA))
-
-
-def frames_with(
-    places: list[tuple[int, int]], width: int = 942, height: int = 500, patch=None, extra=None
-) -> np.ndarray:
-    """One frame per (x, y) top-left corner of the face patch on a textured background; `extra` another patch
-    at a fixed place."""
-    patch = face_patch() if patch is None else patch
-    rng = np.random.default_rng(0)
-    background = rng.integers(60, 120, (height, width, 3), dtype=np.uint8)
-    frames = np.repeat(background[None], len(places), axis=0)
-    for frame, (x, y) in zip(frames, places, strict=True):
-        if extra is not None:
-            other, (ox, oy) = extra
-            frame[oy : oy + other.shape[0], ox : ox + other.shape[1]] = other
-        frame[y : y + patch.shape[0], x : x + patch.shape[1]] = patch
-    return frames
-
-
-def moving(width: int, height: int, count: int = 16, side: int = 200) -> list[tuple[int, int]]:
-    xs = np.linspace(0, width - side, count).astype(int)
-    ys = np.linspace(0, height - side, count).astype(int)
-    return list(zip(xs.tolist(), ys.tolist(), strict=True))
+from ingest.faces import FaceSettings, crop_windows, face_crops, fill_gaps, smooth
+from ingest.frames import resize_windows
 
 
 def assert_centred(crops, places, scale: float = 1.0) -> None:
@@ -94,5 +60,5 @@ def test_a_window_larger_than_the_frame_is_centred_and_padded():
     windows = crop_windows(boxes, 1.3, height=60, width=300)  # side 104 > 60 rows
     assert (windows[:, 3] - windows[:, 1] == 104).all() and (windows[:, 1] == (60 - 104) // 2).all()
     frames = np.full((3, 60, 300, 3), 255, np.uint8)
-    crop = cut(frames, windows)[0]
+    crop = resize_windows(frames, windows, 104)[0].numpy()  # the window's own side: no interpolation
     assert crop.shape == (104, 104, 3) and crop[0].max() == 0 and crop[52, 52].min() == 255

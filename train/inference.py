@@ -21,6 +21,7 @@ from cache.schema import ClipSettings
 from cache.store import clip_settings
 from ingest.clips import RowJob, RowOutcome
 from ingest.decoders import available, resolve
+from ingest.faces import FaceSettings
 from ingest.pool import decode_rows, threads_per_worker
 from train.augment import ClipTransform
 from train.checkpoint import load_weights
@@ -36,7 +37,11 @@ def decode_videos(paths: list[Path], clip: ClipSettings, workers: int) -> Iterat
     """
     threads = threads_per_worker(workers)
     decoder = clip.decoder if available(clip.decoder) else resolve("auto")
-    jobs = [RowJob(i, str(path), decoder, threads, clip.frames, clip.size, clip.resize) for i, path in enumerate(paths)]
+    face = FaceSettings(margin=clip.face_margin, no_face=clip.no_face)
+    jobs = [
+        RowJob(i, str(path), decoder, threads, clip.frames, clip.size, clip.resize, face)
+        for i, path in enumerate(paths)
+    ]
     return decode_rows(jobs, workers)
 
 

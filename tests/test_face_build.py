@@ -1,0 +1,124 @@
+"""`ingest build-cache --resize face` end to end, on videos of a real face photograph at known places."""
+
+import re
+
+import numpy as np
+import pytest
+from conftest import FACE_CENTRE, FACE_VIDEOS, build_args, run_cli
+from test_build import assert_same_store
+from test_resume import assert_same_files, kill_mid_build
+
+from cache import open_store
+from cache.schema import FAILED, OK
+from cache.store import clip_settings
+from ingest.decoders import make_decoder
+from ingest.faces import NO_FACE
+from ingest.frames import resize_clip, resize_windows
+from train.inference import decode_videos
+
+NO_FACE_VIDEO = "Celeb-real/id2_0000.mp4"
+
+
+def face_args(root, store, *extra: str) -> list[str]:
+    return [*build_args(root, store, "--resize", "face", "--manifest", str(root / "manifest.csv")), *extra]
+
+
+@pytest.fixture(scope="module")
+def face_store(face_root, tmp_path_factory):
+    store = tmp_path_factory.mktemp("face") / "faces.zarr"
+    result = run_cli(*face_args(face_root, store, "--workers", "2"))
+    return store, result.stdout
+
+
+def test_the_known_face_is_centred_in_every_stored_frame(face_store):
+    store, _ = face_store
+    with open_store(store) as built:
+        for row, path in enumerate(built.path):
+            width, height, places, _ = FACE_VIDEOS[path]
+            if places is None:
+                continue
+            assert built.status[row] == OK and built.face_detected[row] >= 14, path
+            for (x0, y0, x1, y1), index in zip(built.face_box[row], built.frame_index[row], strict=True):
+                cx, cy = np.array(places[index]) + FACE_CENTRE
+                side = x1 - x0
+                assert side == y1 - y0 and x0 < cx < x1 and y0 < cy < y1, path
+                assert abs(cx - (x0 + x1) / 2) <= side / 10 and abs(cy - (y0 + y1) / 2) <= side / 10, path
+                if side <= min(width, height):
+                    assert x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height, path
+
+
+def test_each_stored_clip_is_its_decoded_frames_cut_at_its_stored_boxes(face_store, face_root):
+    store, _ = face_store
+    with open_store(store) as built:
+        for row in built.rows():
+            decoded = make_decoder("pyav", 1).decode(str(face_root / built.path[row]), built.spec.frames)
+            np.testing.assert_array_equal(decoded.indices, built.frame_index[row])
+            if built.face_detected[row] > 0:
+                expected = resize_windows(decoded.frames, built.face_box[row], built.spec.size)
+            else:
+                expected = resize_clip(decoded.frames, built.spec.size, "squash")
+            np.testing.assert_array_equal(built.read([row])[0], expected.numpy())
+
+
+def test_a_video_without_a_face_is_stored_squashed_and_counted(face_store):
+    store, stdout = face_store
+    with open_store(store) as built:
+        row = built.path.tolist().index(NO_FACE_VIDEO)
+        assert built.status[row] == OK and built.face_detected[row] == 0 and (built.face_box[row] == -1).all()
+        assert built.without_face().tolist() == [row]
+    assert f"1 of {len(FACE_VIDEOS)} clips had no face (stored squashed)" in stdout
+    info = run_cli("cache", "info", str(store)).stdout
+    assert f"faces: 1 of {len(FACE_VIDEOS)} ok clips had no face" in info
+
+
+def test_no_face_fail_fails_that_video_with_its_reason(face_root, face_store, tmp_path):
+    store = tmp_path / "strict.h5"
+    result = run_cli(*face_args(face_root, store, "--no-face", "fail", "--workers", "1", "--strict"), check=False)
+    assert result.returncode == 3 and f"failed {NO_FACE_VIDEO}: {NO_FACE}" in result.stdout
+    with open_store(store) as strict, open_store(face_store[0]) as squashing:
+        row = strict.path.tolist().index(NO_FACE_VIDEO)
+        assert strict.status[row] == FAILED and strict.error[row] == NO_FACE
+        others = np.flatnonzero(strict.status == OK)
+        assert len(others) == len(FACE_VIDEOS) - 1
+        assert (strict.read(others) == squashing.read(others)).all()
+        assert (strict.face_box[others] == squashing.face_box[others]).all()
+
+
+def test_resume_needs_the_same_face_settings(face_store, face_root):
+    result = run_cli(*face_args(face_root, face_store[0], "--resume", "--face-margin", "1.5"), check=False)
+    assert result.returncode == 2 and "face_margin=1.3, not 1.5" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def many_faces(face_root, tmp_path_factory):
+    """Twenty-four links to the face videos: enough rows for a kill to land mid-build."""
+    root = tmp_path_factory.mktemp("many-faces")
+    for i in range(24):
+        name, _ = list(FACE_VIDEOS.items())[i % len(FACE_VIDEOS)]
+        link = root / ("Celeb-real" if i % 2 else "Celeb-synthesis") / f"id{i}_{'' if i % 2 else f'id{i + 1}_'}0000.mp4"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(face_root / name)
+    return root
+
+
+@pytest.mark.slow
+def test_a_killed_face_build_resumes_to_the_identical_store(many_faces, tmp_path):
+    whole, killed = tmp_path / "whole.zarr", tmp_path / "killed.zarr"
+    face = ("--resize", "face", "--clips-per-shard", "2")
+    run_cli(*build_args(many_faces, whole, *face, "--workers", "1"))
+    kill_mid_build(build_args(many_faces, killed, *face, "--workers", "1"), killed)
+    result = run_cli(*build_args(many_faces, killed, *face, "--workers", "2", "--resume"))
+    assert int(re.search(r"(\d+) videos decoded", result.stdout).group(1)) > 0
+    assert_same_store(killed, whole)
+    assert_same_files(killed, whole)
+
+
+def test_prediction_crops_new_videos_as_the_store_did(face_store, face_root):
+    store, _ = face_store
+    with open_store(store) as built:
+        rows = built.rows()
+        paths = [face_root / built.path[row] for row in rows]
+        outcomes = sorted(decode_videos(paths, clip_settings(store), workers=2), key=lambda o: o.row)
+        for outcome, row in zip(outcomes, rows, strict=True):
+            np.testing.assert_array_equal(outcome.clip, built.read([row])[0])
+            np.testing.assert_array_equal(outcome.face.boxes, built.face_box[row])
