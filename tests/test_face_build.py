@@ -1,10 +1,12 @@
 """`ingest build-cache --resize face` end to end, on videos of a real face photograph at known places."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FACE_CENTRE, FACE_VIDEOS, build_args, run_cli
+from conftest import FACE_CENTRE, FACE_VIDEOS, build_args, run_cli, train_args
+from matplotlib.patches import Rectangle
 from test_build import assert_same_store
 from test_resume import assert_same_files, kill_mid_build
 
@@ -14,7 +16,8 @@ from cache.store import clip_settings
 from ingest.decoders import make_decoder
 from ingest.faces import NO_FACE
 from ingest.frames import resize_clip, resize_windows
-from train.inference import decode_videos
+from train import explain
+from train.inference import TrainedModel, decode_videos
 
 NO_FACE_VIDEO = "Celeb-real/id2_0000.mp4"
 
@@ -122,3 +125,36 @@ def test_prediction_crops_new_videos_as_the_store_did(face_store, face_root):
         for outcome, row in zip(outcomes, rows, strict=True):
             np.testing.assert_array_equal(outcome.clip, built.read([row])[0])
             np.testing.assert_array_equal(outcome.face.boxes, built.face_box[row])
+
+
+@pytest.fixture(scope="module")
+def face_run(face_store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("face-run")
+    run_cli(*train_args(face_store[0], out, "simple_cnn", "--epochs", "1", "--frame-size", "32"))
+    return out / "simple_cnn"
+
+
+@pytest.mark.slow
+def test_explain_draws_the_crops_box_on_the_whole_frame(face_run, face_store, face_root, tmp_path):
+    store, _ = face_store
+    trained = TrainedModel.load(face_run)
+    with open_store(store) as built:
+        rows = [int(row) for row in built.rows()]
+        by_path = {str(built.path[row]): row for row in rows}
+        clips = explain.store_clips(store, rows, trained.clip)
+        for clip, row in zip(clips, rows, strict=True):
+            assert (clip.whole is None) == (built.face_detected[row] == 0)
+        video = face_root / "Celeb-real/id0_0000.mp4"
+        (clip,), failures = explain.video_clips([video], trained.clip, workers=1)
+        row = by_path["Celeb-real/id0_0000.mp4"]
+        middle = len(clip.indices) // 2
+        assert not failures and clip.whole.frame.shape == (320, 480, 3)
+        assert clip.whole.box.tolist() == built.face_box[row][middle].tolist()
+        assert clip.whole.index == built.frame_index[row][middle]
+    figure = explain.plot(trained, clip, explain.explain(trained, clip.frames))
+    (box,) = figure.axes[0].patches  # the whole frame comes first, above the frames' heatmaps
+    assert isinstance(box, Rectangle) and figure.axes[0].images[0].get_array().shape == (320, 480, 3)
+    x0, y0, x1, y1 = clip.whole.box.tolist()
+    assert (box.get_x() + 0.5, box.get_y() + 0.5, box.get_width(), box.get_height()) == (x0, y0, x1 - x0, y1 - y0)
+    assert explain.main(["--run", str(face_run), "--video", str(video), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "simple_cnn_id0_0000.png").is_file()

@@ -19,14 +19,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from cache import StoreError, open_store
 from cache.schema import FAKE, LABEL_NAMES, OK, UNKNOWN, ClipSettings
+from ingest.decoders import DecodeError, make_decoder
 from train.data import UsageError
-from train.inference import TrainedModel, decode_videos
+from train.inference import TrainedModel, decode_videos, decoder_for
 from train.models import ClipClassifier
 
 GRID_COLUMNS = 8
@@ -41,6 +43,29 @@ class Clip:
     frames: np.ndarray  # uint8 (T, H, W, 3)
     indices: np.ndarray  # source frame number of each frame
     label: str  # real, fake or unknown
+    whole: WholeFrame | None = None  # face clips: the middle frame uncropped, with its crop's box
+
+
+@dataclass(frozen=True)
+class WholeFrame:
+    """One source frame of a face clip with the square its crop was cut from, so a reader sees where it lies."""
+
+    frame: np.ndarray  # uint8 (H, W, 3), the source's size
+    box: np.ndarray  # x0, y0, x1, y1 in source pixels
+    index: int  # its source frame number
+
+
+def whole_frame(video: Path, settings: ClipSettings, boxes: np.ndarray, detected: int) -> WholeFrame | None:
+    """The middle sampled frame of `video`, decoded again whole, and its crop box; None where the clip is not a
+    face crop (another resize mode, or no face found) or the video cannot be read any more."""
+    if settings.resize != "face" or detected <= 0 or not video.is_file():
+        return None
+    try:
+        decoded = make_decoder(decoder_for(settings), 1).decode(str(video), settings.frames)
+    except DecodeError:
+        return None
+    middle = len(decoded.indices) // 2
+    return WholeFrame(decoded.frames[middle], boxes[middle], int(decoded.indices[middle]))
 
 
 @dataclass(frozen=True)
@@ -103,15 +128,19 @@ def plot(trained: TrainedModel, clip: Clip, explanation: Explanation) -> Figure:
     frames = len(clip.frames)
     columns = min(frames, GRID_COLUMNS)
     rows = math.ceil(frames / columns)
-    figure = Figure(figsize=(1.8 * columns + 0.6, 1.8 * rows + 2.4), layout="constrained")
-    grid = figure.add_gridspec(rows + 1, columns, height_ratios=[1] * rows + [1.1])
+    top = 0 if clip.whole is None else 1
+    heights = [2.4] * top + [1] * rows + [1.1]
+    figure = Figure(figsize=(1.8 * columns + 0.6, 1.8 * (rows + 2.4 * top) + 2.4), layout="constrained")
+    grid = figure.add_gridspec(top + rows + 1, columns, height_ratios=heights)
+    if clip.whole is not None:
+        draw_whole(figure.add_subplot(grid[0, :]), clip.whole)
     for t in range(frames):
-        axes = figure.add_subplot(grid[t // columns, t % columns])
+        axes = figure.add_subplot(grid[top + t // columns, t % columns])
         axes.imshow(clip.frames[t])
         axes.imshow(explanation.heatmap[t], cmap="jet", alpha=0.45, vmin=0, vmax=1)
         axes.set_title(f"frame {clip.indices[t]}", fontsize=8)
         axes.set_axis_off()
-    bars = figure.add_subplot(grid[rows, :])
+    bars = figure.add_subplot(grid[top + rows, :])
     colours = ["tab:red" if value > 0 else "tab:blue" for value in explanation.contributions]
     bars.bar(range(frames), explanation.contributions, color=colours)
     bars.axhline(0, color="black", linewidth=0.6)
@@ -127,6 +156,15 @@ def plot(trained: TrainedModel, clip: Clip, explanation: Explanation) -> Figure:
     return figure
 
 
+def draw_whole(axes, whole: WholeFrame) -> None:
+    """The uncropped frame with the face crop's square on it (it may reach past the frame, where it was padded)."""
+    axes.imshow(whole.frame)
+    x0, y0, x1, y1 = whole.box.tolist()
+    axes.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=2))
+    axes.set_title(f"frame {whole.index} whole, with the face crop's box", fontsize=8)
+    axes.set_axis_off()
+
+
 def store_clips(cache: Path, rows: list[int], settings: ClipSettings) -> list[Clip]:
     """Rows of a store whose clips were made as the model's were."""
     with open_store(cache) as store:
@@ -136,6 +174,7 @@ def store_clips(cache: Path, rows: list[int], settings: ClipSettings) -> list[Cl
             if not 0 <= row < len(store) or store.status[row] != OK:
                 raise UsageError(f"--rows {row}: not a decoded clip of {cache} (rows 0..{len(store) - 1})")
         frames = store.read(rows)
+        root = Path(store.spec.data_root)
         return [
             Clip(
                 f"row{row}",
@@ -143,6 +182,7 @@ def store_clips(cache: Path, rows: list[int], settings: ClipSettings) -> list[Cl
                 frames[i],
                 store.frame_index[row],
                 LABEL_NAMES[int(store.label[row])],
+                whole_frame(root / store.path[row], settings, store.face_box[row], int(store.face_detected[row])),
             )
             for i, row in enumerate(rows)
         ]
@@ -158,7 +198,9 @@ def video_clips(paths: list[Path], settings: ClipSettings, workers: int) -> tupl
             failures.append(f"{path}: {outcome.error}")
             continue
         name = path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{outcome.row}"
-        clips.append(Clip(name, path.name, outcome.clip, outcome.indices, LABEL_NAMES[UNKNOWN]))
+        face = outcome.face
+        whole = None if face is None else whole_frame(path, settings, face.boxes, face.detected)
+        clips.append(Clip(name, path.name, outcome.clip, outcome.indices, LABEL_NAMES[UNKNOWN], whole))
     return sorted(clips, key=lambda clip: clip.name), failures
 
 

@@ -36,13 +36,18 @@ def decode_videos(paths: list[Path], clip: ClipSettings, workers: int) -> Iterat
     decoder samples the same frames and gives them within a few grey levels.
     """
     threads = threads_per_worker(workers)
-    decoder = clip.decoder if available(clip.decoder) else resolve("auto")
+    decoder = decoder_for(clip)
     face = FaceSettings(margin=clip.face_margin, no_face=clip.no_face)
     jobs = [
         RowJob(i, str(path), decoder, threads, clip.frames, clip.size, clip.resize, face)
         for i, path in enumerate(paths)
     ]
     return decode_rows(jobs, workers)
+
+
+def decoder_for(clip: ClipSettings) -> str:
+    """The store's decoder where it runs here, else `auto`'s choice."""
+    return clip.decoder if available(clip.decoder) else resolve("auto")
 
 
 @dataclass
