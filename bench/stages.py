@@ -30,6 +30,7 @@ from ingest.build import BuildConfig, build_cache
 from ingest.clips import FELL_BACK, RowJob, RowOutcome, gpu_rows
 from ingest.decoders import CPU_DECODERS, GPU_DECODERS, available, make_decoder, probe_video, unavailable
 from ingest.discover import find_videos
+from ingest.faces import FaceSettings, detect
 from ingest.frames import resize_clip
 from train.augment import ClipTransform
 from train.data import BatchFeed, TimedBatches
@@ -44,7 +45,7 @@ NVDEC_1080P_FPS = 771
 SEED = "seed: OpenCV seek per frame"
 FEED_BATCH = 32  # the trainer's feed is timed at a GPU's batch, not the seed's 4
 TRAINER_THREADS = TrainConfig.workers  # the trainer's default reader threads
-STAGES = ("decode", "resize", "write", "ingest", "read", "feed", "h2d", "train", "features")
+STAGES = ("decode", "resize", "write", "ingest", "faces", "read", "feed", "h2d", "train", "features")
 MB = 2**20
 
 
@@ -425,12 +426,45 @@ def _ingest_scaling(config: BenchConfig, root: Path, one_process: Rate | None) -
     return rows
 
 
-def _build(config: BenchConfig, root: Path, workers: int, decoder: str = "pyav") -> float:
+def _build(config: BenchConfig, root: Path, workers: int, decoder: str = "pyav", resize: str = "squash") -> float:
     out = config.work / "ingest.zarr"
     _remove(out)
-    build_cache(BuildConfig(root, out, workers=workers, decoder=decoder), log=lambda _: None)
+    build_cache(BuildConfig(root, out, workers=workers, decoder=decoder, resize=resize), log=lambda _: None)
     with open_store(out) as store:
         return len(store)
+
+
+def faces(config: BenchConfig, context: Context) -> list[Row]:
+    """dlib's face detection per frame, at the frames' own size and at the working size a build detects at; then
+    `build-cache --resize face` beside `--resize squash` (the seed's) on the same videos, taking turns."""
+    torch.set_num_threads(1)
+    frames = make_decoder("pyav", threads=1).decode(str(config.videos[0]), config.frames).frames
+    height, width = frames.shape[1:3]
+    rows = []
+    longer = max(height, width)
+    for side in sorted({longer, min(longer, FaceSettings().working_side)}, reverse=True):
+        rate = Rate.measure(lambda side=side: len(detect(frames, side)), config.repeat, "frames/s")
+        found = sum(len(boxes) > 0 for boxes in detect(frames, side))
+        measures = f"dlib HOG face detection, {width}x{height} frames at longer side {side}"
+        note = f"{1000 / rate.median:.1f} ms per frame; a face in {found} of {len(frames)} sampled frames"
+        rows.append(Row("faces", f"{measures}, 1 thread", rate, note=note))
+    root = _linked_root(config, 4 * len(config.videos))
+    modes = ("squash", "face")
+    builds = {mode: lambda mode=mode: _build(config, root, config.workers, resize=mode) for mode in modes}
+    rates = _taking_turns(builds, config.repeat, "videos/s")
+    with open_store(config.work / "ingest.zarr") as store:  # the last build is a face build
+        found = f"{len(store.rows()) - len(store.without_face())} of {len(store.rows())} clips with a face"
+    rows.append(
+        Row(
+            "faces",
+            f"build-cache --resize face, {config.workers} workers, pyav, {_videos(root)}",
+            rates["face"],
+            rates["squash"],
+            "build-cache --resize squash (the seed's), same videos",
+            note=f"{found}; {INGEST_NOTE}",
+        )
+    )
+    return rows
 
 
 def _one_core(work: Callable[[], float]) -> float:
@@ -745,6 +779,7 @@ RUNNERS = {
     "resize": resize,
     "write": write,
     "ingest": ingest,
+    "faces": faces,
     "read": read,
     "feed": feed,
     "h2d": h2d,

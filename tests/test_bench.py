@@ -2,12 +2,13 @@
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 from conftest import encode_numbered, run_cli
 
 from bench.results import append_markdown, latest, plot, save, table
-from bench.stages import BenchConfig, Context, decode, features, read, replicate
+from bench.stages import BenchConfig, Context, decode, faces, features, read, replicate
 from bench.timing import Rate, Row, skipped
 from cache import open_store
 
@@ -85,6 +86,16 @@ def test_features_stage_computes_each_backbone_once_and_times_its_head(bench_con
     assert [row.stage for row in rows] == ["feature cache", "train step from features"] * 2
     assert all(row.ours and row.ours.median > 0 for row in rows)
     assert {row.measures.split(",")[0] for row in rows[::2]} == {"resnet18", "efficientnet_b0"}
+
+
+def test_faces_stage_times_detection_and_the_face_build_beside_squash(face_root, bench_config, tmp_path):
+    videos = [face_root / "Celeb-real/id0_0000.mp4", face_root / "Celeb-synthesis/id0_id1_0000.mp4"]
+    config = replace(bench_config, videos=videos, data_root=face_root, work=tmp_path)
+    detection, build = faces(config, Context())  # 480x320 frames: detected at their own size only
+    assert detection.measures.startswith("dlib HOG face detection, 480x320 frames at longer side 480")
+    assert detection.ours.median > 0 and "a face in 16 of 16 sampled frames" in detection.note
+    assert build.ours and build.baseline and "--resize squash" in build.baseline_name
+    assert build.note.startswith("8 of 8 clips with a face")
 
 
 def test_bench_run_command_writes_results(demo_root, tmp_path):
