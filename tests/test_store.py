@@ -180,7 +180,9 @@ def test_zarr_reads_every_array_of_a_directly_written_store_without_warnings(wri
         group = zarr.open_group(path, mode="r")
         arrays = dict(group.arrays()) | {f"probe/{name}": array for name, array in group["probe"].arrays()}
         values = {name: array[...] for name, array in arrays.items()}
-    assert len(values) == 14
+    assert len(values) == 16
+    assert (values["face_detected"] == -1).all() and values["face_box"].shape == (7, 2, 4)
+    assert (values["face_box"] == -1).all()
     assert values["clips"].shape == clips.shape and (values["clips"] == clips).all()
     for name, value in expected.items():
         assert (values[name] == value).all(), name
