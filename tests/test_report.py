@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from train.report import (
     final_split,
     format_comparison,
     history_frame,
+    main,
     write_comparison,
     write_history_csv,
     write_model_report,
@@ -176,3 +178,17 @@ def test_format_comparison_is_a_markdown_table(three_results):
     assert len({line.count("|") for line in lines}) == 1  # every row has the header's cells
     assert lines[2].startswith("| simple_cnn | 422530 | 2 | 0.430 |")
     assert set(lines[1]) <= set("|:-")
+
+
+def test_report_redraws_runs_and_puts_several_side_by_side(tmp_path, three_results, capsys):
+    for name in ("squash", "face"):
+        for metrics in three_results:
+            (tmp_path / name / metrics["model"]).mkdir(parents=True)
+            (tmp_path / name / metrics["model"] / "metrics.json").write_text(json.dumps(metrics))
+    main([str(tmp_path / "squash"), str(tmp_path / "face")])
+    printed = capsys.readouterr().out
+    side_by_side = printed.split("side by side:\n")[1].splitlines()
+    assert [line.split(" | ")[0] for line in side_by_side[2:]] == [
+        f"| {model} ({run})" for run in ("squash", "face") for model in ("effnet_lstm", "resnet18", "simple_cnn")
+    ]
+    assert (tmp_path / "face" / "comparison.md").is_file() and (tmp_path / "squash" / "comparison.png").is_file()

@@ -326,20 +326,32 @@ def load_results(run_dir: Path) -> list[dict]:
     return [json.loads(path.read_text()) for path in sorted(run_dir.glob("*/metrics.json"))]
 
 
+def runs_side_by_side(runs: dict[str, list[dict]]) -> str:
+    """Several runs' comparisons as one table, each model named with its run: e.g. the same models trained on
+    squashed frames and on face crops."""
+    return format_comparison(
+        [{**metrics, "model": f"{metrics['model']} ({name})"} for name, results in runs.items() for metrics in results]
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """Redraw every report of a finished run without retraining: python -m train.report RUN_DIR."""
+    """Redraw every report of finished runs without retraining: python -m train.report RUN_DIR [RUN_DIR ...];
+    with several runs, a table of them side by side follows."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir")
     args = parser.parse_args(argv)
-    results = load_results(args.run_dir)
-    if not results:
-        parser.error(f"no */metrics.json under {args.run_dir}")
-    for metrics in results:
-        write_model_report(args.run_dir / metrics["model"], metrics)
-    write_comparison(args.run_dir, results)
-    print(format_comparison(results))
-    print()
-    print(baseline_sentence(results))
+    runs = {}
+    for run_dir in args.run_dirs:
+        results = load_results(run_dir)
+        if not results:
+            parser.error(f"no */metrics.json under {run_dir}")
+        for metrics in results:
+            write_model_report(run_dir / metrics["model"], metrics)
+        write_comparison(run_dir, results)
+        print(f"{run_dir}:\n{format_comparison(results)}\n\n{baseline_sentence(results)}\n")
+        runs[run_dir.name] = results
+    if len(runs) > 1:
+        print(f"side by side:\n{runs_side_by_side(runs)}")
 
 
 if __name__ == "__main__":
