@@ -1,4 +1,4 @@
-"""The `cache` command: `info` and `verify` a store."""
+"""The `cache` command: `info`, `verify` and `show` a store, and cache its backbone `features`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from tqdm import tqdm
 from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
 from cache.features import feature_entries
 from cache.schema import FAILED, LABEL_NAMES, OK, SPLIT_NAMES, STATUS_NAMES, StoreError
+from cache.show import clip_strips
 from cache.store import ClipStore, open_store
 
 
@@ -33,6 +34,17 @@ def parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("store", type=Path)
     verify.add_argument("--batch", type=int, default=16, help="clips read at a time (default 16)")
+    show = commands.add_parser(
+        "show",
+        help="draw a clip's frames into a PNG",
+        description="Draw evenly spaced frames of one row of each STORE into a PNG, a strip per store: stores "
+        "built from the same videos with other settings (--resize squash, face) show the same video one above the "
+        "other. Exit status 2 when the row is not an ok clip of the same video in every store.",
+    )
+    show.add_argument("stores", type=Path, nargs="+", metavar="store")
+    show.add_argument("--row", type=int, default=0, help="the store row to draw (default 0)")
+    show.add_argument("--frames", type=int, default=8, help="frames drawn of the clip (default 8)")
+    show.add_argument("--out", type=Path, required=True, help="the PNG to write")
     add_features_parser(commands)
     return main
 
@@ -72,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "features":
             return features(args)
+        if args.command == "show":
+            return show(args)
         with open_store(args.store) as store:
             return info(store) if args.command == "info" else verify(store, args.batch)
     except StoreError as error:
@@ -116,6 +130,19 @@ def features(args: argparse.Namespace) -> int:
     except (UsageError, StoreError) as error:
         print(f"cache: error: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    if args.frames < 1:
+        raise StoreError("--frames must be at least 1")
+    stores = [open_store(path) for path in args.stores]
+    try:
+        clip_strips(stores, args.row, args.frames).savefig(args.out, dpi=100)
+    finally:
+        for store in stores:
+            store.close()
+    print(args.out)
     return 0
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import FACE_CENTRE, FACE_VIDEOS, build_args, run_cli, train_args
+from matplotlib.image import imread
 from matplotlib.patches import Rectangle
 from test_build import assert_same_store
 from test_resume import assert_same_files, kill_mid_build
@@ -158,3 +159,15 @@ def test_explain_draws_the_crops_box_on_the_whole_frame(face_run, face_store, fa
     assert (box.get_x() + 0.5, box.get_y() + 0.5, box.get_width(), box.get_height()) == (x0, y0, x1 - x0, y1 - y0)
     assert explain.main(["--run", str(face_run), "--video", str(video), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "simple_cnn_id0_0000.png").is_file()
+
+
+def test_cache_show_draws_a_video_squashed_above_its_face_crops(face_store, face_root, tmp_path):
+    squash = tmp_path / "squash.zarr"
+    run_cli(*build_args(face_root, squash, "--manifest", str(face_root / "manifest.csv"), "--workers", "1"))
+    png = tmp_path / "before-after.png"
+    result = run_cli("cache", "show", str(squash), str(face_store[0]), "--row", "0", "--out", str(png))
+    assert result.stdout.strip() == str(png)
+    image = imread(png)
+    assert image.shape[0] > 300 and image.shape[1] > 1000 and image.std() > 0.05
+    missing = run_cli("cache", "show", str(squash), "--row", "99", "--out", str(png), check=False)
+    assert missing.returncode == 2 and missing.stderr.strip() == f"cache: error: --row 99: not an ok clip of {squash}"
