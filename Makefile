@@ -28,9 +28,17 @@ demo: $(STAMP)
 		$(DEMO)/data/Celeb-real/id0_0000.mp4 $(DEMO)/data/Celeb-synthesis/id0_id1_0000.mp4
 	$(PY) -m train.explain --run $(DEMO)/run/simple_cnn --video $(DEMO)/data/Celeb-synthesis/id0_id1_0000.mp4 \
 		--out $(DEMO)/explain
+	$(VENV)/bin/ingest build-cache --data-root $(DEMO)/data --out $(DEMO)/faces.zarr --resize face
+	$(VENV)/bin/cache info $(DEMO)/faces.zarr
+	$(VENV)/bin/cache show $(DEMO)/cache.zarr $(DEMO)/faces.zarr --row 0 --out $(DEMO)/before-after.png
+	$(PY) train/run.py --cache $(DEMO)/faces.zarr --model all --out $(DEMO)/run-face --epochs 8 --frame-size 64
+	$(PY) -m train.report $(DEMO)/run $(DEMO)/run-face
+	$(PY) -m train.explain --run $(DEMO)/run-face/simple_cnn --video $(DEMO)/data/Celeb-synthesis/id0_id1_0000.mp4 \
+		--out $(DEMO)/explain-face
 	@echo "demo: models, metrics and plots in $(DEMO)/run/ (comparison.md, */metrics.json, */curves.png);"
 	@echo "      resnet18 trained on cached features in $(DEMO)/run-features/; predictions in $(DEMO)/predictions.csv;"
-	@echo "      Grad-CAM explanation in $(DEMO)/explain/"
+	@echo "      Grad-CAM explanation in $(DEMO)/explain/; the same models on face crops in $(DEMO)/run-face/"
+	@echo "      (side by side above), a video squashed and face-cropped in $(DEMO)/before-after.png"
 
 bench: $(STAMP)
 	$(PY) -m bench run --demo --quick
