@@ -1,19 +1,27 @@
 """`ingest make-demo`: a small Celeb-DF-shaped dataset of real video files.
 
-Each identity has a face-like ellipse of its own tone on a moving background. Real videos keep the
-face's tone and soft outline; fakes paste another identity's tone inside a hard, darkened blending seam,
-with blocky texture, and the colour and outline flicker from frame to frame: the spatial and temporal
-artefacts a CNN can learn from a few dozen videos.
+Every identity shows the one frontal face photograph scikit-image ships (its astronaut), her head cut
+out in a soft ellipse and told apart by a colour tint (skin and hair tone), a size and a mirroring; the
+head circles across a blotchy wall that pans, under sensor noise. dlib's frontal face detector finds the
+face in the default 320x180 frames (and larger ones), so `build-cache --resize face` has faces to crop.
+Real videos keep the photograph as it is. Fakes paste the face in another identity's tint, part blocky
+as a generator's upscaled output, into the inner face (eyes, nose, mouth) inside a hard, darkened seam,
+with large colour blocks that carry no grey level; the colour, blocks and seam's outline change from frame
+to frame. These spatial and temporal artefacts lie inside the face crop, and are large enough to survive
+a squash of the whole frame to 64 px, where a CNN learns them from a few dozen videos.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
+from skimage import data
 
 from ingest.discover import TEST_LIST
 
@@ -25,8 +33,8 @@ class DemoSpec:
     fakes_per_identity: int = 4
     youtube: int = 4
     frames: int = 48
-    width: int = 256
-    height: int = 144
+    width: int = 320
+    height: int = 180
     fps: int = 25
     codec: str = "libx264"
     test_identities: int = 1
@@ -57,62 +65,164 @@ def write_video(
             container.mux(packet)
 
 
-def render(spec: DemoSpec, rng: np.random.Generator, tone: np.ndarray, fake_tone: np.ndarray | None):
-    """Frames of one video: `fake_tone` None for a real video."""
+HEAD = (24, 190, 150, 304)  # rows and columns of scikit-image's astronaut photograph from her hair to her chin
+INNER_FACE = (0.47, 0.6, 0.28, 0.30)  # eyes, nose and mouth: centre x, y and semi-axes over the head's width, height
+BLOCKY = 0.3  # share of upscaled blocks in the swapped face: at 0.5 dlib misses it in ~10% of frames, at 1 in all
+COLOUR_CELL = 4  # colour blocks span this many blocks of the swapped face: they survive a squash to 64 px
+COLOUR_SIGMA = 60.0  # grey levels: weaker colour blocks (30-50) leave 8 epochs of simple_cnn at 64 px unsure
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # grey as OpenCV weighs RGB
+PAN = 0.25  # the wall pans by this share of the frame's width over a video
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One demo person: every identity is the same photograph, told apart by these."""
+
+    tint: np.ndarray  # per-channel gain on the photograph: skin and hair tone
+    size: float  # head height over the frame's shorter side
+    mirror: bool
+
+
+@dataclass(frozen=True)
+class Swap:
+    """What a fake pastes into its head: the other identity's face, and where its inner face lies."""
+
+    face: np.ndarray  # (h, w, 3) float32, part blocky
+    inner: np.ndarray  # (h, w) squared distance from the inner face's centre, 1 on its outline
+    block: int  # side of the blocks in pixels
+
+
+def draw_identity(rng: np.random.Generator) -> Identity:
+    """Sizes put dlib's face box at 70-80 px in 180-row frames; its frontal detector finds it from about 55."""
+    return Identity(rng.uniform(0.65, 1.3, 3).astype(np.float32), float(rng.uniform(0.78, 0.88)), bool(rng.integers(2)))
+
+
+@cache
+def _photo() -> np.ndarray:
+    top, bottom, left, right = HEAD
+    return data.astronaut()[top:bottom, left:right].astype(np.float32)
+
+
+def head_image(height: int, tint: np.ndarray) -> np.ndarray:
+    """The photograph's head scaled to `height` rows, tinted; (height, width, 3) float32."""
+    photo = _photo()
+    width = round(height * photo.shape[1] / photo.shape[0])
+    return cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA) * tint
+
+
+def ellipse(shape: tuple[int, int], cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
+    """Squared normalised distance from an ellipse's centre (1 on its outline) at each pixel of `shape`."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    return ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2
+
+
+def head_mask(shape: tuple[int, int]) -> np.ndarray:
+    """(h, w, 1) opacity of the head: a soft-edged ellipse that leaves the photograph's own background out."""
+    h, w = shape
+    return np.clip((1 - ellipse(shape, w / 2, h / 2, w / 2, h / 2)) / 0.25, 0, 1)[..., None]
+
+
+def panning_wall(spec: DemoSpec, rng: np.random.Generator) -> np.ndarray:
+    """A blotchy, shaded wall wider than the frame by the pan: frames are windows of it further and further along."""
+    wide = spec.width + round(PAN * spec.width)
+    shade = np.linspace(0, 1, wide, dtype=np.float32)[None, :, None] * rng.uniform(-60, 60, 3).astype(np.float32)
+    cell = max(spec.height // 8, 1)
+    cells = (spec.height // cell + 2, wide // cell + 2)
+    coarse = (rng.normal(0, 25, (*cells, 1)) + rng.normal(0, 8, (*cells, 3))).astype(np.float32)
+    blotches = cv2.resize(coarse, (wide, spec.height), interpolation=cv2.INTER_CUBIC)
+    return rng.uniform(30, 200, 3).astype(np.float32) + shade + blotches
+
+
+def make_swap(height: int, tint: np.ndarray) -> Swap:
+    """The other identity's face at `height` rows, part blocky as a generator's upscaled output is: a fully
+    blocky face is one dlib's frontal detector no longer finds."""
+    face = head_image(height, tint)
+    h, w = face.shape[:2]
+    block = max(height // 24, 2)
+    small = cv2.resize(face, (max(w // block, 1), max(h // block, 1)), interpolation=cv2.INTER_AREA)
+    blocky = BLOCKY * cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST) + (1 - BLOCKY) * face
+    cx, cy, ax, ay = INNER_FACE
+    return Swap(blocky, ellipse((h, w), cx * w, cy * h, ax * w, ay * h), block)
+
+
+def blocks(rng: np.random.Generator, shape: tuple[int, int], cell: int, sigma: float, channels: int) -> np.ndarray:
+    """Random levels, one per cell x cell square: (h, w, channels) float32."""
+    h, w = shape
+    levels = rng.normal(0, sigma, (h // cell + 1, w // cell + 1, channels)).astype(np.float32)
+    return levels.repeat(cell, 0).repeat(cell, 1)[:h, :w]
+
+
+def swapped(own: np.ndarray, swap: Swap, rng: np.random.Generator) -> np.ndarray:
+    """One frame of a fake's head: the swapped inner face inside a hard, darkened seam, its outline, colour and
+    block texture drawn anew each frame, as a per-frame face swap's flicker. The large colour blocks carry no
+    grey level, so dlib's detector, which sees grey, looks through them."""
+    radius = 1 + rng.normal(0, 0.1)
+    shape = swap.inner.shape
+    colour = blocks(rng, shape, COLOUR_CELL * swap.block, COLOUR_SIGMA, 3)
+    texture = blocks(rng, shape, swap.block, 8, 1) + colour - (colour @ LUMA)[..., None]
+    face = np.where((swap.inner < radius)[..., None], swap.face + rng.normal(0, 22, 3) + texture, own)
+    face[np.abs(swap.inner - radius) < 0.12] *= 0.5
+    return face
+
+
+def paste(frame: np.ndarray, image: np.ndarray, alpha: np.ndarray, x: int, y: int) -> None:
+    """Blend `image` into `frame` with its top-left corner at (x, y), cut where it reaches past the frame."""
+    h, w = frame.shape[:2]
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + image.shape[1], w), min(y + image.shape[0], h)
+    if x0 >= x1 or y0 >= y1:
+        return
+    part = (slice(y0 - y, y1 - y), slice(x0 - x, x1 - x))
+    a = alpha[part]
+    frame[y0:y1, x0:x1] = frame[y0:y1, x0:x1] * (1 - a) + image[part] * a
+
+
+def render(
+    spec: DemoSpec, rng: np.random.Generator, identity: Identity, fake_tint: np.ndarray | None
+) -> Iterator[np.ndarray]:
+    """Frames of one video: `fake_tint` (the other identity's) None for a real video. The head is drawn on
+    its own small canvas and pasted, so that a frame costs little beyond the wall's window."""
     h, w = spec.height, spec.width
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    background = rng.uniform(30, 200, 3).astype(np.float32)
-    slope = rng.uniform(-0.5, 0.5, 3).astype(np.float32)
-    cx0, cy0 = w * rng.uniform(0.4, 0.6), h * rng.uniform(0.4, 0.6)
-    ax, ay = w * rng.uniform(0.12, 0.16), h * rng.uniform(0.25, 0.32)
+    height = max(round(identity.size * min(h, w)), 8)
+    own = head_image(height, identity.tint)
+    alpha = head_mask(own.shape[:2])
+    swap = None if fake_tint is None else make_swap(height, fake_tint)
+    wall = panning_wall(spec, rng)
+    offsets = np.linspace(0, wall.shape[1] - w, spec.frames).round().astype(int)
+    offsets = offsets[::-1] if rng.integers(2) else offsets
+    cx0, cy0 = w * rng.uniform(0.4, 0.6) - own.shape[1] / 2, h * rng.uniform(0.45, 0.55) - own.shape[0] / 2
     phase = rng.uniform(0, 2 * np.pi)
-    gradient = background + 0.3 * xx[..., None] * slope  # the background pans: add 0.6 * t * slope per frame
     noise = 3 * rng.standard_normal((4, h, w, 3), dtype=np.float32)  # sensor noise, drawn once: drawing is slow
-    for t in range(spec.frames):
+    for t, offset in enumerate(offsets):
         angle = phase + 2 * np.pi * t / max(spec.frames, 1)
-        cx, cy = cx0 + 0.06 * w * np.sin(angle), cy0 + 0.04 * h * np.cos(angle)
-        frame = gradient + 0.6 * t * slope
-        d = ((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2
-        if fake_tone is None:
-            mask, face = np.clip((1.2 - d) / 0.4, 0, 1), tone
-        else:
-            radius = 1 + rng.normal(0, 0.12)
-            mask = (d < radius).astype(np.float32)
-            blocks = rng.normal(0, 30, (h // 16 + 1, w // 16 + 1, 1)).repeat(16, 0).repeat(16, 1)[:h, :w]
-            face = fake_tone + rng.normal(0, 22, 3) + blocks
-            seam = np.abs(d - radius) < 0.15
-        frame = frame * (1 - mask[..., None]) + face * mask[..., None]
-        if fake_tone is not None:
-            frame[seam] *= 0.45
-        for ex in (-0.4, 0.4):
-            eye = ((xx - cx - ex * ax) / (0.15 * ax)) ** 2 + ((yy - cy + 0.3 * ay) / (0.1 * ay)) ** 2 < 1
-            frame[eye] = 25
-        frame += noise[t % len(noise)]
+        x, y = round(cx0 + 0.06 * w * np.sin(angle)), round(cy0 + 0.04 * h * np.cos(angle))
+        face = own if swap is None else swapped(own, swap, rng)
+        frame = wall[:, offset : offset + w] + noise[t % len(noise)]
+        paste(frame, face[:, ::-1] if identity.mirror else face, alpha, x, y)
         yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
 def make_demo(out: Path, spec: DemoSpec = DemoSpec()) -> list[Path]:
     """Write the dataset in Celeb-DF v2's layout with its official test list; returns the video paths."""
     rng = np.random.default_rng(spec.seed)
-    tones = rng.uniform(60, 230, (spec.identities, 3)).astype(np.float32)
-    videos: list[tuple[str, np.ndarray, np.ndarray | None]] = []
-    for i in range(spec.identities):
+    people = [draw_identity(rng) for _ in range(spec.identities)]
+    videos: list[tuple[str, Identity, np.ndarray | None]] = []
+    for i, person in enumerate(people):
         for j in range(spec.reals_per_identity):
-            videos.append((f"Celeb-real/id{i}_{j:04d}.mp4", tones[i], None))
+            videos.append((f"Celeb-real/id{i}_{j:04d}.mp4", person, None))
         for j in range(spec.fakes_per_identity):
             other = (i + 1 + j % max(spec.identities - 1, 1)) % spec.identities
-            videos.append((f"Celeb-synthesis/id{i}_id{other}_{j:04d}.mp4", tones[i], tones[other]))
+            videos.append((f"Celeb-synthesis/id{i}_id{other}_{j:04d}.mp4", person, people[other].tint))
     for j in range(spec.youtube):
-        videos.append((f"YouTube-real/{j:05d}.mp4", rng.uniform(60, 230, 3).astype(np.float32), None))
+        videos.append((f"YouTube-real/{j:05d}.mp4", draw_identity(rng), None))
     written = []
     test_lines = []
-    for relative, tone, fake_tone in videos:
+    for relative, person, fake_tint in videos:
         path = out / relative
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_video(path, render(spec, rng, tone, fake_tone), spec.width, spec.height, spec.fps, spec.codec)
+        write_video(path, render(spec, rng, person, fake_tint), spec.width, spec.height, spec.fps, spec.codec)
         written.append(path)
         identity = relative.split("/")[1].split("_")[0]
         if identity in {f"id{i}" for i in range(spec.test_identities)} or relative == "YouTube-real/00000.mp4":
-            test_lines.append(f"{0 if fake_tone is not None else 1} {relative}")
+            test_lines.append(f"{0 if fake_tint is not None else 1} {relative}")
     (out / TEST_LIST).write_text("\n".join(test_lines) + "\n")
     return written
