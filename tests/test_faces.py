@@ -1,9 +1,12 @@
-"""Face-centred crop windows on frames made from a real photograph (scikit-image's astronaut) at known places."""
+"""Face-centred crop windows on frames made from a real photograph (scikit-image's astronaut) at known places, and
+on the demo set's videos, which show that photograph."""
 
 import numpy as np
 import pytest
 from conftest import FACE_CENTRE, face_patch, frames_with, moving
 
+from ingest.decoders import make_decoder
+from ingest.demo import DemoSpec, make_demo
 from ingest.faces import FaceSettings, crop_windows, face_crops, fill_gaps, smooth
 from ingest.frames import resize_windows
 
@@ -62,3 +65,15 @@ def test_a_window_larger_than_the_frame_is_centred_and_padded():
     frames = np.full((3, 60, 300, 3), 255, np.uint8)
     crop = resize_windows(frames, windows, 104)[0].numpy()  # the window's own side: no interpolation
     assert crop.shape == (104, 104, 3) and crop[0].max() == 0 and crop[52, 52].min() == 255
+
+
+def test_the_demo_videos_show_a_face_dlib_finds_in_real_and_fake_videos(tmp_path):
+    """`make demo` shows face crops only if its videos, as a build decodes them, hold faces dlib finds: the fakes'
+    manipulated inner face too."""
+    spec = DemoSpec(identities=2, reals_per_identity=1, fakes_per_identity=1, youtube=0, frames=16, test_identities=0)
+    videos = make_demo(tmp_path, spec)
+    decoder = make_decoder("pyav", 1)
+    for folder in ("Celeb-real", "Celeb-synthesis"):
+        for path in (video for video in videos if video.parent.name == folder):
+            crops = face_crops(decoder.decode(str(path), 16).frames, FaceSettings())
+            assert crops is not None and crops.detected >= 12, f"{path.name}: {crops and crops.detected} of 16"
