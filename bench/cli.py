@@ -63,7 +63,7 @@ def demo_data(folder: Path) -> Path:
 
 
 def demo_set(folder: Path) -> Path:
-    """The 100 small videos of `ingest make-demo` (48 frames at 256x144), written once and reused: many short
+    """The 100 small videos of `ingest make-demo` (48 frames at 320x180), written once and reused: many short
     videos, where a build's start-up and the store's writes weigh most."""
     from ingest.demo import make_demo
 
