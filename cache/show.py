@@ -16,17 +16,16 @@ from cache.store import ClipStore
 def clip_strips(stores: list[ClipStore], row: int, frames: int) -> Figure:
     """`frames` evenly spaced frames of `row` in each store, a strip per store titled with its settings."""
     path = _same_video(stores, row)
-    figure = Figure(figsize=(1.6 * frames, 1.9 * len(stores) + 0.4), layout="constrained")
-    grid = figure.subplots(len(stores), frames, squeeze=False)
-    for axes, store in zip(grid, stores, strict=True):
+    figure = Figure(figsize=(1.6 * frames, 2.1 * len(stores) + 0.4), layout="constrained")
+    for strip, store in zip(figure.subfigures(len(stores), 1, squeeze=False)[:, 0], stores, strict=True):
         clip = store.read([row])[0]
         picks = np.linspace(0, len(clip) - 1, min(frames, len(clip))).astype(int)
-        for ax, t in zip(axes, picks, strict=False):
+        for ax, t in zip(strip.subplots(1, frames, squeeze=False)[0], picks, strict=False):
             ax.imshow(clip[t])
             ax.set_title(f"frame {store.frame_index[row][t]}", fontsize=7)
-        for ax in axes:
+        for ax in strip.axes:
             ax.set_axis_off()
-        axes[0].text(0, -0.25, _caption(store, row), transform=axes[0].transAxes, fontsize=8, va="top")
+        strip.suptitle(_caption(store, row), fontsize=9)
     figure.suptitle(path, fontsize=10)
     return figure
 
