@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ingest.decoders import DecodedClip, DecodeError, Probe, available, error_line, make_decoder
-from ingest.faces import NO_FACE, FaceCrops, FaceSettings
+from ingest.faces import FACE_DEFAULTS, NO_FACE, FaceCrops, FaceSettings
 from ingest.frames import make_clip
 
 # The decoder that tries a video its decoder failed on: PyAV's careful path for a GPU decoder's refusals and for
@@ -31,7 +31,7 @@ class RowJob:
     frames: int
     size: int
     resize: str
-    face: FaceSettings = FaceSettings()
+    face: FaceSettings = FACE_DEFAULTS
 
 
 @dataclass

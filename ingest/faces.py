@@ -4,8 +4,9 @@ The field crops the face before training (FaceForensics++: dlib's frontal face d
 times), because in a whole Celeb-DF frame the face, and the blending seams that give a fake away, shrink
 to a few dozen pixels at 224x224. Here it happens on the sampled frames of the decode pass itself:
 dlib's HOG detector on a small grey copy of each frame, one face track per video (the largest face that
-persists, linked frame to frame by overlap), gaps filled from the nearest detections, centre and size
-smoothed so the crop does not jitter, and a square of `margin` times the box's longer side cut around it.
+persists, linked frame to frame by how near its boxes lie for their size), gaps filled from the nearest
+detections, centre and size smoothed so the crop does not jitter, and a square of `margin` times the box's
+longer side, which `ingest.frames.resize_windows` cuts and resizes.
 """
 
 from __future__ import annotations
