@@ -5,7 +5,7 @@ Kept apart from `ingest.build` so that worker processes import only what decodin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -53,7 +53,13 @@ class RowOutcome:
 def decode_row(job: RowJob) -> RowOutcome:
     """Decode, sample and resize one video, with the other CPU decoder where the job's fails; any failure
     becomes the row's reason, never an exception."""
-    return without_face(fall_back(_decode(job), job), job)
+    return settled(_decode(job), job)
+
+
+def settled(outcome: RowOutcome, job: RowJob) -> RowOutcome:
+    """A row's last word, on every decoder's path: a failure tried once more by the fallback decoder, then
+    `--no-face fail` applied."""
+    return without_face(fall_back(outcome, job), job)
 
 
 def _decode(job: RowJob) -> RowOutcome:
@@ -84,12 +90,11 @@ def failed_row(row: int, error: Exception, source: str = "") -> RowOutcome:
 
 def gpu_rows(jobs: list[RowJob], in_flight: int) -> Iterator[RowOutcome]:
     """Outcomes of `jobs` (one GPU decoder, named in the jobs), `in_flight` videos at a time, PyAV retrying
-    the videos the GPU decoder fails on. Nothing of the GPU path raises past this."""
+    the videos the GPU decoder fails on, one decoder thread each. Nothing of the GPU path raises past this."""
     from ingest.gpu_decoders import gpu_results
 
-    by_row = {job.row: job for job in jobs}
-    outcomes = (_gpu_outcome(job, result) for job, result in gpu_results(jobs, in_flight))
-    return (without_face(outcome, by_row[outcome.row]) for outcome in with_fallback(outcomes, jobs))
+    for job, result in gpu_results(jobs, in_flight):
+        yield settled(_gpu_outcome(job, result), replace(job, threads=1))
 
 
 def _gpu_outcome(job: RowJob, result: DecodedClip | DecodeError) -> RowOutcome:
@@ -97,13 +102,6 @@ def _gpu_outcome(job: RowJob, result: DecodedClip | DecodeError) -> RowOutcome:
         return failed_row(job.row, result, source=f"{job.decoder}: ")
     indices = result.indices.astype(np.int32)
     return RowOutcome(job.row, result.frames, indices, result.probe, decoder=job.decoder, face=result.face)
-
-
-def with_fallback(outcomes: Iterable[RowOutcome], jobs: list[RowJob]) -> Iterator[RowOutcome]:
-    """Each failed outcome of a GPU decoder decoded again by PyAV, whose careful path handles damaged files."""
-    by_row = {job.row: job for job in jobs}
-    for outcome in outcomes:
-        yield fall_back(outcome, replace(by_row[outcome.row], threads=1))
 
 
 def fall_back(outcome: RowOutcome, job: RowJob) -> RowOutcome:
