@@ -240,11 +240,16 @@ class DaliDecoder:
         self.device = device
         self._pipelines: dict[tuple[int, int | None, str], object] = {}
 
+    @staticmethod
+    def _key(batch: int, size: int | None, resize: str) -> tuple[int, int | None, str]:
+        """Which pipeline a run needs: face clips are cut from whole frames, by torch, whatever their size."""
+        return (batch, None if resize == "face" else size, resize)
+
     def _pipeline(self, batch: int, size: int | None, resize: str):
-        size = None if resize == "face" else size  # face clips are cut from whole frames, by torch
-        key = (batch, size, resize)
+        key = self._key(batch, size, resize)
         if key not in self._pipelines:
-            self._pipelines[key] = _dali_pipeline(batch, size, resize == "crop", self.device.index or 0)
+            _, decoded_size, _ = key
+            self._pipelines[key] = _dali_pipeline(batch, decoded_size, resize == "crop", self.device.index or 0)
         return self._pipelines[key]
 
     def run(
@@ -262,7 +267,7 @@ class DaliDecoder:
             with refusals():
                 return self._run(paths, probes, indices, size, resize, face)
         except DecodeError:
-            self._pipelines.pop((len(paths), None if resize == "face" else size, resize), None)
+            self._pipelines.pop(self._key(len(paths), size, resize), None)
             raise
 
     def _run(self, paths, probes, indices, size, resize, face) -> list[tuple[np.ndarray, FaceCrops | None]]:
