@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -95,10 +96,18 @@ def _run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         print(f"bench: error: {root}: no such folder", file=sys.stderr)
         return 2
+    work = scratch()
+    try:
+        return _measure(args, root, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # a full run leaves 2.4 GB of stores there
+
+
+def _measure(args: argparse.Namespace, root: Path, work: Path) -> int:
+    """Every stage asked for, on `root`'s videos, with the bench's stores in `work`; the results saved."""
     from ingest.build import BuildConfig, build_cache
     from ingest.discover import find_videos
 
-    work = scratch()
     built = build_cache(BuildConfig(root, work / "videos.zarr", decoder="pyav"), log=lambda _: None)
     if built.ok == 0:
         print(f"bench: error: no video under {root} decodes", file=sys.stderr)

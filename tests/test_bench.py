@@ -99,6 +99,8 @@ def test_faces_stage_times_detection_and_the_face_build_beside_squash(face_root,
 
 
 def test_bench_run_command_writes_results(demo_root, tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     result = run_cli(
         "bench",
         "run",
@@ -112,7 +114,9 @@ def test_bench_run_command_writes_results(demo_root, tmp_path):
         str(tmp_path / "results"),
         "--markdown",
         str(tmp_path / "RESULTS.md"),
+        env={"TMPDIR": str(scratch)},
     )
+    assert list(scratch.iterdir()) == [], "the bench's scratch stores outlive it"
     assert "| resize |" in result.stdout and "not run" in result.stdout
     assert len(list((tmp_path / "results").glob("*.json"))) == 1
     assert "| resize |" in (tmp_path / "RESULTS.md").read_text()
