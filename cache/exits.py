@@ -44,12 +44,6 @@ def stop_on_signals() -> None:
         signal.signal(signum, stop)
 
 
-def ignore_stop_signals() -> None:
-    """For worker processes: Ctrl-C reaches the whole process group, and the parent decides when they stop."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-
-
 def exit_status(stop: KeyboardInterrupt) -> int:
     return 128 + (stop.signum if isinstance(stop, Interrupted) else signal.SIGINT)
 

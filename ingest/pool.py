@@ -15,7 +15,6 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 import torch
 
-from cache.exits import ignore_stop_signals
 from ingest.clips import RowJob, RowOutcome, decode_row, gpu_rows
 from ingest.decoders import GPU_DECODERS, Probe
 
@@ -161,11 +160,16 @@ _slots: np.ndarray | None = None  # in a worker: the clip slots it shares with t
 def _worker(slots: np.ndarray) -> None:
     """A worker resizes in one torch thread: its decoder threads share out the cores, and an OpenMP thread pool
     that this process started before the fork would not exist in the worker. It leaves Ctrl-C to the process
-    that started it, and ends with it: nothing outlives a killed build."""
+    that started it, and ends with it: nothing outlives a killed build.
+
+    SIGTERM ends a worker at once (not through the handler the fork copied): a pool whose worker died sends it
+    to the others, since the dead one may have held the lock of the job queue they read, and a worker that
+    ignored it waited on that lock for ever."""
     global _slots
     _slots = slots
     torch.set_num_threads(1)
-    ignore_stop_signals()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 

@@ -6,7 +6,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -18,6 +20,8 @@ from test_build import assert_same_store, one_line_error
 
 from cache import open_store
 from cache.schema import OK, PENDING
+from ingest.clips import RowJob
+from ingest.pool import DecodePool
 
 pytestmark = pytest.mark.slow
 
@@ -94,8 +98,9 @@ def kill_mid_build(args, store, stop: int = signal.SIGKILL) -> str:
         ("zarr", signal.SIGINT, 1),
         ("h5", signal.SIGTERM, 1),
         ("zarr", signal.SIGINT, 2),
+        ("zarr", signal.SIGTERM, 2),
     ],
-    ids=["zarr-sigkill", "h5-sigkill", "zarr-ctrl-c", "h5-sigterm", "zarr-ctrl-c-2-workers"],
+    ids=["zarr-sigkill", "h5-sigkill", "zarr-ctrl-c", "h5-sigterm", "zarr-ctrl-c-2-workers", "zarr-sigterm-2-workers"],
 )
 def test_resume_after_a_kill_or_interruption_equals_an_uninterrupted_build(
     many_videos, reference, tmp_path, suffix, stop, workers
@@ -191,6 +196,40 @@ def test_a_worker_killed_mid_build_loses_nothing(many_videos, reference, tmp_pat
     assert process.returncode == 0
     assert "0 failed, 0 pending" in output
     assert_same_store(store, reference["zarr"])
+
+
+def test_a_worker_killed_while_it_waits_for_a_video_costs_nothing(many_videos):
+    """The worker waiting for the next video holds the lock of the pool's job queue. Killed there, it must not
+    leave the other worker, and so the build, waiting on that lock for ever."""
+    paths = sorted(many_videos.rglob("*.mp4"))[:6]
+    jobs = [RowJob(row, str(path), "pyav", 1, 4, 32, "squash") for row, path in enumerate(paths)]
+    hung = threading.Event()
+
+    def end_the_hang() -> None:
+        hung.set()
+        for child in psutil.Process().children(recursive=True):
+            child.kill()
+
+    with DecodePool("pyav", 2, (4, 32, 32, 3)) as pool:
+        reader_of_the_queue().kill()
+        watchdog = threading.Timer(60, end_the_hang)
+        watchdog.start()
+        outcomes = list(pool.rows(jobs))
+        watchdog.cancel()
+    assert not hung.is_set(), "the pool hung once its worker was killed"
+    assert sorted(outcome.row for outcome in outcomes) == list(range(len(jobs)))
+    assert all(outcome.clip is not None and not outcome.error for outcome in outcomes)
+
+
+def reader_of_the_queue() -> psutil.Process:
+    """The idle worker blocked reading the job queue's pipe (the other waits for the queue's lock)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for child in psutil.Process().children():
+            if "pipe" in Path(f"/proc/{child.pid}/wchan").read_text():
+                return child
+        time.sleep(0.01)
+    raise AssertionError("no worker was seen waiting for a video")
 
 
 @pytest.mark.parametrize("suffix", ["zarr", "h5"])
