@@ -1,11 +1,14 @@
 """`ingest build-cache` end to end, as a user runs it, on real videos with broken files among them."""
 
+import os
 import shutil
+import time
 import warnings
 
 import h5py
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 import zarr
@@ -15,6 +18,7 @@ from cache import open_store
 from cache.schema import FAILED, OK, PENDING
 from ingest.discover import VIDEO_SUFFIXES
 from ingest.frames import sample_indices
+from ingest.pool import DecodePool, worker_cpus
 
 ARRAYS = ("label", "split", "frame_index", "path", "group", "status", "error", "decoder", "face_box", "face_detected")
 
@@ -75,6 +79,31 @@ def test_labels_and_splits_follow_the_test_list_and_sources(stores):
 
 def test_two_workers_lose_nothing(stores):
     assert_same_store(stores["zarr"], stores["zarr-2-workers"])
+
+
+@pytest.mark.parametrize(("workers", "cpus"), [(2, 2), (3, 8), (1, 4), (5, 2), (16, 16)])
+def test_workers_keep_to_cpus_of_their_own_until_there_are_more_workers_than_cpus(workers, cpus):
+    available = set(range(10, 10 + cpus))
+    shares = [worker_cpus(index, workers, available) for index in range(workers)]
+    assert all(shares) and set().union(*shares) == available
+    if workers <= cpus:
+        assert sum(map(len, shares)) == cpus
+    else:
+        assert all(len(share) == 1 for share in shares)
+        assert max(shares.count(share) for share in shares) == -(-workers // cpus)
+
+
+def test_the_pool_forks_its_workers_onto_cpus_of_their_own():
+    cpus = os.sched_getaffinity(0)
+    workers = min(len(cpus), 2)
+    with DecodePool("pyav", workers, (4, 32, 32, 3)):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            shares = [set(child.cpu_affinity()) for child in psutil.Process().children()]
+            if len(shares) == workers and sum(map(len, shares)) == len(cpus) and set().union(*shares) == cpus:
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"the workers kept to {shares}, not shares of {cpus}")
 
 
 def test_hdf5_store_holds_the_same_as_zarr(stores):
