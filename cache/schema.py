@@ -113,6 +113,16 @@ class ClipSettings:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def difference(self, other: ClipSettings) -> str | None:
+        """The first preprocessing setting in which two stores' clips differ, as `name a against b`; None when
+        a model trained on one sees the other's clips as it saw its own (the decoder may differ: every decoder
+        samples the same frames within a few grey levels)."""
+        names = ["frames", "size", "resize"] + (["face_margin"] if self.resize == "face" else [])
+        for name in names:
+            if getattr(self, name) != getattr(other, name):
+                return f"{name} {getattr(self, name)!r} against {getattr(other, name)!r}"
+        return None
+
 
 def store_format(path: str | Path) -> str:
     """`zarr` or `hdf5`, from the file name, so that users choose the format by naming the store."""

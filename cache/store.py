@@ -98,25 +98,32 @@ class ClipStore(StoreHandle):
         """Rows of ok clips of a face build in which no face was found: stored squashed."""
         return np.flatnonzero((self.status == OK) & (self.face_detected == 0))
 
-    def read(self, rows, out: np.ndarray | None = None) -> np.ndarray:
+    def read(self, rows, out: np.ndarray | None = None, frames: np.ndarray | None = None) -> np.ndarray:
         """The clips of `rows`, in that order, as one uint8 array (len(rows), T, H, W, 3).
 
-        `out` (C-contiguous uint8 of that shape) receives them instead of a new array: a reader that reuses
-        its buffers skips the page faults of fresh memory, which cost as much as the reads themselves.
+        `frames` (len(rows), F) picks F of each clip's stored frames, in that order: a clip of every k-th
+        frame reads only those frames' bytes. `out` (C-contiguous uint8 of the result's shape) receives them
+        instead of a new array: a reader that reuses its buffers skips the page faults of fresh memory, which
+        cost as much as the reads themselves.
         """
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows out of range 0..{len(self) - 1}")
-        shape = (len(rows), *self.spec.clip_shape())
+        t, h, w, c = self.spec.clip_shape()
+        if frames is not None:
+            frames = np.asarray(frames, dtype=np.int64).reshape(len(rows), -1)
+            if frames.size and (frames.min() < 0 or frames.max() >= t):
+                raise IndexError(f"frames out of range 0..{t - 1}")
+        shape = (len(rows), t if frames is None else frames.shape[1], h, w, c)
         if out is None:
             out = np.empty(shape, dtype=np.uint8)
         elif out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous uint8 {shape}, not {out.dtype} {out.shape}")
         if self._reader is not None:
-            self._reader.read_into(rows, out)
+            self._reader.read_into(rows, out, frames)
         else:
             for i, row in enumerate(rows):
-                out[i] = self.clips[int(row)]
+                out[i] = self.clips[int(row)] if frames is None else self.clips[int(row)][frames[i]]
         return out
 
     def locate(self, rows) -> list[tuple[Path, int]] | None:
@@ -173,13 +180,15 @@ def _load(array) -> np.ndarray:
 
 
 class _PreadReader:
-    """Reads each clip with one `preadv` at a known file offset; `locate` says where."""
+    """Reads each clip with one `preadv` at a known file offset (a frame at a time where only some frames are
+    wanted); `locate` says where."""
 
-    def __init__(self, clip_bytes: int, locate):
+    def __init__(self, clip_bytes: int, frame_bytes: int, locate):
         self.clip_bytes = clip_bytes
+        self.frame_bytes = frame_bytes
         self.locate = locate
 
-    def read_into(self, rows: np.ndarray, out: np.ndarray) -> None:
+    def read_into(self, rows: np.ndarray, out: np.ndarray, frames: np.ndarray | None = None) -> None:
         fds: dict[Path, int] = {}
         try:
             for i, row in enumerate(rows):
@@ -189,23 +198,31 @@ class _PreadReader:
                     continue
                 if file not in fds:
                     fds[file] = os.open(file, os.O_RDONLY)
-                got = os.preadv(fds[file], [memoryview(out[i]).cast("B")], offset)
-                if got != self.clip_bytes:
-                    raise StoreError(f"{file}: short read at byte {offset}")
+                if frames is None:
+                    self._read(fds[file], file, out[i], offset, self.clip_bytes)
+                    continue
+                for j, frame in enumerate(frames[i]):
+                    self._read(fds[file], file, out[i, j], offset + int(frame) * self.frame_bytes, self.frame_bytes)
         finally:
             for fd in fds.values():
                 os.close(fd)
 
+    @staticmethod
+    def _read(fd: int, file: Path, into: np.ndarray, offset: int, size: int) -> None:
+        if os.preadv(fd, [memoryview(into).cast("B")], offset) != size:
+            raise StoreError(f"{file}: short read at byte {offset}")
+
 
 def _fast_reader(store: ClipStore) -> _PreadReader | None:
     clip_bytes = int(np.prod(store.spec.clip_shape()))
+    frame_bytes = clip_bytes // store.spec.frames
     if store.format == "hdf5":
         offset = store.clips.id.get_offset() if store.clips.chunks is None else None
         if offset is None or store.clips.compression is not None:
             return None
-        return _PreadReader(clip_bytes, lambda row: (store.location, offset + row * clip_bytes))
+        return _PreadReader(clip_bytes, frame_bytes, lambda row: (store.location, offset + row * clip_bytes))
     shards = _ShardIndex.for_array(store.clips, store.spec)
-    return None if shards is None else _PreadReader(clip_bytes, shards.locate)
+    return None if shards is None else _PreadReader(clip_bytes, frame_bytes, shards.locate)
 
 
 class _ShardIndex:
