@@ -16,7 +16,6 @@ from train.augment import ClipTransform
 from train.checkpoint import load_weights
 from train.data import shard_feed, split_dataset, train_sampler
 from train.loop import run_evaluation
-from train.metrics import evaluate
 from train.models import ModelConfig, build_model
 
 RUN_SCRIPT = str(Path(train.__file__).parent / "run.py")
@@ -61,7 +60,7 @@ def test_all_models_are_compared(all_run):
 
 
 def test_balanced_sampling_draws_each_class_equally_often(tiny_cache, tmp_path):
-    dataset = split_dataset(tiny_cache, "train", True)
+    dataset = split_dataset([tiny_cache], "train", True)
     draws = np.concatenate([list(train_sampler(dataset, "sampler", 42, epoch)) for epoch in range(300)])
     assert abs(np.mean(dataset.labels == 0) - 0.5) > 0.05
     assert np.mean(dataset.labels[draws] == 0) == pytest.approx(0.5, abs=0.03)
@@ -80,10 +79,10 @@ def evaluate_alone(cache: Path, folder: Path, split: str, threshold: float) -> d
     model = build_model(ModelConfig("simple_cnn"))
     model.load_state_dict(load_weights(folder / "best.safetensors"))
     accelerator = Accelerator(cpu=True)
-    feed = shard_feed(split_dataset(cache, split, True), 3, accelerator, True)
+    feed = shard_feed(split_dataset([cache], split, True), 3, accelerator, True)
     criterion = torch.nn.CrossEntropyLoss(reduction="none")
     result = run_evaluation(accelerator.prepare(model), feed, criterion, ClipTransform(), accelerator)
-    return evaluate(result.labels, result.probs, threshold)
+    return {key: value for key, value in result.metrics(threshold).items() if key != "loss"}
 
 
 @pytest.mark.slow

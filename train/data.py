@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.data_loader import BatchSamplerShard
-from torch.utils.data import BatchSampler, RandomSampler, Sampler, WeightedRandomSampler
+from torch.utils.data import BatchSampler, RandomSampler, WeightedRandomSampler
 
 from cache import ClipDataset
+from cache.dataset import Phases, StoreUnion
 from cache.schema import FAKE, REAL
+from cache.store import clip_settings
 
 BALANCE = ("none", "weights", "sampler")
 READER_THREADS = "clip-reader"
@@ -27,15 +29,37 @@ class UsageError(Exception):
     """Bad input to the trainer: one line for the user, exit status 2."""
 
 
-def split_dataset(cache: Path, split: str, need_both_classes: bool) -> ClipDataset:
-    """The ok clips of a split, with their row numbers; refuses a split that cannot be trained or judged on."""
-    dataset = ClipDataset(cache, split, with_rows=True)
+def split_dataset(
+    caches: Sequence[Path], split: str, need_both_classes: bool, clip_frames: int | None = None
+) -> ClipDataset | StoreUnion:
+    """The ok clips of a split of one store, or of several as one; refuses a split that cannot be trained or
+    judged on."""
+    parts = [ClipDataset(cache, split, with_rows=True, clip_frames=clip_frames) for cache in caches]
+    dataset = parts[0] if len(parts) == 1 else StoreUnion(parts)
     if need_both_classes:
-        check_classes(cache, split, dataset.labels)
+        check_classes(" + ".join(map(str, caches)), split, dataset.labels)
     return dataset
 
 
-def check_classes(cache: Path, split: str, labels: np.ndarray) -> None:
+def check_same_clips(caches: Sequence[Path]) -> None:
+    """Stores trained on together, or scored by one model, must hold clips made alike."""
+    first = clip_settings(caches[0])
+    for cache in caches[1:]:
+        difference = first.difference(clip_settings(cache))
+        if difference is not None:
+            raise UsageError(f"{cache} and {caches[0]} hold clips of other preprocessing: {difference}")
+
+
+def store_names(caches: Sequence[Path]) -> dict[str, Path]:
+    """What reports call each store: its name without the suffix (`ffpp` for ffpp.zarr), or its whole path
+    where two stores share a name."""
+    stems = [Path(cache).stem for cache in caches]
+    if len(set(stems)) == len(stems):
+        return dict(zip(stems, map(Path, caches), strict=True))
+    return {str(cache): Path(cache) for cache in caches}
+
+
+def check_classes(cache: str | Path, split: str, labels: np.ndarray) -> None:
     """A split trained or judged on needs clips of both classes."""
     if len(labels) == 0:
         raise UsageError(f"{cache}: the {split} split holds no ok clips")
@@ -50,16 +74,24 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(len(labels) / (2 * np.maximum(counts, 1)), dtype=torch.float32)
 
 
-def train_sampler(dataset: ClipDataset, balance: str, seed: int, epoch: int) -> Sampler:
-    """Shuffled (or class-balanced with `sampler`) order for one epoch, the same in every process.
+def train_sampler(dataset: FeedSource, balance: str, seed: int, epoch: int) -> list[int]:
+    """One item per video for one epoch, in a shuffled (or, with `sampler`, class-balanced) order that is the
+    same in every process: the clip of a phase drawn at random, so each epoch sees other frames of a video
+    whose store holds more frames than a clip takes.
 
     Seeding by epoch lets a resumed run see the same order as an uninterrupted one.
     """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    k = dataset.phases.count
+    labels = dataset.labels[::k]
     if balance == "sampler":
-        per_clip = class_weights(dataset.labels)[torch.from_numpy(dataset.labels)]
-        return WeightedRandomSampler(per_clip.double(), len(dataset), replacement=True, generator=generator)
-    return RandomSampler(dataset, generator=generator)
+        per_video = class_weights(labels)[torch.from_numpy(labels)]
+        videos = WeightedRandomSampler(per_video.double(), len(labels), replacement=True, generator=generator)
+    else:
+        videos = RandomSampler(range(len(labels)), generator=generator)
+    order = torch.tensor(list(videos), dtype=torch.int64)
+    phases = torch.randint(k, (len(labels),), generator=generator)
+    return (order * k + phases[order]).tolist()
 
 
 @dataclass(frozen=True)
@@ -85,6 +117,7 @@ class FeedSource(Protocol):
 
     rows: np.ndarray  # store row of each index
     labels: np.ndarray  # int64 label of each index
+    phases: Phases  # items per video: index i is the clip of phase i mod k of video i // k
     sample_shape: tuple[int, ...]
     sample_dtype: torch.dtype
 

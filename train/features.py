@@ -178,9 +178,11 @@ def model_for_features(spec: FeatureSpec, dropout: float, lstm_hidden: int = 128
     return model
 
 
-def feature_split(cache: Path, spec: FeatureSpec, split: str, need_both_classes: bool) -> FeatureDataset:
+def feature_split(
+    cache: Path, spec: FeatureSpec, split: str, need_both_classes: bool, clip_frames: int | None = None
+) -> FeatureDataset:
     try:
-        dataset = FeatureDataset(cache, spec.name, split)
+        dataset = FeatureDataset(cache, spec.name, split, clip_frames)
     except StoreError as error:
         raise UsageError(str(error)) from error
     if need_both_classes:

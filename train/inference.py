@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cache import StoreError
+from cache.dataset import Phases
 from cache.schema import ClipSettings
 from cache.store import clip_settings
 from ingest.clips import RowJob, RowOutcome
@@ -52,8 +53,8 @@ def decoder_for(clip: ClipSettings) -> str:
 
 @dataclass
 class TrainedModel:
-    """The chosen weights of one trained model, in eval mode, with the input transform and verdict threshold
-    of its own evaluation."""
+    """The chosen weights of one trained model, in eval mode, with the input transform, clip length and verdict
+    threshold of its own evaluation."""
 
     name: str
     model: ClipClassifier
@@ -61,6 +62,7 @@ class TrainedModel:
     threshold: float
     clip: ClipSettings
     device: torch.device
+    clip_frames: int  # frames per clip the model saw: a video's stored frames make stored / clip_frames clips
 
     @classmethod
     def load(cls, run_dir: Path, device: torch.device | None = None) -> TrainedModel:
@@ -81,13 +83,15 @@ class TrainedModel:
                 )
             )
         model.load_state_dict(load_weights(weights_file))
+        clip = run_clip_settings(metrics)
         return cls(
             name=config["model"],
             model=model.to(device).eval(),
             transform=ClipTransform(train=False, size=config["frame_size"]),
             threshold=float(metrics["threshold"]),
-            clip=run_clip_settings(metrics),
+            clip=clip,
             device=device,
+            clip_frames=int(metrics.get("clip_frames") or clip.frames),
         )
 
     def inputs(self, clips: np.ndarray) -> torch.Tensor:
@@ -98,11 +102,20 @@ class TrainedModel:
         """Fake at or above the threshold chosen on validation, as the trainer's metrics count it."""
         return "fake" if probability >= self.threshold else "real"
 
+    def phase_clips(self, clips: np.ndarray) -> np.ndarray:
+        """Each video's clips as the model saw them (B, k, clip_frames, H, W, 3): clip p of its stored frames p,
+        p + k, ... (`cache.dataset.Phases`)."""
+        phases = Phases.of(clips.shape[1], self.clip_frames)
+        return clips[:, phases.frames(np.arange(phases.count))]
+
     @torch.inference_mode()
     def probabilities(self, clips: np.ndarray) -> np.ndarray:
-        """Fake probability of each uint8 clip (B, T, H, W, 3), computed as the trainer's evaluation does."""
-        logits = self.model(self.inputs(clips))
-        return logits.float().softmax(dim=1)[:, 1].double().cpu().numpy()
+        """Fake probability of each video from its uint8 clip of all stored frames (B, T, H, W, 3): the mean of
+        its k clips' probabilities, as the trainer's evaluation scores a video."""
+        phased = self.phase_clips(clips)
+        logits = self.model(self.inputs(phased.reshape(-1, *phased.shape[2:])))
+        probabilities = logits.float().softmax(dim=1)[:, 1].double().cpu().numpy()
+        return probabilities.reshape(phased.shape[:2]).mean(axis=1)
 
 
 def run_clip_settings(metrics: dict) -> ClipSettings:
@@ -110,6 +123,7 @@ def run_clip_settings(metrics: dict) -> ClipSettings:
     if "clip" in metrics:
         return ClipSettings(**metrics["clip"])
     cache = metrics["config"]["cache"]
+    cache = cache[0] if isinstance(cache, list) else cache
     try:
         return clip_settings(cache)
     except StoreError as error:

@@ -32,13 +32,15 @@ from train.data import (
     BatchFeed,
     TimedBatches,
     UsageError,
+    check_same_clips,
     class_weights,
     shard_feed,
     split_dataset,
+    store_names,
     train_sampler,
 )
 from train.features import feature_split, find_entry, model_for_features
-from train.metrics import SELECT_BY, better, choose_threshold, evaluate
+from train.metrics import SELECT_BY, better, choose_threshold, video_metrics, video_scores
 from train.models import DEFAULT_LR, MODEL_NAMES, ClipClassifier, ModelConfig, build_model, count_parameters
 
 LR_FACTOR = 0.5  # the seed's ReduceLROnPlateau
@@ -48,7 +50,7 @@ SPLITS = (("train", True), ("val", True), ("test", False))  # and whether the sp
 
 @dataclass(frozen=True)
 class TrainConfig:
-    cache: Path
+    cache: tuple[Path, ...]  # one store, or several trained on as one (a single path is taken too)
     out: Path
     model: str
     epochs: int = 2
@@ -66,6 +68,11 @@ class TrainConfig:
     weights: Path | None = None
     resume: bool = False
     from_features: str | None = None  # a feature entry of the store, or "auto": train the head alone on it
+    clip_frames: int | None = None  # frames per clip: every k-th stored frame (default: all the store holds)
+
+    def __post_init__(self) -> None:
+        caches = (self.cache,) if isinstance(self.cache, (str, Path)) else self.cache
+        object.__setattr__(self, "cache", tuple(Path(cache) for cache in caches))
 
     @property
     def learning_rate(self) -> float:
@@ -84,9 +91,15 @@ class TrainConfig:
             raise UsageError(f"--weights {self.weights}: no such file")
         if self.from_features and (self.pretrained or self.weights is not None):
             raise UsageError("--from-features takes the backbone the features were computed with: drop --weights")
+        if self.from_features and len(self.cache) > 1:
+            raise UsageError("--from-features reads one store's features: give one --cache")
+        if not self.cache:
+            raise UsageError("--cache: give at least one store")
+        if self.clip_frames is not None and self.clip_frames < 1:
+            raise UsageError("--clip-frames must be at least 1")
 
     def as_dict(self) -> dict:
-        values = dataclasses.asdict(self)
+        values = {**dataclasses.asdict(self), "cache": [str(cache) for cache in self.cache]}
         return {name: str(value) if isinstance(value, Path) else value for name, value in values.items()}
 
 
@@ -102,10 +115,20 @@ class Progress:
 
 @dataclass
 class Evaluation:
+    """Every clip's fake probability, label and store row (a video's k clips share its row), in row order."""
+
     labels: np.ndarray
     probs: np.ndarray
     rows: np.ndarray
     loss: float
+
+    def videos(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each video's label and score: the mean probability of its clips."""
+        return video_scores(self.rows, self.labels, self.probs)
+
+    def metrics(self, threshold: float = 0.5) -> dict:
+        """Video-level metrics at `threshold`, with the clip-level AUC and the loss beside them."""
+        return {**video_metrics(self.rows, self.labels, self.probs, threshold), "loss": self.loss}
 
 
 def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
@@ -130,7 +153,7 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
     trained = model.head if config.from_features else model
     optimizer = torch.optim.Adam(trained.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=LR_FACTOR, patience=LR_PATIENCE)
-    train_set, val_set, test_set = data.train, data.val, data.test
+    train_set, val_set = data.train, data.val
     weight = class_weights(train_set.labels) if config.balance == "weights" else None
     criterion = nn.CrossEntropyLoss(weight=weight, reduction="none").to(accelerator.device)
 
@@ -159,7 +182,7 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
         )
         val = run_evaluation(trained, val_feed, criterion, evaluate_transform, accelerator)
         scheduler.step(val.loss)
-        val_metrics = evaluate(val.labels, val.probs)
+        val_metrics = val.metrics()
         record = {
             "epoch": epoch,
             "lr": optimizer.param_groups[0]["lr"],
@@ -183,13 +206,14 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
 
     model.load_state_dict(load_weights(model_dir / "best.safetensors"))
     threshold, final = final_evaluation(
-        trained, val_feed, test_set, criterion, evaluate_transform, accelerator, config, data.workers
+        trained, val_feed, data.tests, criterion, evaluate_transform, accelerator, config, data.workers
     )
     metrics = {
         "model": config.model,
         "parameters": parameters,
         "config": config.as_dict(),
-        "clip": clip_settings(config.cache).as_dict(),
+        "clip": clip_settings(config.cache[0]).as_dict(),
+        "clip_frames": data.clip_frames,
         "processes": accelerator.num_processes,
         "select_by": config.select_by,
         "best_epoch": progress.best_epoch,
@@ -211,28 +235,36 @@ class TrainingData:
     model: ClipClassifier
     train: Dataset
     val: Dataset
-    test: Dataset
+    tests: dict[str, Dataset]  # each store's test split, scored apart, by the store's name in reports
     transform: Callable[[torch.Tensor], torch.Tensor] | None  # None: clips, through a ClipTransform
     workers: int  # reader threads per process
+
+    @property
+    def clip_frames(self) -> int:
+        return self.train.phases.clip_frames
 
 
 def training_data(config: TrainConfig) -> TrainingData:
     torch.manual_seed(config.seed)
+    names = store_names(config.cache)
     if not config.from_features:
+        check_same_clips(config.cache)
         model = build_model(
             ModelConfig(config.model, config.dropout, config.pretrained, config.weights, lstm_hidden=config.lstm_hidden)
         )
-        splits = [split_dataset(config.cache, split, need) for split, need in SPLITS]
-        return TrainingData(config, model, *splits, transform=None, workers=config.workers)
-    entry = find_entry(config.cache, config.model, config.from_features)
+        train, val = (split_dataset(config.cache, split, True, config.clip_frames) for split in ("train", "val"))
+        tests = {name: split_dataset([cache], "test", False, config.clip_frames) for name, cache in names.items()}
+        return TrainingData(config, model, train, val, tests, transform=None, workers=config.workers)
+    (cache,) = config.cache
+    entry = find_entry(cache, config.model, config.from_features)
     if config.frame_size not in (None, entry.frame_size):
         raise UsageError(f"features/{entry.name} are of {entry.frame_size}px frames, not {config.frame_size}px")
     # The run records the entry and its frame size, so that prediction feeds the model what it was trained on.
     config = replace(config, from_features=entry.name, frame_size=entry.frame_size)
     model = model_for_features(entry, config.dropout, config.lstm_hidden)
-    splits = [feature_split(config.cache, entry, split, need) for split, need in SPLITS]
+    train, val, test = (feature_split(cache, entry, split, need, config.clip_frames) for split, need in SPLITS)
     # The features sit in memory: the training thread indexes them faster than it could hand the work to a thread.
-    return TrainingData(config, model, *splits, transform=as_float, workers=0)
+    return TrainingData(config, model, train, val, dict.fromkeys(names, test), transform=as_float, workers=0)
 
 
 def as_float(features: torch.Tensor) -> torch.Tensor:
@@ -260,17 +292,28 @@ def checkpoint(model_dir: Path, model: nn.Module, optimizer, scheduler, progress
 
 
 def final_evaluation(
-    model: nn.Module, val_feed, test_set, criterion, transform, accelerator: Accelerator, config, workers: int
+    model: nn.Module,
+    val_feed,
+    tests: dict[str, Dataset],
+    criterion,
+    transform,
+    accelerator: Accelerator,
+    config,
+    workers: int,
 ) -> tuple[float, dict]:
-    """The chosen weights on val (which also picks the verdict threshold), then on test, once."""
+    """The chosen weights on val (which also picks the verdict threshold, on video scores), then on each store's
+    test split, once. `test` holds the one store's test metrics; a run on several stores has them in
+    `test_by_store` alone, since pooling data sets into one figure hides how each fares."""
     val = run_evaluation(model, val_feed, criterion, transform, accelerator)
-    threshold = choose_threshold(val.labels, val.probs)
-    final = {"val": {**evaluate(val.labels, val.probs, threshold), "loss": val.loss}, "test": None}
-    if len(test_set) and (test_set.labels >= 0).all():  # an unlabelled Testing folder has nothing to score
-        test_feed = shard_feed(test_set, config.batch_size, accelerator, True, workers)
-        test = run_evaluation(model, test_feed, criterion, transform, accelerator)
-        final["test"] = {**evaluate(test.labels, test.probs, threshold), "loss": test.loss}
-    return threshold, final
+    threshold = choose_threshold(*val.videos())
+    by_store = {}
+    for name, test_set in tests.items():
+        by_store[name] = None
+        if len(test_set) and (test_set.labels >= 0).all():  # an unlabelled Testing folder has nothing to score
+            test_feed = shard_feed(test_set, config.batch_size, accelerator, True, workers)
+            by_store[name] = run_evaluation(model, test_feed, criterion, transform, accelerator).metrics(threshold)
+    test = next(iter(by_store.values())) if len(by_store) == 1 else None
+    return threshold, {"val": val.metrics(threshold), "test": test, "test_by_store": by_store}
 
 
 def train_epoch(
@@ -300,8 +343,7 @@ def train_epoch(
     with join, bar:
         for clips, labels, batch_rows in batches:
             logits = model(transform(clips))
-            losses = criterion(logits, labels)
-            weights = criterion.weight[labels] if criterion.weight is not None else torch.ones_like(losses)
+            losses, weights = clip_losses(criterion, logits, labels)
             loss = losses.sum() / weights.sum()
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
@@ -328,9 +370,10 @@ def train_epoch(
 
 @torch.no_grad()
 def run_evaluation(
-    model: nn.Module, feed: BatchFeed, criterion: nn.Module, transform: ClipTransform, accelerator: Accelerator
+    model: nn.Module, feed: BatchFeed, criterion: nn.Module | None, transform: ClipTransform, accelerator: Accelerator
 ) -> Evaluation:
-    """Fake probabilities of every clip of a split, gathered from all processes without the padding.
+    """Fake probabilities of every clip of a split, gathered from all processes without the padding; the loss
+    is nan without a `criterion`.
 
     An even feed deals batch i to process i mod N and pads only the end, so the gathered batches come in
     split order and cutting them back to the split's length drops exactly the padding.
@@ -339,8 +382,7 @@ def run_evaluation(
     columns: list[tuple[torch.Tensor, ...]] = []
     for clips, batch_labels, batch_rows in feed:
         logits = model(transform(clips))
-        loss = criterion(logits, batch_labels)
-        weight = criterion.weight[batch_labels] if criterion.weight is not None else torch.ones_like(loss)
+        loss, weight = clip_losses(criterion, logits, batch_labels)
         rows = batch_rows.to(accelerator.device)
         columns.append(
             accelerator.gather((logits.float().softmax(dim=1)[:, 1], batch_labels, rows, loss.float(), weight.float()))
@@ -356,6 +398,15 @@ def run_evaluation(
         rows=rows.numpy()[order],
         loss=total_loss if math.isfinite(total_loss) else float("nan"),
     )
+
+
+def clip_losses(criterion: nn.Module | None, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each clip's loss and its class weight; nan losses without a criterion (scoring a finished model)."""
+    if criterion is None:
+        loss = torch.full(labels.shape, math.nan, device=logits.device)
+        return loss, torch.ones_like(loss)
+    loss = criterion(logits, labels)
+    return loss, criterion.weight[labels] if criterion.weight is not None else torch.ones_like(loss)
 
 
 def epoch_line(model: str, record: dict, select_by: str) -> str:

@@ -77,6 +77,21 @@ def evaluate(labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.nda
     }
 
 
+def video_scores(rows: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One label and score per video from the scores of its clips: the mean of its clips' fake probabilities.
+    `rows` names each clip's video; the videos come out in the order of their rows."""
+    videos, first, which = np.unique(rows, return_index=True, return_inverse=True)
+    sums = np.bincount(which, weights=np.asarray(probs, np.float64), minlength=len(videos))
+    return np.asarray(labels)[first], sums / np.bincount(which, minlength=len(videos))
+
+
+def video_metrics(rows: np.ndarray, labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
+    """`evaluate` of the video scores, with the number of clips scored and the clip-level ROC AUC beside them."""
+    metrics = evaluate(*video_scores(rows, labels, probs), threshold)
+    both = len(np.unique(labels)) == 2
+    return {**metrics, "clips": int(len(rows)), "clip_roc_auc": float(roc_auc_score(labels, probs)) if both else None}
+
+
 def choose_threshold(
     labels: Sequence[int] | np.ndarray, probs: Sequence[float] | np.ndarray, default: float = 0.5
 ) -> float:

@@ -321,6 +321,73 @@ def write_comparison(run_dir: Path, results: list[dict]) -> list[Path]:
     return [csv_path, md_path, plot_comparison(run_dir / "comparison.png", results)]
 
 
+CROSS_METRICS = {
+    "roc_auc": "AUC",
+    "average_precision": "AP",
+    "eer": "EER",
+    "balanced_accuracy": "bal. acc",
+    "n": "videos",
+}
+
+
+def cross_dataset_frame(table: dict[str, dict[str, dict | None]]) -> pd.DataFrame:
+    """A row per model, and per store its video-level metrics (`store metric` columns); a store with nothing
+    labelled to score is n/a."""
+    stores = list(dict.fromkeys(store for by_store in table.values() for store in by_store))
+    rows = []
+    for model, by_store in table.items():
+        row = {"model": model}
+        for store in stores:
+            metrics = by_store.get(store) or {}
+            row |= {f"{store} {label}": metrics.get(name) for name, label in CROSS_METRICS.items()}
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for store in stores:
+        frame[f"{store} videos"] = frame[f"{store} videos"].astype("Int64")
+    return frame
+
+
+def format_cross_dataset(frame: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(frame.columns) + " |", "|:---|" + "---:|" * (len(frame.columns) - 1)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def plot_cross_dataset(path: Path, frame: pd.DataFrame) -> Path:
+    """Grouped bars of each model's video-level AUC on each store, with chance at 0.5."""
+    stores = [column.removesuffix(" AUC") for column in frame.columns if column.endswith(" AUC")]
+    x = np.arange(len(stores))
+    width = 0.8 / len(frame)
+    fig = Figure(figsize=(max(6, 1.8 * len(stores) + 3), 4.5), layout="constrained")
+    ax = fig.subplots()
+    for i, row in enumerate(frame.to_dict("records")):
+        values = np.array([number(row[f"{store} AUC"]) for store in stores])
+        bars = ax.bar(x + (i - (len(frame) - 1) / 2) * width, np.nan_to_num(values), width, label=row["model"])
+        ax.bar_label(bars, ["n/a" if np.isnan(v) else f"{v:.3f}" for v in values], fontsize="x-small", padding=2)
+    ax.axhline(0.5, color="black", linestyle="--", linewidth=0.8, label="chance")
+    ax.set_xticks(x, stores)
+    ax.set_ylim(0, 1.2)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("video-level ROC AUC")
+    ax.legend(fontsize="small", loc="upper center", ncols=len(frame) + 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("cross-dataset evaluation")
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def write_cross_dataset(out_dir: Path, table: dict[str, dict[str, dict | None]], note: str) -> list[Path]:
+    """cross_dataset.{md,csv,json,png} in `out_dir`: `table` is model -> store -> video-level metrics; `note`
+    says which split was scored and at which threshold."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = cross_dataset_frame(table)
+    paths = [out_dir / f"cross_dataset.{suffix}" for suffix in ("md", "csv", "json")]
+    paths[0].write_text(f"{format_cross_dataset(frame)}\n\n{note}\n")
+    frame.to_csv(paths[1], index=False)
+    paths[2].write_text(json.dumps({"note": note, "models": table}, indent=2) + "\n")
+    return [*paths, plot_cross_dataset(out_dir / "cross_dataset.png", frame)]
+
+
 def load_results(run_dir: Path) -> list[dict]:
     """Every RUN_DIR/MODEL/metrics.json, in model-name order."""
     return [json.loads(path.read_text()) for path in sorted(run_dir.glob("*/metrics.json"))]

@@ -20,16 +20,39 @@ from accelerate import Accelerator
 from cache import StoreError
 from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
 from train.checkpoint import find_last
-from train.data import BALANCE, UsageError
+from train.data import BALANCE, UsageError, check_same_clips
+from train.evaluate import evaluate_models, threshold_note
+from train.inference import TrainedModel
 from train.loop import TrainConfig, fit
 from train.metrics import SELECT_BY
 from train.models import MODEL_NAMES
-from train.report import format_comparison, write_comparison, write_model_report
+from train.report import (
+    cross_dataset_frame,
+    format_comparison,
+    format_cross_dataset,
+    write_comparison,
+    write_cross_dataset,
+    write_model_report,
+)
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
     """The options train/run.py and train/tune.py share; their dests are TrainConfig fields (see `train_config`)."""
-    parser.add_argument("--cache", type=Path, required=True, help="the store built by `ingest build-cache`")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        action="append",
+        required=True,
+        help="a store built by `ingest build-cache`; repeat it to train on the union of several stores' train "
+        "splits, choose on the union of their val splits and score each store's test split apart (their frames, "
+        "size and resize must agree)",
+    )
+    parser.add_argument(
+        "--clip-frames",
+        type=int,
+        help="frames per clip (default: all the store holds): a store of 32 frames trains on 16-frame clips of "
+        "every 2nd frame, from a phase drawn anew each epoch, and scores each video as the mean of its 2 clips",
+    )
     parser.add_argument("--epochs", type=int, default=2, help="epochs (default 2, as the seed)")
     parser.add_argument(
         "--balance",
@@ -92,6 +115,14 @@ def parser() -> argparse.ArgumentParser:
     )
     main.add_argument("--select-by", choices=SELECT_BY, default="roc_auc", help="val metric choosing the best epoch")
     main.add_argument("--resume", action="store_true", help="continue from RUN_DIR/MODEL/last")
+    main.add_argument(
+        "--eval-cache",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="after training, score the chosen weights on these stores' test splits too (never choosing anything "
+        "on them) and write the cross-dataset table RUN_DIR/cross_dataset.{md,csv,json,png}",
+    )
     return main
 
 
@@ -189,6 +220,24 @@ def train_one(
     return metrics
 
 
+def cross_dataset(
+    args: argparse.Namespace, results: list[dict], accelerator: Accelerator
+) -> dict[str, dict[str, dict | None]] | None:
+    """The table of a run on several stores or with --eval-cache: each model's test metrics on each training
+    store (from its metrics.json), then on each --eval-cache store, scored here; written by the main process."""
+    if len(args.cache) == 1 and not args.eval_cache:
+        return None
+    table = {metrics["model"]: dict(metrics["final"]["test_by_store"]) for metrics in results}
+    models = [TrainedModel.load(args.out / name, accelerator.device) for name in table]
+    if args.eval_cache:
+        scored = evaluate_models(models, args.eval_cache, "test", accelerator, args.batch_size, args.workers)
+        for name, by_store in scored.items():
+            table[name] |= by_store
+    if accelerator.is_main_process:
+        write_cross_dataset(args.out, table, threshold_note(models, "each store's test split"))
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     stop_on_signals()
     args = parse_args(argv)
@@ -197,14 +246,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.model == "all" and (args.weights is not None or args.from_features):
             raise UsageError("--weights and --from-features fit one backbone: train one --model at a time with them")
+        check_same_clips([*args.cache, *args.eval_cache])
         results = []
         for name in list(MODEL_NAMES) if args.model == "all" else [args.model]:
             config = train_config(args, model=name)
             results.append(train_one(config, accelerator))
+        cross = cross_dataset(args, results, accelerator)
         if accelerator.is_main_process:
             if len(results) > 1:
                 write_comparison(args.out, results)
             print(format_comparison(results))
+            if cross is not None:
+                print(f"\n{format_cross_dataset(cross_dataset_frame(cross))}\n\ntable in {args.out}/cross_dataset.md")
     except (UsageError, StoreError) as error:
         if accelerator.is_main_process:
             print(f"train: error: {error}", file=sys.stderr)

@@ -1,0 +1,139 @@
+"""Score a finished run on stores it never saw: the field's cross-dataset table.
+
+Each model's chosen weights score every video of a store's split (the mean of its k clips, as in training)
+at the threshold the run chose on its own validation split; nothing is chosen on these stores. A store made
+with other preprocessing than the run's (frames, size, resize mode, face margin) is refused: its clips are
+not what the model learned from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from cache import StoreError
+from cache.store import clip_settings
+from train.data import UsageError, shard_feed, split_dataset, store_names
+from train.inference import TrainedModel
+from train.loop import run_evaluation
+from train.metrics import video_metrics
+from train.models import MODEL_NAMES
+from train.report import cross_dataset_frame, format_cross_dataset, write_cross_dataset
+
+EVAL_SPLITS = ("test", "all")
+
+
+def model_folders(run: Path) -> list[Path]:
+    """RUN_DIR/MODEL itself, or every trained model of RUN_DIR in the trainer's order."""
+    if (run / "metrics.json").is_file():
+        return [run]
+    folders = [run / name for name in MODEL_NAMES if (run / name / "metrics.json").is_file()]
+    if not folders:
+        raise UsageError(f"--run {run}: no trained model (no metrics.json in it or in its model folders)")
+    return folders
+
+
+def check_store(trained: TrainedModel, cache: Path) -> None:
+    difference = trained.clip.difference(clip_settings(cache))
+    if difference is not None:
+        raise UsageError(f"{cache}: its clips were made otherwise than {trained.name}'s training clips: {difference}")
+
+
+def score_store(
+    trained: TrainedModel, cache: Path, split: str, accelerator: Accelerator, batch_size: int, workers: int
+) -> dict | None:
+    """Video-level metrics of `trained` on the labelled ok videos of a store's split (`all`: every split), at the
+    run's threshold; None where none is labelled."""
+    dataset = split_dataset([cache], None if split == "all" else split, False, trained.clip_frames)
+    if not len(dataset) or (dataset.labels < 0).all():
+        return None
+    feed = shard_feed(dataset, batch_size, accelerator, even=True, threads=workers)
+    scored = run_evaluation(trained.model, feed, None, trained.transform, accelerator)
+    labelled = scored.labels >= 0
+    metrics = video_metrics(scored.rows[labelled], scored.labels[labelled], scored.probs[labelled], trained.threshold)
+    return {key: value for key, value in metrics.items() if key != "loss"}
+
+
+def load_models(run: Path, device: torch.device) -> list[TrainedModel]:
+    return [TrainedModel.load(folder, device) for folder in model_folders(run)]
+
+
+def evaluate_models(
+    models: Sequence[TrainedModel],
+    caches: Sequence[Path],
+    split: str,
+    accelerator: Accelerator,
+    batch_size: int = 8,
+    workers: int = 2,
+) -> dict[str, dict[str, dict | None]]:
+    """model -> store name -> video-level metrics, for every model on every store; stores are checked against
+    every model before any is scored, so a refusal costs no time."""
+    names = store_names(caches)
+    for model in models:
+        for cache in caches:
+            check_store(model, cache)
+    return {
+        model.name: {
+            name: score_store(model, cache, split, accelerator, batch_size, workers) for name, cache in names.items()
+        }
+        for model in models
+    }
+
+
+def threshold_note(models: Sequence[TrainedModel], what: str) -> str:
+    thresholds = ", ".join(f"{model.name} {model.threshold:.4f}" for model in models)
+    return (
+        f"Video-level metrics (each video's score is the mean fake probability of its clips) on {what}, at the "
+        f"threshold each model chose on its run's validation split ({thresholds}); nothing was chosen on them."
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(
+        prog="python -m train.evaluate",
+        description=(
+            "Score a finished run's chosen weights (every model of a --model all run) on other stores, at the "
+            "threshold chosen on the run's own validation split, and write the cross-dataset table "
+            "OUT/cross_dataset.{md,csv,json,png}: a row per model and, per store, the video-level ROC AUC, "
+            "average precision, EER, balanced accuracy and number of videos. A store whose preprocessing differs "
+            "from the run's (frames, size, resize mode, face margin) is refused. Exit status 2 on bad input."
+        ),
+    )
+    main.add_argument("--run", type=Path, required=True, help="RUN_DIR of train/run.py, or one model's RUN_DIR/MODEL")
+    main.add_argument("--cache", type=Path, nargs="+", required=True, help="the stores to score on")
+    main.add_argument(
+        "--split", choices=EVAL_SPLITS, default="test", help="score the stores' test split (default) or all videos"
+    )
+    main.add_argument("--out", type=Path, help="folder of the table (default: RUN_DIR)")
+    main.add_argument("--batch-size", type=int, default=8, help="videos per forward pass (default 8)")
+    main.add_argument("--workers", type=int, default=2, help="threads reading clips ahead (default 2)")
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    try:
+        if args.batch_size < 1 or args.workers < 0:
+            raise UsageError("--batch-size must be at least 1, --workers at least 0")
+        models = load_models(args.run, accelerator.device)
+        table = evaluate_models(models, args.cache, args.split, accelerator, args.batch_size, args.workers)
+    except (UsageError, StoreError) as error:
+        if accelerator.is_main_process:
+            print(f"evaluate: error: {error}", file=sys.stderr)
+        return 2
+    if accelerator.is_main_process:
+        out = args.out or args.run
+        what = "each store's test split" if args.split == "test" else "every labelled video of each store"
+        write_cross_dataset(out, table, threshold_note(models, what))
+        print(f"{format_cross_dataset(cross_dataset_frame(table))}\n\ntable in {out}/cross_dataset.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
