@@ -13,7 +13,7 @@ a squash of the whole frame to 64 px, where a CNN learns them from a few dozen v
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -201,28 +201,81 @@ def render(
         yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def make_demo(out: Path, spec: DemoSpec = DemoSpec()) -> list[Path]:
-    """Write the dataset in Celeb-DF v2's layout with its official test list; returns the video paths."""
-    rng = np.random.default_rng(spec.seed)
-    people = [draw_identity(rng) for _ in range(spec.identities)]
-    videos: list[tuple[str, Identity, np.ndarray | None]] = []
+@dataclass(frozen=True)
+class DemoVideo:
+    """One video of a demo set: where it goes and whom it shows."""
+
+    path: str  # relative to the set's root, `/`-separated
+    identity: Identity  # the person, wall and motion
+    swap: np.ndarray | None = None  # the other identity's tint pasted into the face; None for a real video
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a layout writes: the videos, and its index files (test lists, splits, labels) as text."""
+
+    videos: list[DemoVideo]
+    index: dict[str, str]  # relative path -> contents
+
+
+@dataclass(frozen=True)
+class DemoLayout:
+    """A data set's own folder and file format: `plan` names the videos of `people` and writes the index files;
+    the videos are rendered alike in every layout."""
+
+    plan: Callable[[DemoSpec, list[Identity], np.random.Generator], Plan]
+    identities: int  # the default number of identities
+    writes: str  # what it writes, for `make-demo --help`
+
+
+def partner(i: int, j: int, identities: int) -> int:
+    """The identity whose face identity `i`'s `j`th fake shows: each of the others in turn."""
+    return (i + 1 + j % max(identities - 1, 1)) % identities
+
+
+def celebdf(spec: DemoSpec, people: list[Identity], rng: np.random.Generator) -> Plan:
+    """Celeb-DF v2: `Celeb-real/idI_NNNN.mp4`, `Celeb-synthesis/idI_idJ_NNNN.mp4` (identity I with J's face),
+    `YouTube-real/NNNNN.mp4` (more identities) and its test list, `<1 real | 0 fake> <path>` lines."""
+    videos = []
     for i, person in enumerate(people):
         for j in range(spec.reals_per_identity):
-            videos.append((f"Celeb-real/id{i}_{j:04d}.mp4", person, None))
+            videos.append(DemoVideo(f"Celeb-real/id{i}_{j:04d}.mp4", person))
         for j in range(spec.fakes_per_identity):
-            other = (i + 1 + j % max(spec.identities - 1, 1)) % spec.identities
-            videos.append((f"Celeb-synthesis/id{i}_id{other}_{j:04d}.mp4", person, people[other].tint))
+            other = partner(i, j, spec.identities)
+            videos.append(DemoVideo(f"Celeb-synthesis/id{i}_id{other}_{j:04d}.mp4", person, people[other].tint))
     for j in range(spec.youtube):
-        videos.append((f"YouTube-real/{j:05d}.mp4", draw_identity(rng), None))
+        videos.append(DemoVideo(f"YouTube-real/{j:05d}.mp4", draw_identity(rng)))
+    tested = {f"id{i}" for i in range(spec.test_identities)}
+    test_lines = [
+        f"{0 if video.swap is not None else 1} {video.path}"
+        for video in videos
+        if video.path.split("/")[1].split("_")[0] in tested or video.path == "YouTube-real/00000.mp4"
+    ]
+    return Plan(videos, {TEST_LIST: "\n".join(test_lines) + "\n"})
+
+
+LAYOUTS = {
+    "celebdf": DemoLayout(
+        celebdf,
+        DemoSpec.identities,
+        "Celeb-DF v2: Celeb-real/, YouTube-real/, Celeb-synthesis/ and List_of_testing_videos.txt",
+    ),
+}
+
+
+def make_demo(out: Path, spec: DemoSpec = DemoSpec(), layout: str = "celebdf") -> list[Path]:
+    """Write the dataset in `layout`'s folders with its index files; returns the video paths."""
+    rng = np.random.default_rng(spec.seed)
+    people = [draw_identity(rng) for _ in range(spec.identities)]
+    plan = LAYOUTS[layout].plan(spec, people, rng)
     written = []
-    test_lines = []
-    for relative, person, fake_tint in videos:
-        path = out / relative
+    for video in plan.videos:
+        path = out / video.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_video(path, render(spec, rng, person, fake_tint), spec.width, spec.height, spec.fps, spec.codec)
+        frames = render(spec, rng, video.identity, video.swap)
+        write_video(path, frames, spec.width, spec.height, spec.fps, spec.codec)
         written.append(path)
-        identity = relative.split("/")[1].split("_")[0]
-        if identity in {f"id{i}" for i in range(spec.test_identities)} or relative == "YouTube-real/00000.mp4":
-            test_lines.append(f"{0 if fake_tint is not None else 1} {relative}")
-    (out / TEST_LIST).write_text("\n".join(test_lines) + "\n")
+    for relative, text in plan.index.items():
+        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+        (out / relative).write_text(text)
     return written
