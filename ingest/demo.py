@@ -13,6 +13,7 @@ a squash of the whole frame to 64 px, where a CNN learns them from a few dozen v
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -28,10 +29,14 @@ from ingest.discover import TEST_LIST
 
 @dataclass(frozen=True)
 class DemoSpec:
+    """A demo set's size and frames. FaceForensics++ reads only `identities` (its originals, two to a pair: every
+    pair gives two fakes per method); Celeb-DF gives each identity `reals_per_identity` real and
+    `fakes_per_identity` fake videos, and puts the first `test_identities` in the test set."""
+
     identities: int = 16
     reals_per_identity: int = 2
     fakes_per_identity: int = 4
-    youtube: int = 4
+    youtube: int = 4  # Celeb-DF's YouTube-real videos, of identities of their own
     frames: int = 48
     width: int = 320
     height: int = 180
@@ -254,11 +259,51 @@ def celebdf(spec: DemoSpec, people: list[Identity], rng: np.random.Generator) ->
     return Plan(videos, {TEST_LIST: "\n".join(test_lines) + "\n"})
 
 
+FFPP_REAL = "original_sequences/youtube/c23/videos"
+FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
+FFPP_PAIRS = {"train": 360, "val": 70, "test": 70}  # the official split files' pairs of originals
+
+
+def ffpp_split_sizes(pairs: int) -> dict[str, int]:
+    """Pairs per split in FaceForensics++'s proportions, with at least one pair in val and in test."""
+    held = max(round(pairs * FFPP_PAIRS["val"] / sum(FFPP_PAIRS.values())), 1)
+    return {"train": pairs - 2 * held, "val": held, "test": held}
+
+
+def ffpp(spec: DemoSpec, people: list[Identity], rng: np.random.Generator) -> Plan:
+    """FaceForensics++ (c23): originals `original_sequences/youtube/c23/videos/NNN.mp4`, fakes
+    `manipulated_sequences/<method>/c23/videos/TTT_SSS.mp4` (target TTT with source SSS's face) for each method,
+    and the official split files `splits/{train,val,test}.json`: lists of `["a", "b"]` pairs whose originals and
+    fakes `a_b` and `b_a` all belong to that split."""
+    if spec.identities % 2 or spec.identities < 6:
+        raise ValueError(f"ffpp pairs its originals, one pair at least per split: {spec.identities} identities")
+    ids = [f"{i:03d}" for i in range(spec.identities)]
+    pairs = [(ids[a], ids[b]) for a, b in rng.permutation(spec.identities).reshape(-1, 2).tolist()]
+    videos = [DemoVideo(f"{FFPP_REAL}/{name}.mp4", person) for name, person in zip(ids, people, strict=True)]
+    for method in FFPP_METHODS:
+        for a, b in pairs:
+            for target, source in ((a, b), (b, a)):
+                path = f"manipulated_sequences/{method}/c23/videos/{target}_{source}.mp4"
+                videos.append(DemoVideo(path, people[int(target)], people[int(source)].tint))
+    index, start = {}, 0
+    for split, count in ffpp_split_sizes(len(pairs)).items():
+        index[f"splits/{split}.json"] = json.dumps([list(pair) for pair in pairs[start : start + count]], indent=2)
+        start += count
+    return Plan(videos, index)
+
+
 LAYOUTS = {
     "celebdf": DemoLayout(
         celebdf,
         DemoSpec.identities,
         "Celeb-DF v2: Celeb-real/, YouTube-real/, Celeb-synthesis/ and List_of_testing_videos.txt",
+    ),
+    "ffpp": DemoLayout(
+        ffpp,
+        12,
+        "FaceForensics++ (c23): original_sequences/youtube/c23/videos/NNN.mp4, "
+        "manipulated_sequences/{Deepfakes,Face2Face,FaceSwap,NeuralTextures}/c23/videos/TTT_SSS.mp4 and "
+        "splits/{train,val,test}.json",
     ),
 }
 
