@@ -30,8 +30,8 @@ from ingest.discover import TEST_LIST
 @dataclass(frozen=True)
 class DemoSpec:
     """A demo set's size and frames. FaceForensics++ reads only `identities` (its originals, two to a pair: every
-    pair gives two fakes per method); Celeb-DF gives each identity `reals_per_identity` real and
-    `fakes_per_identity` fake videos, and puts the first `test_identities` in the test set."""
+    pair gives two fakes per method); Celeb-DF and DFDC give each identity `reals_per_identity` real and
+    `fakes_per_identity` fake videos, and put the first `test_identities` in the test set."""
 
     identities: int = 16
     reals_per_identity: int = 2
@@ -292,6 +292,51 @@ def ffpp(spec: DemoSpec, people: list[Identity], rng: np.random.Generator) -> Pl
     return Plan(videos, index)
 
 
+DFDC_PARTS = 2  # dfdc_train_part_0, dfdc_train_part_1 of the real 50
+DFDC_TEST = "test"
+
+
+def dfdc_names(rng: np.random.Generator) -> Iterator[str]:
+    """DFDC's file names: ten random lower-case letters, `aaqaifqrwn.mp4`, none twice."""
+    seen = set()
+    while True:
+        name = "".join(chr(ord("a") + int(k)) for k in rng.integers(0, 26, 10)) + ".mp4"
+        if name not in seen:
+            seen.add(name)
+            yield name
+
+
+def dfdc(spec: DemoSpec, people: list[Identity], rng: np.random.Generator) -> Plan:
+    """DFDC: training parts `dfdc_train_part_N/` with their videos and `metadata.json`
+    (`{"x.mp4": {"label": "FAKE", "split": "train", "original": "y.mp4"}, "y.mp4": {"label": "REAL", ...}}`: a
+    fake's original is the real video whose person it shows), and the test set `test/` with its videos and
+    `labels.csv` (`filename,label`, 1 = fake). Each identity's videos lie in one folder: the first
+    `test_identities` in the test set, the others spread over the parts."""
+    if spec.reals_per_identity < 1 or spec.identities - spec.test_identities < DFDC_PARTS:
+        raise ValueError(
+            f"dfdc makes fakes from real videos and fills {DFDC_PARTS} training parts: "
+            f"{spec.reals_per_identity} real videos per identity, {spec.identities - spec.test_identities} "
+            "identities outside the test set"
+        )
+    names = dfdc_names(rng)
+    videos, rows = [], {}
+    for i, person in enumerate(people):
+        folder = DFDC_TEST if i < spec.test_identities else f"dfdc_train_part_{(i - spec.test_identities) % DFDC_PARTS}"
+        reals = [next(names) for _ in range(spec.reals_per_identity)]
+        for name in reals:
+            videos.append(DemoVideo(f"{folder}/{name}", person))
+            rows.setdefault(folder, {})[name] = {"label": "REAL", "split": "train"}
+        for j in range(spec.fakes_per_identity):
+            name, other = next(names), partner(i, j, spec.identities)
+            videos.append(DemoVideo(f"{folder}/{name}", person, people[other].tint))
+            rows[folder][name] = {"label": "FAKE", "split": "train", "original": reals[j % len(reals)]}
+    test = rows.pop(DFDC_TEST, {})
+    index = {f"{folder}/metadata.json": json.dumps(dict(sorted(meta.items()))) for folder, meta in rows.items()}
+    labels = [f"{name},{int(row['label'] == 'FAKE')}" for name, row in sorted(test.items())]
+    index[f"{DFDC_TEST}/labels.csv"] = "\n".join(["filename,label", *labels]) + "\n"
+    return Plan(videos, index)
+
+
 LAYOUTS = {
     "celebdf": DemoLayout(
         celebdf,
@@ -304,6 +349,12 @@ LAYOUTS = {
         "FaceForensics++ (c23): original_sequences/youtube/c23/videos/NNN.mp4, "
         "manipulated_sequences/{Deepfakes,Face2Face,FaceSwap,NeuralTextures}/c23/videos/TTT_SSS.mp4 and "
         "splits/{train,val,test}.json",
+    ),
+    "dfdc": DemoLayout(
+        dfdc,
+        10,
+        "DFDC: dfdc_train_part_0/ and dfdc_train_part_1/ with their videos (ten random letters, .mp4) and "
+        "metadata.json, and test/ with its videos and labels.csv",
     ),
 }
 

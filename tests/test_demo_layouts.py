@@ -1,8 +1,9 @@
 """`make_demo`'s layouts: each writes a small set of videos in a real data set's own folders, names and index
-files (Celeb-DF v2, FaceForensics++), and the index files agree with the videos on disk."""
+files (Celeb-DF v2, FaceForensics++, DFDC), and the index files agree with the videos on disk."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from ingest.demo import FFPP_METHODS, LAYOUTS, DemoSpec, draw_identity, ffpp_spl
 
 SMALL = {"frames": 4, "width": 64, "height": 48}
 FFPP_SPEC = DemoSpec(identities=6, **SMALL)
+DFDC_SPEC = DemoSpec(identities=5, reals_per_identity=1, fakes_per_identity=2, **SMALL)
 FFPP_REAL = "original_sequences/youtube/c23/videos"
 
 
@@ -26,12 +28,20 @@ def videos(root: Path) -> set[str]:
     return {name for name in files(root) if name.endswith(".mp4")}
 
 
+def written(root: Path, spec: DemoSpec, layout: str) -> Path:
+    """`root` with the demo set written; `make_demo` returns exactly the videos it writes."""
+    assert {path.relative_to(root).as_posix() for path in make_demo(root, spec, layout)} == videos(root)
+    return root
+
+
 @pytest.fixture(scope="module")
 def ffpp_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ffpp")
-    written = make_demo(root, FFPP_SPEC, "ffpp")
-    assert {path.relative_to(root).as_posix() for path in written} == videos(root)
-    return root
+    return written(tmp_path_factory.mktemp("ffpp"), FFPP_SPEC, "ffpp")
+
+
+@pytest.fixture(scope="module")
+def dfdc_root(tmp_path_factory) -> Path:
+    return written(tmp_path_factory.mktemp("dfdc"), DFDC_SPEC, "dfdc")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +51,7 @@ def celebdf_demo(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("layout", ["ffpp_root", "celebdf_demo"])
+@pytest.mark.parametrize("layout", ["ffpp_root", "dfdc_root", "celebdf_demo"])
 def test_every_video_decodes_to_its_frames(layout, request):
     root = request.getfixturevalue(layout)
     for name in videos(root):
@@ -117,12 +127,45 @@ def test_ffpp_splits_pairs_in_the_official_proportions():
         make_demo(Path("/nonexistent"), DemoSpec(identities=7), "ffpp")
 
 
+def dfdc_metadata(root: Path) -> dict[str, dict[str, dict]]:
+    return {path.parent.name: json.loads(path.read_text()) for path in root.glob("*/metadata.json")}
+
+
+def test_dfdc_writes_training_parts_with_metadata_and_a_test_folder_with_labels(dfdc_root):
+    assert {name.split("/")[0] for name in files(dfdc_root)} == {"dfdc_train_part_0", "dfdc_train_part_1", "test"}
+    others = {"dfdc_train_part_0/metadata.json", "dfdc_train_part_1/metadata.json", "test/labels.csv"}
+    names = [name.split("/")[1] for name in files(dfdc_root) - others]
+    assert len(names) == len(set(names)) == 15 and all(re.fullmatch(r"[a-z]{10}\.mp4", n) for n in names)
+    assert others <= files(dfdc_root)
+
+
+def test_dfdc_metadata_lists_each_parts_videos_and_every_fakes_real_original(dfdc_root):
+    metadata = dfdc_metadata(dfdc_root)
+    for part, rows in metadata.items():
+        assert set(rows) == {name.split("/")[1] for name in videos(dfdc_root) if name.startswith(f"{part}/")}
+        for row in rows.values():
+            assert row["split"] == "train"
+            if row["label"] == "REAL":
+                assert set(row) == {"label", "split"}
+            else:
+                assert row["label"] == "FAKE" and rows[row["original"]]["label"] == "REAL"
+        labels = [row["label"] for row in rows.values()]
+        assert labels.count("FAKE") == 2 * labels.count("REAL") > 0  # fakes_per_identity 2, reals 1
+
+
+def test_dfdc_labels_list_the_test_videos_with_1_for_fake(dfdc_root):
+    with (dfdc_root / "test/labels.csv").open(newline="") as table:
+        rows = list(csv.DictReader(table))
+    assert {f"test/{row['filename']}" for row in rows} == {n for n in videos(dfdc_root) if n.startswith("test/")}
+    assert sorted(row["label"] for row in rows) == ["0", "1", "1"]  # one test identity: one real, two fakes
+
+
 def test_the_default_demos_are_no_larger_than_celebdfs():
-    """`make demo` writes them on 2 cores: FaceForensics++ with fewer videos than Celeb-DF's 100."""
+    """`make demo` writes them on 2 cores: FaceForensics++ and DFDC with fewer videos than Celeb-DF's 100."""
     counts = {}
     for name, layout in LAYOUTS.items():
         rng = np.random.default_rng(0)
         people = [draw_identity(rng) for _ in range(layout.identities)]
         counts[name] = len(layout.plan(DemoSpec(identities=layout.identities), people, rng).videos)
-    assert counts == {"celebdf": 100, "ffpp": 60}
+    assert counts == {"celebdf": 100, "ffpp": 60, "dfdc": 60}
     assert ffpp_split_sizes(LAYOUTS["ffpp"].identities // 2) == {"train": 4, "val": 1, "test": 1}
