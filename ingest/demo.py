@@ -1,4 +1,5 @@
-"""`ingest make-demo`: a small Celeb-DF-shaped dataset of real video files.
+"""`ingest make-demo`: a small dataset of real video files in Celeb-DF v2's, FaceForensics++'s or DFDC's layout
+(`LAYOUTS`): the same rendered videos under each data set's own names, folders and index files.
 
 Every identity shows the one frontal face photograph scikit-image ships (its astronaut), her head cut
 out in a soft ellipse and told apart by a colour tint (skin and hair tone), a size and a mirroring; the
@@ -341,20 +342,23 @@ LAYOUTS = {
     "celebdf": DemoLayout(
         celebdf,
         DemoSpec.identities,
-        "Celeb-DF v2: Celeb-real/, YouTube-real/, Celeb-synthesis/ and List_of_testing_videos.txt",
+        "Celeb-DF v2 (the default): Celeb-real/, YouTube-real/, Celeb-synthesis/ and List_of_testing_videos.txt "
+        "('<1 real | 0 fake> <path>' lines)",
     ),
     "ffpp": DemoLayout(
         ffpp,
         12,
         "FaceForensics++ (c23): original_sequences/youtube/c23/videos/NNN.mp4, "
         "manipulated_sequences/{Deepfakes,Face2Face,FaceSwap,NeuralTextures}/c23/videos/TTT_SSS.mp4 and "
-        "splits/{train,val,test}.json",
+        'splits/{train,val,test}.json (lists of ["a", "b"] pairs of originals, '
+        "in the proportions of FF++'s 360/70/70 pairs, one pair at least in each)",
     ),
     "dfdc": DemoLayout(
         dfdc,
         10,
         "DFDC: dfdc_train_part_0/ and dfdc_train_part_1/ with their videos (ten random letters, .mp4) and "
-        "metadata.json, and test/ with its videos and labels.csv",
+        "metadata.json (label, split, a fake's original), and test/ with its videos and labels.csv "
+        "(filename,label; 1 = fake)",
     ),
 }
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from ingest.demo import FFPP_METHODS, LAYOUTS, DemoSpec, draw_identity, ffpp_split_sizes, make_demo
 
@@ -123,8 +124,21 @@ def test_ffpp_split_files_pair_every_original_once_and_name_both_fakes_of_each_p
 def test_ffpp_splits_pairs_in_the_official_proportions():
     assert ffpp_split_sizes(500) == {"train": 360, "val": 70, "test": 70}
     assert ffpp_split_sizes(3) == {"train": 1, "val": 1, "test": 1}
-    with pytest.raises(ValueError, match="pairs its originals"):
-        make_demo(Path("/nonexistent"), DemoSpec(identities=7), "ffpp")
+
+
+@pytest.mark.parametrize(
+    ("layout", "spec"),
+    [
+        ("ffpp", DemoSpec(identities=7)),  # an odd one out of the pairs
+        ("ffpp", DemoSpec(identities=4)),  # two pairs for three splits
+        ("dfdc", DemoSpec(identities=2)),  # one identity for two training parts
+        ("dfdc", DemoSpec(identities=4, reals_per_identity=0)),  # fakes without originals
+    ],
+)
+def test_a_layout_refuses_a_spec_it_cannot_lay_out_before_writing(layout, spec, tmp_path):
+    with pytest.raises(ValueError, match=layout):
+        make_demo(tmp_path / "demo", spec, layout)
+    assert not (tmp_path / "demo").exists()
 
 
 def dfdc_metadata(root: Path) -> dict[str, dict[str, dict]]:
@@ -169,3 +183,26 @@ def test_the_default_demos_are_no_larger_than_celebdfs():
         counts[name] = len(layout.plan(DemoSpec(identities=layout.identities), people, rng).videos)
     assert counts == {"celebdf": 100, "ffpp": 60, "dfdc": 60}
     assert ffpp_split_sizes(LAYOUTS["ffpp"].identities // 2) == {"train": 4, "val": 1, "test": 1}
+
+
+@pytest.mark.parametrize(
+    ("layout", "count", "first"),
+    [("ffpp", 30, f"{FFPP_REAL}/000.mp4"), (None, 22, "Celeb-real/id0_0000.mp4")],
+)
+def test_make_demo_writes_the_layout_it_is_asked_for_and_celebdf_by_default(layout, count, first, tmp_path):
+    size = ["--frames", "2", "--width", "64", "--height", "48", "--identities", "6" if layout == "ffpp" else "3"]
+    chosen = ["--layout", layout] if layout else []
+    result = run_cli("ingest", "make-demo", "--out", str(tmp_path / "demo"), *chosen, *size)
+    assert f": {count} videos in {layout or 'celebdf'}'s layout" in result.stdout
+    assert len(videos(tmp_path / "demo")) == count and (tmp_path / "demo" / first).is_file()
+
+
+def test_make_demo_refuses_identities_a_layout_cannot_use_and_writes_nothing(tmp_path):
+    args = ["--out", str(tmp_path / "demo"), "--layout", "ffpp", "--identities", "7"]
+    result = run_cli("ingest", "make-demo", *args, check=False)
+    assert result.returncode == 2
+    assert (
+        result.stderr
+        == "ingest: error: --layout ffpp: ffpp pairs its originals, one pair at least per split: 7 identities\n"
+    )
+    assert not (tmp_path / "demo").exists()
