@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from cache.schema import PENDING
 from cache.store import open_store
 from ingest.build import BuildConfig, build_cache
 from ingest.decoders import DECODERS
-from ingest.demo import DemoSpec, make_demo
+from ingest.demo import LAYOUTS, DemoSpec, make_demo
 from ingest.discover import UsageError
 from ingest.faces import NO_FACE_CHOICES
 from ingest.frames import RESIZE_MODES
@@ -97,12 +98,23 @@ def parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "make-demo",
-        help="write a small Celeb-DF-shaped dataset of real videos",
-        description="Write synthetic real and fake videos in Celeb-DF v2's layout, with its test list.",
+        help="write a small dataset of real and fake videos in Celeb-DF's, FaceForensics++'s or DFDC's layout",
+        description="Write synthetic real and fake videos in a data set's own layout, with its index files:\n\n"
+        + "\n".join(
+            textwrap.fill(f"{name}: {layout.writes}", 100, subsequent_indent="  ") for name, layout in LAYOUTS.items()
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--out", type=Path, required=True, help="folder to write (created)")
+    demo.add_argument("--layout", choices=LAYOUTS, default="celebdf", help="the data set's layout (default celebdf)")
     defaults = DemoSpec()
-    demo.add_argument("--identities", type=int, default=defaults.identities, help="source identities")
+    demo.add_argument(
+        "--identities",
+        type=int,
+        help="source identities (default "
+        + ", ".join(f"{layout.identities} for {name}" for name, layout in LAYOUTS.items())
+        + "; ffpp pairs them: an even number, at least 6)",
+    )
     demo.add_argument("--frames", type=int, default=defaults.frames, help="frames per video")
     demo.add_argument("--width", type=int, default=defaults.width, help="frame width (even)")
     demo.add_argument("--height", type=int, default=defaults.height, help="frame height (even)")
@@ -169,18 +181,20 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _make_demo(args: argparse.Namespace) -> int:
-    if args.width % 2 or args.height % 2 or min(args.width, args.height, args.frames, args.identities) < 2:
+    identities = LAYOUTS[args.layout].identities if args.identities is None else args.identities
+    if args.width % 2 or args.height % 2 or min(args.width, args.height, args.frames, identities) < 2:
         raise UsageError("--width and --height must be even, and every count at least 2")
     if args.out.exists() and any(args.out.iterdir()):
         raise UsageError(f"--out {args.out} is not empty")
-    spec = DemoSpec(
-        identities=args.identities, frames=args.frames, width=args.width, height=args.height, seed=args.seed
-    )
+    spec = DemoSpec(identities=identities, frames=args.frames, width=args.width, height=args.height, seed=args.seed)
     started = time.perf_counter()
-    videos = make_demo(args.out, spec)
+    try:
+        videos = make_demo(args.out, spec, args.layout)
+    except ValueError as error:
+        raise UsageError(f"--layout {args.layout}: {error}") from error
     print(
-        f"{args.out}: {len(videos)} videos ({spec.frames} frames at {spec.width}x{spec.height}) "
-        f"in {time.perf_counter() - started:.1f} s"
+        f"{args.out}: {len(videos)} videos in {args.layout}'s layout ({spec.frames} frames at "
+        f"{spec.width}x{spec.height}) in {time.perf_counter() - started:.1f} s"
     )
     return 0
 

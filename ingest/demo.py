@@ -1,4 +1,5 @@
-"""`ingest make-demo`: a small Celeb-DF-shaped dataset of real video files.
+"""`ingest make-demo`: a small dataset of real video files in Celeb-DF v2's, FaceForensics++'s or DFDC's layout
+(`LAYOUTS`): the same rendered videos under each data set's own names, folders and index files.
 
 Every identity shows the one frontal face photograph scikit-image ships (its astronaut), her head cut
 out in a soft ellipse and told apart by a colour tint (skin and hair tone), a size and a mirroring; the
@@ -13,7 +14,8 @@ a squash of the whole frame to 64 px, where a CNN learns them from a few dozen v
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -28,10 +30,14 @@ from ingest.discover import TEST_LIST
 
 @dataclass(frozen=True)
 class DemoSpec:
+    """A demo set's size and frames. FaceForensics++ reads only `identities` (its originals, two to a pair: every
+    pair gives two fakes per method); Celeb-DF and DFDC give each identity `reals_per_identity` real and
+    `fakes_per_identity` fake videos, and put the first `test_identities` in the test set."""
+
     identities: int = 16
     reals_per_identity: int = 2
     fakes_per_identity: int = 4
-    youtube: int = 4
+    youtube: int = 4  # Celeb-DF's YouTube-real videos, of identities of their own
     frames: int = 48
     width: int = 320
     height: int = 180
@@ -201,28 +207,175 @@ def render(
         yield np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def make_demo(out: Path, spec: DemoSpec = DemoSpec()) -> list[Path]:
-    """Write the dataset in Celeb-DF v2's layout with its official test list; returns the video paths."""
-    rng = np.random.default_rng(spec.seed)
-    people = [draw_identity(rng) for _ in range(spec.identities)]
-    videos: list[tuple[str, Identity, np.ndarray | None]] = []
+@dataclass(frozen=True)
+class DemoVideo:
+    """One video of a demo set: where it goes and whom it shows."""
+
+    path: str  # relative to the set's root, `/`-separated
+    identity: Identity  # the person, wall and motion
+    swap: np.ndarray | None = None  # the other identity's tint pasted into the face; None for a real video
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a layout writes: the videos, and its index files (test lists, splits, labels) as text."""
+
+    videos: list[DemoVideo]
+    index: dict[str, str]  # relative path -> contents
+
+
+@dataclass(frozen=True)
+class DemoLayout:
+    """A data set's own folder and file format: `plan` names the videos of `people` and writes the index files;
+    the videos are rendered alike in every layout."""
+
+    plan: Callable[[DemoSpec, list[Identity], np.random.Generator], Plan]
+    identities: int  # the default number of identities
+    writes: str  # what it writes, for `make-demo --help`
+
+
+def partner(i: int, j: int, identities: int) -> int:
+    """The identity whose face identity `i`'s `j`th fake shows: each of the others in turn."""
+    return (i + 1 + j % max(identities - 1, 1)) % identities
+
+
+def celebdf(spec: DemoSpec, people: list[Identity], rng: np.random.Generator) -> Plan:
+    """Celeb-DF v2: `Celeb-real/idI_NNNN.mp4`, `Celeb-synthesis/idI_idJ_NNNN.mp4` (identity I with J's face),
+    `YouTube-real/NNNNN.mp4` (more identities) and its test list, `<1 real | 0 fake> <path>` lines."""
+    videos = []
     for i, person in enumerate(people):
         for j in range(spec.reals_per_identity):
-            videos.append((f"Celeb-real/id{i}_{j:04d}.mp4", person, None))
+            videos.append(DemoVideo(f"Celeb-real/id{i}_{j:04d}.mp4", person))
         for j in range(spec.fakes_per_identity):
-            other = (i + 1 + j % max(spec.identities - 1, 1)) % spec.identities
-            videos.append((f"Celeb-synthesis/id{i}_id{other}_{j:04d}.mp4", person, people[other].tint))
+            other = partner(i, j, spec.identities)
+            videos.append(DemoVideo(f"Celeb-synthesis/id{i}_id{other}_{j:04d}.mp4", person, people[other].tint))
     for j in range(spec.youtube):
-        videos.append((f"YouTube-real/{j:05d}.mp4", draw_identity(rng), None))
+        videos.append(DemoVideo(f"YouTube-real/{j:05d}.mp4", draw_identity(rng)))
+    tested = {f"id{i}" for i in range(spec.test_identities)}
+    test_lines = [
+        f"{0 if video.swap is not None else 1} {video.path}"
+        for video in videos
+        if video.path.split("/")[1].split("_")[0] in tested or video.path == "YouTube-real/00000.mp4"
+    ]
+    return Plan(videos, {TEST_LIST: "\n".join(test_lines) + "\n"})
+
+
+FFPP_REAL = "original_sequences/youtube/c23/videos"
+FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
+FFPP_PAIRS = {"train": 360, "val": 70, "test": 70}  # the official split files' pairs of originals
+
+
+def ffpp_split_sizes(pairs: int) -> dict[str, int]:
+    """Pairs per split in FaceForensics++'s proportions, with at least one pair in val and in test."""
+    held = max(round(pairs * FFPP_PAIRS["val"] / sum(FFPP_PAIRS.values())), 1)
+    return {"train": pairs - 2 * held, "val": held, "test": held}
+
+
+def ffpp(spec: DemoSpec, people: list[Identity], rng: np.random.Generator) -> Plan:
+    """FaceForensics++ (c23): originals `original_sequences/youtube/c23/videos/NNN.mp4`, fakes
+    `manipulated_sequences/<method>/c23/videos/TTT_SSS.mp4` (target TTT with source SSS's face) for each method,
+    and the official split files `splits/{train,val,test}.json`: lists of `["a", "b"]` pairs whose originals and
+    fakes `a_b` and `b_a` all belong to that split."""
+    if spec.identities % 2 or spec.identities < 6:
+        raise ValueError(f"ffpp pairs its originals, one pair at least per split: {spec.identities} identities")
+    ids = [f"{i:03d}" for i in range(spec.identities)]
+    pairs = [(ids[a], ids[b]) for a, b in rng.permutation(spec.identities).reshape(-1, 2).tolist()]
+    videos = [DemoVideo(f"{FFPP_REAL}/{name}.mp4", person) for name, person in zip(ids, people, strict=True)]
+    for method in FFPP_METHODS:
+        for a, b in pairs:
+            for target, source in ((a, b), (b, a)):
+                path = f"manipulated_sequences/{method}/c23/videos/{target}_{source}.mp4"
+                videos.append(DemoVideo(path, people[int(target)], people[int(source)].tint))
+    index, start = {}, 0
+    for split, count in ffpp_split_sizes(len(pairs)).items():
+        index[f"splits/{split}.json"] = json.dumps([list(pair) for pair in pairs[start : start + count]], indent=2)
+        start += count
+    return Plan(videos, index)
+
+
+DFDC_PARTS = 2  # dfdc_train_part_0, dfdc_train_part_1 of the real 50
+DFDC_TEST = "test"
+
+
+def dfdc_names(rng: np.random.Generator) -> Iterator[str]:
+    """DFDC's file names: ten random lower-case letters, `aaqaifqrwn.mp4`, none twice."""
+    seen = set()
+    while True:
+        name = "".join(chr(ord("a") + int(k)) for k in rng.integers(0, 26, 10)) + ".mp4"
+        if name not in seen:
+            seen.add(name)
+            yield name
+
+
+def dfdc(spec: DemoSpec, people: list[Identity], rng: np.random.Generator) -> Plan:
+    """DFDC: training parts `dfdc_train_part_N/` with their videos and `metadata.json`
+    (`{"x.mp4": {"label": "FAKE", "split": "train", "original": "y.mp4"}, "y.mp4": {"label": "REAL", ...}}`: a
+    fake's original is the real video whose person it shows), and the test set `test/` with its videos and
+    `labels.csv` (`filename,label`, 1 = fake). Each identity's videos lie in one folder: the first
+    `test_identities` in the test set, the others spread over the parts."""
+    if spec.reals_per_identity < 1 or spec.identities - spec.test_identities < DFDC_PARTS:
+        raise ValueError(
+            f"dfdc makes fakes from real videos and fills {DFDC_PARTS} training parts: "
+            f"{spec.reals_per_identity} real videos per identity, {spec.identities - spec.test_identities} "
+            "identities outside the test set"
+        )
+    names = dfdc_names(rng)
+    videos, rows = [], {}
+    for i, person in enumerate(people):
+        folder = DFDC_TEST if i < spec.test_identities else f"dfdc_train_part_{(i - spec.test_identities) % DFDC_PARTS}"
+        reals = [next(names) for _ in range(spec.reals_per_identity)]
+        for name in reals:
+            videos.append(DemoVideo(f"{folder}/{name}", person))
+            rows.setdefault(folder, {})[name] = {"label": "REAL", "split": "train"}
+        for j in range(spec.fakes_per_identity):
+            name, other = next(names), partner(i, j, spec.identities)
+            videos.append(DemoVideo(f"{folder}/{name}", person, people[other].tint))
+            rows[folder][name] = {"label": "FAKE", "split": "train", "original": reals[j % len(reals)]}
+    test = rows.pop(DFDC_TEST, {})
+    index = {f"{folder}/metadata.json": json.dumps(dict(sorted(meta.items()))) for folder, meta in rows.items()}
+    labels = [f"{name},{int(row['label'] == 'FAKE')}" for name, row in sorted(test.items())]
+    index[f"{DFDC_TEST}/labels.csv"] = "\n".join(["filename,label", *labels]) + "\n"
+    return Plan(videos, index)
+
+
+LAYOUTS = {
+    "celebdf": DemoLayout(
+        celebdf,
+        DemoSpec.identities,
+        "Celeb-DF v2 (the default): Celeb-real/, YouTube-real/, Celeb-synthesis/ and List_of_testing_videos.txt "
+        "('<1 real | 0 fake> <path>' lines)",
+    ),
+    "ffpp": DemoLayout(
+        ffpp,
+        12,
+        "FaceForensics++ (c23): original_sequences/youtube/c23/videos/NNN.mp4, "
+        "manipulated_sequences/{Deepfakes,Face2Face,FaceSwap,NeuralTextures}/c23/videos/TTT_SSS.mp4 and "
+        'splits/{train,val,test}.json (lists of ["a", "b"] pairs of originals, '
+        "in the proportions of FF++'s 360/70/70 pairs, one pair at least in each)",
+    ),
+    "dfdc": DemoLayout(
+        dfdc,
+        10,
+        "DFDC: dfdc_train_part_0/ and dfdc_train_part_1/ with their videos (ten random letters, .mp4) and "
+        "metadata.json (label, split, a fake's original), and test/ with its videos and labels.csv "
+        "(filename,label; 1 = fake)",
+    ),
+}
+
+
+def make_demo(out: Path, spec: DemoSpec = DemoSpec(), layout: str = "celebdf") -> list[Path]:
+    """Write the dataset in `layout`'s folders with its index files; returns the video paths."""
+    rng = np.random.default_rng(spec.seed)
+    people = [draw_identity(rng) for _ in range(spec.identities)]
+    plan = LAYOUTS[layout].plan(spec, people, rng)
     written = []
-    test_lines = []
-    for relative, person, fake_tint in videos:
-        path = out / relative
+    for video in plan.videos:
+        path = out / video.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_video(path, render(spec, rng, person, fake_tint), spec.width, spec.height, spec.fps, spec.codec)
+        frames = render(spec, rng, video.identity, video.swap)
+        write_video(path, frames, spec.width, spec.height, spec.fps, spec.codec)
         written.append(path)
-        identity = relative.split("/")[1].split("_")[0]
-        if identity in {f"id{i}" for i in range(spec.test_identities)} or relative == "YouTube-real/00000.mp4":
-            test_lines.append(f"{0 if fake_tint is not None else 1} {relative}")
-    (out / TEST_LIST).write_text("\n".join(test_lines) + "\n")
+    for relative, text in plan.index.items():
+        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+        (out / relative).write_text(text)
     return written
