@@ -14,6 +14,7 @@ from conftest import build_both_formats, run_cli, train_args
 
 from cache import ClipDataset, open_store
 from cache.dataset import StoreUnion
+from train import explain
 from train.data import shard_feed, train_sampler
 from train.inference import TrainedModel
 from train.loop import run_evaluation
@@ -204,3 +205,16 @@ def test_a_union_reads_each_stores_clips_and_keeps_rows_apart(phased, twin):
     np.testing.assert_array_equal(out[0].numpy(), alone[0].numpy())
     np.testing.assert_array_equal(out[1].numpy(), alone[1].numpy())
     np.testing.assert_array_equal(out[3].numpy(), alone[1].numpy())
+
+
+@pytest.mark.slow
+def test_explain_shows_the_first_clip_and_the_videos_probability(phased, phased_run):
+    trained = TrainedModel.load(phased_run[0] / "simple_cnn")
+    with open_store(phased["zarr"]) as store:
+        whole = store.read(store.rows("test")[:1])[0]
+    explanation = explain.explain(trained, whole)
+    assert explanation.clips == STORED // CLIP and explanation.heatmap.shape == (CLIP, *whole.shape[1:3])
+    assert explanation.contributions.shape == (CLIP,)
+    clips = [whole[0::2], whole[1::2]]
+    assert explanation.probability == pytest.approx(trained.probabilities(whole[None])[0])
+    assert explanation.probability == pytest.approx(float(np.mean([trained.probabilities(c[None])[0] for c in clips])))

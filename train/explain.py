@@ -12,7 +12,7 @@ import argparse
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +70,8 @@ def whole_frame(video: Path, settings: ClipSettings, boxes: np.ndarray, detected
 
 @dataclass(frozen=True)
 class Explanation:
-    probability: float
+    probability: float  # the video's: the mean over its clips, as its evaluation scores it
+    clips: int  # of which the first is explained
     heatmap: np.ndarray  # (T, H, W) in [0, 1], one Grad-CAM map per frame
     contributions: np.ndarray  # (T,) gradient x feature of each frame: > 0 pushed towards fake
 
@@ -98,12 +99,21 @@ def target_layer(trained: TrainedModel) -> nn.Module:
 
 
 def explain(trained: TrainedModel, clip: np.ndarray) -> Explanation:
-    """Grad-CAM per frame and per-frame contributions of one uint8 clip (T, H, W, 3), for the fake class."""
-    inputs = trained.inputs(clip[None])
+    """Grad-CAM per frame and per-frame contributions for the fake class, of the first of the clips the model
+    sees in a video's uint8 stored frames (T, H, W, 3): all of them, or frames 0, k, 2k, ... with
+    `--clip-frames` (`first_clip`); with the video's probability, as its evaluation scores it."""
+    phased = trained.phase_clips(clip[None])
+    inputs = trained.inputs(phased[:, 0])
     with GradCAM(model=FramesAsBatch(trained.model), target_layers=[target_layer(trained)]) as cam:
         heatmap = cam(input_tensor=inputs[0], targets=[ClassifierOutputTarget(FAKE)])
-    probability, contributions = frame_contributions(trained.model, inputs)
-    return Explanation(probability, fit_heatmap(heatmap, clip.shape[1:3]), contributions)
+    _, contributions = frame_contributions(trained.model, inputs)
+    probability = float(trained.probabilities(clip[None])[0])
+    return Explanation(probability, phased.shape[1], fit_heatmap(heatmap, clip.shape[1:3]), contributions)
+
+
+def first_clip(clip: Clip, explanation: Explanation) -> Clip:
+    """The frames of `clip` that `explanation` is of."""
+    return replace(clip, frames=clip.frames[:: explanation.clips], indices=clip.indices[:: explanation.clips])
 
 
 def frame_contributions(model: ClipClassifier, inputs: torch.Tensor) -> tuple[float, np.ndarray]:
@@ -150,10 +160,15 @@ def plot(trained: TrainedModel, clip: Clip, explanation: Explanation) -> Figure:
     verdict = trained.verdict(explanation.probability)
     figure.suptitle(
         f"{trained.name}: {clip.source}\n"
-        f"p(fake) {explanation.probability:.3f}, {verdict} at threshold {trained.threshold:.3f}; label {clip.label}",
+        f"p(fake) {explanation.probability:.3f}{clips_note(explanation.clips)}, {verdict} at threshold "
+        f"{trained.threshold:.3f}; label {clip.label}",
         fontsize=10,
     )
     return figure
+
+
+def clips_note(clips: int) -> str:
+    return "" if clips == 1 else f" (the video's: the mean of its {clips} clips; the first is shown)"
 
 
 def draw_whole(axes, whole: WholeFrame) -> None:
@@ -249,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for clip in clips:
         path = args.out / f"{trained.name}_{clip.name}.png"
-        plot(trained, clip, explain(trained, clip.frames)).savefig(path, dpi=100)
+        explanation = explain(trained, clip.frames)
+        plot(trained, first_clip(clip, explanation), explanation).savefig(path, dpi=100)
         print(path)
     for failure in failures:
         print(f"explain: cannot decode {failure}", file=sys.stderr)
