@@ -93,7 +93,13 @@ def row(path: str, label: int, group: str, split: int = NO_SPLIT, kind: str = ""
 
 
 def is_video_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in VIDEO_SUFFIXES
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in VIDEO_SUFFIXES
+
+
+def file_name(path: str) -> str:
+    """The last part of a `/` path (PurePosixPath(path).name, without building a path object per video)."""
+    return path.rpartition("/")[2]
 
 
 def walk_videos(root: Path, folder: str, recursive: bool = True) -> list[str]:

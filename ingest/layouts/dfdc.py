@@ -14,11 +14,11 @@ from __future__ import annotations
 import csv
 import os
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from cache.schema import FAKE, REAL, SPLIT_CODES
 from ingest.discover import UsageError
-from ingest.layouts.common import Found, LayoutOptions, load_json, missing, row, rows_table, walk_videos
+from ingest.layouts.common import Found, LayoutOptions, file_name, load_json, missing, row, rows_table, walk_videos
 
 NAME = "dfdc"
 HELP = "DFDC: dfdc_train_part_N/ with metadata.json beside the videos; a test folder with labels.csv"
@@ -35,13 +35,14 @@ def _folders(root: Path) -> list[str]:
     for entry in os.scandir(root):
         if entry.is_dir():
             found.append(entry.name)
-            found += [f"{entry.name}/{e.name}" for e in os.scandir(entry.path) if e.is_dir() and PART.match(e.name)]
+            if not PART.match(entry.name):  # a part holds thousands of videos and no part
+                found += [f"{entry.name}/{e.name}" for e in os.scandir(entry.path) if e.is_dir() and PART.match(e.name)]
     return found
 
 
 def _parts(folders: list[str]) -> list[str]:
-    number = lambda folder: int(PART.match(PurePosixPath(folder).name).group(1))  # noqa: E731
-    return sorted((f for f in folders if PART.match(PurePosixPath(f).name)), key=number)
+    number = lambda folder: int(PART.match(file_name(folder)).group(1))  # noqa: E731
+    return sorted((f for f in folders if PART.match(file_name(f))), key=number)
 
 
 def matches(root: Path) -> bool:
@@ -70,8 +71,8 @@ def _read_part(root: Path, part: str, rows: list[tuple], unlisted: list[str]) ->
     if not metadata_path.is_file():
         raise UsageError(f"{root / part}: no {METADATA} beside its videos")
     metadata = load_json(metadata_path)
-    kind = PurePosixPath(part).name
-    on_disk = {PurePosixPath(p).name: p for p in walk_videos(root, part, recursive=False)}
+    kind = file_name(part)
+    on_disk = {file_name(p): p for p in walk_videos(root, part, recursive=False)}
     for name, entry in metadata.items():
         label = LABEL_OF.get(str(entry.get("label", "")).upper()) if isinstance(entry, dict) else None
         if label is None:
@@ -87,7 +88,7 @@ def _read_part(root: Path, part: str, rows: list[tuple], unlisted: list[str]) ->
 
 def _read_test(root: Path, folder: str, rows: list[tuple], unlisted: list[str]) -> None:
     labels_path = root / folder / LABELS
-    on_disk = {PurePosixPath(p).name: p for p in walk_videos(root, folder)}
+    on_disk = {file_name(p): p for p in walk_videos(root, folder)}
     kind = folder
     with labels_path.open(newline="") as file:
         reader = csv.DictReader(file)
