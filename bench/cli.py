@@ -75,6 +75,11 @@ def demo_set(folder: Path) -> Path:
     return root
 
 
+def needs_videos(stages: list[str]) -> bool:
+    """Whether any of `stages` times the bench's videos (--data or --demo), which a store is built from first."""
+    return bool(set(stages) - set(WITHOUT_VIDEOS))
+
+
 def main(argv: list[str] | None = None) -> int:
     stop_on_signals()
     args = parser().parse_args(argv)
@@ -92,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         png = plot(latest(args.out), args.out / "latest.png")
         print(png)
         return 0
-    if not (args.demo or args.data) and set(args.stages) - set(WITHOUT_VIDEOS):
+    if not (args.demo or args.data) and needs_videos(args.stages):
         print("bench: error: one of the arguments --data --demo is required", file=sys.stderr)
         return 2
     root = demo_data(DEMO_FOLDER) if args.demo else args.data or Path(".")
@@ -112,7 +117,7 @@ def _measure(args: argparse.Namespace, root: Path, work: Path) -> int:
     from ingest.layouts import find_videos
 
     videos, cache = [], work / "bench.zarr"
-    if set(args.stages) - set(WITHOUT_VIDEOS):
+    if needs_videos(args.stages):
         built = build_cache(BuildConfig(root, work / "videos.zarr", decoder="pyav"), log=lambda _: None)
         if built.ok == 0:
             print(f"bench: error: no video under {root} decodes", file=sys.stderr)
@@ -131,7 +136,7 @@ def _measure(args: argparse.Namespace, root: Path, work: Path) -> int:
     )
     started = time.perf_counter()
     rows = run_stages(config, args.stages)
-    data = str(root) if set(args.stages) - set(WITHOUT_VIDEOS) else "none (the stages make their own)"
+    data = str(root) if needs_videos(args.stages) else "none (the stages make their own)"
     settings = {"data": data, "videos": len(videos), "repeat": repeat, "quick": args.quick}
     path, record = save(rows, args.out, settings)
     append_markdown(rows, record, args.markdown)
