@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from bench.results import RESULTS_MD, append_markdown, latest, plot, save, table
-from bench.stages import STAGES, BenchConfig, replicate, run_stages, scratch
+from bench.stages import STAGES, WITHOUT_VIDEOS, BenchConfig, replicate, run_stages, scratch
 from cache.exits import exit_status, stop_on_signals
 
 DEMO_FOLDER = Path("results/demo-data")
@@ -28,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
             "SIGTERM (nothing written then)."
         ),
     )
-    source = run.add_mutually_exclusive_group(required=True)
+    source = run.add_mutually_exclusive_group()  # needed by every stage but those WITHOUT_VIDEOS
     source.add_argument("--data", type=Path, help="a folder of videos in a layout ingest understands")
     source.add_argument("--demo", action="store_true", help="Celeb-DF-shaped demo videos (written once, then reused)")
     run.add_argument("--out", type=Path, default=Path("results"), help="where result files go (default results/)")
@@ -75,6 +75,11 @@ def demo_set(folder: Path) -> Path:
     return root
 
 
+def needs_videos(stages: list[str]) -> bool:
+    """Whether any of `stages` times the bench's videos (--data or --demo), which a store is built from first."""
+    return bool(set(stages) - set(WITHOUT_VIDEOS))
+
+
 def main(argv: list[str] | None = None) -> int:
     stop_on_signals()
     args = parser().parse_args(argv)
@@ -92,7 +97,10 @@ def _run(args: argparse.Namespace) -> int:
         png = plot(latest(args.out), args.out / "latest.png")
         print(png)
         return 0
-    root = demo_data(DEMO_FOLDER) if args.demo else args.data
+    if not (args.demo or args.data) and needs_videos(args.stages):
+        print("bench: error: one of the arguments --data --demo is required", file=sys.stderr)
+        return 2
+    root = demo_data(DEMO_FOLDER) if args.demo else args.data or Path(".")
     if not root.is_dir():
         print(f"bench: error: {root}: no such folder", file=sys.stderr)
         return 2
@@ -106,14 +114,16 @@ def _run(args: argparse.Namespace) -> int:
 def _measure(args: argparse.Namespace, root: Path, work: Path) -> int:
     """Every stage asked for, on `root`'s videos, with the bench's stores in `work`; the results saved."""
     from ingest.build import BuildConfig, build_cache
-    from ingest.discover import find_videos
+    from ingest.layouts import find_videos
 
-    built = build_cache(BuildConfig(root, work / "videos.zarr", decoder="pyav"), log=lambda _: None)
-    if built.ok == 0:
-        print(f"bench: error: no video under {root} decodes", file=sys.stderr)
-        return 2
-    cache = replicate(work / "videos.zarr", work / "bench.zarr", 64 if args.quick else 512)
-    videos = [root / p for p in find_videos(root)["path"].tolist()][: args.videos]
+    videos, cache = [], work / "bench.zarr"
+    if needs_videos(args.stages):
+        built = build_cache(BuildConfig(root, work / "videos.zarr", decoder="pyav"), log=lambda _: None)
+        if built.ok == 0:
+            print(f"bench: error: no video under {root} decodes", file=sys.stderr)
+            return 2
+        replicate(work / "videos.zarr", cache, 64 if args.quick else 512)
+        videos = [root / p for p in find_videos(root)["path"].tolist()][: args.videos]
     repeat = 2 if args.quick else args.repeat
     config = BenchConfig(
         videos=videos,
@@ -126,7 +136,8 @@ def _measure(args: argparse.Namespace, root: Path, work: Path) -> int:
     )
     started = time.perf_counter()
     rows = run_stages(config, args.stages)
-    settings = {"data": str(root), "videos": len(videos), "repeat": repeat, "quick": args.quick}
+    data = str(root) if needs_videos(args.stages) else "none (the stages make their own)"
+    settings = {"data": data, "videos": len(videos), "repeat": repeat, "quick": args.quick}
     path, record = save(rows, args.out, settings)
     append_markdown(rows, record, args.markdown)
     print(table(rows))

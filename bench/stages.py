@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from bench.baselines import SeedVideoDataset, decode_floor, seed_read_frames, seed_resize
+from bench.scan import scan
 from bench.timing import Rate, Row, skipped
 from cache import ClipDataset, open_store
 from cache.features import FeatureDataset
@@ -29,9 +30,9 @@ from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.build import BuildConfig, build_cache
 from ingest.clips import FELL_BACK, RowJob, RowOutcome, gpu_rows
 from ingest.decoders import CPU_DECODERS, GPU_DECODERS, available, make_decoder, probe_video, unavailable
-from ingest.discover import find_videos
 from ingest.faces import FaceSettings, detect
 from ingest.frames import resize_clip
+from ingest.layouts import find_videos
 from train.augment import ClipTransform
 from train.data import BatchFeed, TimedBatches
 from train.features import FeatureConfig, compute_features, model_for_features
@@ -45,7 +46,8 @@ NVDEC_1080P_FPS = 771
 SEED = "seed: OpenCV seek per frame"
 FEED_BATCH = 32  # the trainer's feed is timed at a GPU's batch, not the seed's 4
 TRAINER_THREADS = TrainConfig.workers  # the trainer's default reader threads
-STAGES = ("decode", "resize", "write", "ingest", "faces", "read", "feed", "h2d", "train", "features")
+STAGES = ("decode", "resize", "write", "ingest", "faces", "read", "feed", "h2d", "train", "features", "scan")
+WITHOUT_VIDEOS = ("scan",)  # stages that make their own input: they need no --data or --demo
 MB = 2**20
 
 
@@ -786,6 +788,7 @@ RUNNERS = {
     "h2d": h2d,
     "train": train,
     "features": features,
+    "scan": scan,
 }
 
 

@@ -173,6 +173,8 @@ def info(store: ClipStore) -> int:
         f"{disk_size(store.location) / 2**20:.1f} MiB on disk"
     )
     print(f"  data root {spec.data_root}")
+    if "dataset" in store.attrs:  # stores built before it lack it
+        print(dataset_line(store.attrs["dataset"]))
     print(counts(store).to_string())
     made = pd.Series(store.decoder[store.status == OK]).value_counts()
     print("  ok clips by decoder: " + ", ".join(f"{name} {n}" for name, n in made.items()))
@@ -184,6 +186,11 @@ def info(store: ClipStore) -> int:
     for row in failed:
         print(f"  failed {store.path[row]}: {store.error[row]}")
     return 0
+
+
+def dataset_line(dataset: dict) -> str:
+    options = ", ".join(f"{name.replace('_', '-')} {value}" for name, value in dataset.get("options", {}).items())
+    return f"  data set {dataset.get('name')}{f' ({options})' if options else ''}; split {dataset.get('split_source')}"
 
 
 def _faces_line(store: ClipStore) -> str:

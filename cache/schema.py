@@ -22,6 +22,11 @@ A store is a Zarr v3 group (`*.zarr`) or an HDF5 file (`*.h5`, `*.hdf5`) holding
     probe/height int32   (N,)
     probe/codec  string  (N,)
 
+Attributes: the `StoreSpec` fields and `schema`; `dataset` (stores built since data set layouts; older ones lack
+it): {"name": "ffpp", "options": {"compression": "c23", ...}, "split_source": "official"}, the layout or
+"manifest", the options it was read with, and where the splits came from (official, grouped, list, folder,
+metadata, all-test, manifest); after a build `summary` and `probe`. HDF5 keeps nested attributes as JSON text.
+
 Rows are grouped in shards of `clips_per_shard` rows; every per-row array is chunked by shard, so
 one writer owns a shard and all its metadata, and writers never share a chunk.
 """

@@ -48,8 +48,9 @@ class ShardResult:
         return slice(self.start, self.start + len(self.status))
 
 
-def create_store(path: str | Path, table: pd.DataFrame, spec: StoreSpec) -> None:
-    """Write an empty store for `table` (columns path, label, split, group), all rows pending.
+def create_store(path: str | Path, table: pd.DataFrame, spec: StoreSpec, dataset: dict | None = None) -> None:
+    """Write an empty store for `table` (columns path, label, split, group), all rows pending; `dataset` (the data
+    set's name, options and split source) becomes the `dataset` attribute.
 
     The store is built under a temporary name and renamed into place, so a store either exists
     whole or not at all.
@@ -59,9 +60,9 @@ def create_store(path: str | Path, table: pd.DataFrame, spec: StoreSpec) -> None
     _remove(tmp)
     try:
         if store_format(path) == "zarr":
-            _create_zarr(tmp, table, spec)
+            _create_zarr(tmp, table, spec, dataset)
         else:
-            _create_hdf5(tmp, table, spec)
+            _create_hdf5(tmp, table, spec, dataset)
         os.replace(tmp, path)
     finally:
         _remove(tmp)
@@ -95,9 +96,9 @@ def _initial_arrays(table: pd.DataFrame, spec: StoreSpec) -> dict[str, np.ndarra
     }
 
 
-def _create_zarr(path: Path, table: pd.DataFrame, spec: StoreSpec) -> None:
+def _create_zarr(path: Path, table: pd.DataFrame, spec: StoreSpec, dataset: dict | None) -> None:
     root = zarr.open_group(path, mode="w-", zarr_format=3)
-    root.attrs.update(spec.attrs())
+    root.attrs.update(spec.attrs() | ({"dataset": dataset} if dataset else {}))
     n, k, clip = len(table), spec.clips_per_shard, spec.clip_shape()
     root.create_array(
         "clips",
@@ -120,10 +121,12 @@ def _fill(values: np.ndarray):
     return "" if values.dtype.kind == "U" else values.flat[0] if values.size else 0
 
 
-def _create_hdf5(path: Path, table: pd.DataFrame, spec: StoreSpec) -> None:
+def _create_hdf5(path: Path, table: pd.DataFrame, spec: StoreSpec, dataset: dict | None) -> None:
     with h5py.File(path, "w") as f:
         for name, value in spec.attrs().items():
             f.attrs[name] = value
+        if dataset:
+            f.attrs["dataset"] = json.dumps(dataset)  # HDF5 has no nested attributes: JSON, as `update_attrs`
         allocate(f, "clips", (len(table), *spec.clip_shape()), h5py.h5t.STD_U8LE)
         widths = {"error": ERROR_BYTES, "decoder": DECODER_BYTES, "probe/codec": CODEC_BYTES}
         for name, values in _initial_arrays(table, spec).items():

@@ -8,6 +8,7 @@ the shard whole (see `cache.writer`). Under `accelerate launch` or `torchrun` ea
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -36,9 +37,11 @@ from cache.store import open_store
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.clips import FALLBACKS, RowJob, RowOutcome
 from ingest.decoders import GPU_DECODERS, Probe, choose
-from ingest.discover import UsageError, find_videos
+from ingest.discover import UsageError
 from ingest.faces import NO_FACE_CHOICES, FaceCrops, FaceSettings
 from ingest.frames import RESIZE_MODES
+from ingest.layouts import Chosen, LayoutOptions
+from ingest.layouts import choose as choose_layout
 from ingest.pool import DecodePool, threads_per_worker
 from ingest.splits import assign_splits
 
@@ -57,7 +60,8 @@ class BuildConfig:
     val_fraction: float = 0.2
     seed: int = 42
     manifest: Path | None = None
-    test_list: Path | None = None
+    dataset: str | None = None  # a layout's name (ingest.layouts.LAYOUTS); None: found from the folders
+    layout: LayoutOptions = field(default_factory=LayoutOptions)
     clips_per_shard: int = 8
     resume: bool = False
     retry_failed: bool = False
@@ -131,11 +135,14 @@ class Ranks:
 def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> BuildSummary:
     ranks = Ranks()
     started = time.perf_counter()
+    layout = choose_layout(config.data_root, config.dataset, config.layout, config.manifest)
+    if ranks.main:
+        log(layout.line())  # the first line: which data set, read how
     spec, choice = _check(config, ranks)
     if ranks.main:
         log(choice)
     with _locked(config.out, ranks, log):
-        return _build(config, spec, ranks, started, log)
+        return _build(config, layout, spec, ranks, started, log)
 
 
 @contextlib.contextmanager
@@ -160,15 +167,18 @@ def _locked(out: Path, ranks: Ranks, log: Callable[[str], None]) -> Iterator[Non
 
 
 def _build(
-    config: BuildConfig, spec: StoreSpec, ranks: Ranks, started: float, log: Callable[[str], None]
+    config: BuildConfig, layout: Chosen, spec: StoreSpec, ranks: Ranks, started: float, log: Callable[[str], None]
 ) -> BuildSummary:
     with DecodePool(spec.decoder, config.workers, spec.clip_shape()) as pool:  # workers start while videos are found
-        table, status = _discover(config, spec)
+        table, status, dataset = _discover(config, layout, spec, log if ranks.main else lambda _: None)
         redo = (status == PENDING) | ((status == FAILED) & config.retry_failed)
-        jobs = _jobs(config, spec, table["path"].tolist(), _shards_to_do(redo, spec, ranks), redo)
+        shards = _shards_to_do(redo, spec, ranks)
+        errors = table["error"].tolist()
+        jobs = _jobs(config, spec, table["path"].tolist(), shards, redo & (table["error"] == "").to_numpy())
+        absent = _absent_rows(errors, spec, shards, redo)
         outcomes = tqdm(
-            pool.rows(jobs),  # the first videos decode while the store is created
-            total=len(jobs),
+            itertools.chain(absent, pool.rows(jobs)),  # the first videos decode while the store is created
+            total=len(jobs) + len(absent),
             unit="video",
             desc=f"decode ({spec.decoder})" + (f" rank {ranks.index}" if ranks.count > 1 else ""),
             position=ranks.index,
@@ -176,7 +186,7 @@ def _build(
         )
         ranks.barrier()
         if not config.out.exists() and ranks.main:
-            create_store(config.out, table, spec)
+            create_store(config.out, table, spec, dataset)
         ranks.barrier()
         # The writer opens first: HDF5 lets a file open for writing be opened again for reading, not the reverse.
         with StoreWriter(config.out) as writer, _kept_rows(config.out, redo, config.retry_failed) as kept:
@@ -194,19 +204,34 @@ def _build(
     return summary
 
 
-def _discover(config: BuildConfig, spec: StoreSpec) -> tuple[pd.DataFrame, np.ndarray]:
-    """The videos with their labels and splits, and each one's status: that of the store to resume, else
-    pending."""
-    table = assign_splits(
-        find_videos(config.data_root, config.manifest, config.test_list), config.val_fraction, config.seed
-    )
+def _discover(
+    config: BuildConfig, layout: Chosen, spec: StoreSpec, log: Callable[[str], None]
+) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """The videos with their labels and splits, each one's status (that of the store to resume, else pending),
+    and the store's `dataset` attribute."""
+    found = layout.read()
+    for line in found.remarks():
+        log(line)
+    table = assign_splits(found.table, config.val_fraction, config.seed, found.test_fraction)
+    dataset = layout.attrs(found)
     if not config.out.exists():
-        return table, np.full(len(table), PENDING, np.int8)
+        return table, np.full(len(table), PENDING, np.int8), dataset
     if not config.resume:
         raise UsageError(f"{config.out} exists: pass --resume to finish it, or choose another --out")
     _check_resumable(config.out, table["path"].tolist(), spec)
     with open_store(config.out) as store:
-        return table, store.status
+        return table, store.status, dataset
+
+
+def _absent_rows(errors: list[str], spec: StoreSpec, shards: list[int], redo: np.ndarray) -> list[RowOutcome]:
+    """The rows to do of `shards` that the layout found missing (a listed video that is not there): failed
+    with that reason, without decoding."""
+    return [
+        RowOutcome(row, None, None, Probe(), errors[row])
+        for shard in shards
+        for row in shard_rows(shard, spec.clips_per_shard, len(errors))
+        if redo[row] and errors[row]
+    ]
 
 
 def _shards_to_do(redo: np.ndarray, spec: StoreSpec, ranks: Ranks) -> list[int]:

@@ -1,4 +1,4 @@
-"""The `ingest` command: `build-cache` and `make-demo`."""
+"""The `ingest` command: `build-cache`, `scan` and `make-demo`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from ingest.demo import LAYOUTS, DemoSpec, make_demo
 from ingest.discover import UsageError
 from ingest.faces import NO_FACE_CHOICES
 from ingest.frames import RESIZE_MODES
+from ingest.layouts import ALL_FFPP_METHODS, COMPRESSIONS, FFPP_METHODS, LAYOUTS, LayoutOptions
+from ingest.scan import report, scan, write_csv
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,18 +31,21 @@ def parser() -> argparse.ArgumentParser:
     build = commands.add_parser(
         "build-cache",
         help="decode every video once into a Zarr v3 or HDF5 store",
-        description=(
+        description=textwrap.fill(
             "Decode each video once, keep FRAMES evenly spaced frames, resize them to SIZE x SIZE RGB and "
             "write them to STORE (.zarr for Zarr v3, .h5/.hdf5 for HDF5), with labels, splits and a status "
-            "per video. Understands the seed notebook's layout (Celeb-Real, Celeb-Fake, Testing) and "
-            "Celeb-DF v2's (Celeb-real, YouTube-real, Celeb-synthesis, List_of_testing_videos.txt). "
-            "Broken videos become failed rows with a reason. Under `accelerate launch` or `torchrun` the "
+            "per video. The data set's layout is found from its folders (or --dataset NAME) and said on the first "
+            "line; labels, splits and groups come from its own files, a listed video that is missing becomes a failed "
+            "row, and `ingest scan` shows what a build would store. Broken videos become failed rows with a reason. "
+            "Under `accelerate launch` or `torchrun` the "
             "ranks share the work; a second build of the same store is refused while one runs. Exit status: 0 done, "
             "2 bad arguments, 3 with --strict when a video failed, 4 when the disk is full, 130 after Ctrl-C and 143 "
             "after SIGTERM (in the last three every finished shard is kept: run the same command with --resume)."
-        ),
+        )
+        + LAYOUT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    build.add_argument("--data-root", type=Path, required=True, help="folder holding the videos")
+    add_layout_arguments(build)
     build.add_argument("--out", type=Path, required=True, help="the store to write: NAME.zarr or NAME.h5")
     build.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
     build.add_argument("--size", type=int, default=224, help="frames are resized to SIZE x SIZE (default 224)")
@@ -84,8 +89,6 @@ def parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--val-fraction", type=float, default=0.2, help="share of train/val videos in val (default 0.2)")
     build.add_argument("--seed", type=int, default=42, help="seed of the train/val split (default 42)")
-    build.add_argument("--manifest", type=Path, help="CSV with columns path,label[,split][,group] for other layouts")
-    build.add_argument("--test-list", type=Path, help="Celeb-DF style test list (default: the data root's own)")
     build.add_argument("--clips-per-shard", type=int, default=8, help="clips per shard file and per write (default 8)")
     build.add_argument("--resume", action="store_true", help="finish an interrupted build of STORE")
     build.add_argument(
@@ -95,6 +98,21 @@ def parser() -> argparse.ArgumentParser:
         "and say how many now succeed",
     )
     build.add_argument("--strict", action="store_true", help="exit 3 when any video failed")
+
+    scanning = commands.add_parser(
+        "scan",
+        help="find a data set's layout, labels and splits without decoding",
+        description=textwrap.fill(
+            "Find the layout of DATA_ROOT as build-cache does, without decoding: print the layout and its "
+            "options, the counts by split and label (and by method or part), the videos left out by choice, and "
+            "every problem (a listed video that is missing, a video on no list). --csv writes the table "
+            "path,label,split,group that --manifest reads."
+        )
+        + LAYOUT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_layout_arguments(scanning)
+    scanning.add_argument("--csv", type=Path, help="write path,label,split,group here (a --manifest)")
 
     demo = commands.add_parser(
         "make-demo",
@@ -122,12 +140,54 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+LAYOUT_HELP = "\n\nLayouts (--dataset NAME):\n" + "\n".join(f"  {n:8} {layout.help}" for n, layout in LAYOUTS.items())
+
+
+def add_layout_arguments(command: argparse.ArgumentParser) -> None:
+    """The data root and how to read it: the same for build-cache and scan."""
+    command.add_argument("--data-root", type=Path, required=True, help="folder holding the data set")
+    command.add_argument(
+        "--dataset",
+        choices=list(LAYOUTS),
+        help="the data set's layout (default: found from the folders; an FF++ download holding DFD too is ffpp)",
+    )
+    command.add_argument(
+        "--compression", choices=COMPRESSIONS, default="c23", help="ffpp, dfd: which videos (default c23)"
+    )
+    command.add_argument(
+        "--methods",
+        default=",".join(FFPP_METHODS),
+        help=f"ffpp: manipulation methods kept, comma-separated, of {','.join(ALL_FFPP_METHODS)} "
+        f"(default {','.join(FFPP_METHODS)})",
+    )
+    command.add_argument(
+        "--splits", type=Path, help="ffpp: folder of train.json, val.json, test.json (default ROOT/splits)"
+    )
+    command.add_argument(
+        "--grouped-split",
+        action="store_true",
+        help="dfd, uadfv: split train/val/test by group instead of keeping all videos as test",
+    )
+    command.add_argument("--test-list", type=Path, help="celebdf: the test list (default: the data root's own)")
+    command.add_argument("--manifest", type=Path, help="CSV with columns path,label[,split][,group] for other layouts")
+
+
+def layout_options(args: argparse.Namespace) -> LayoutOptions:
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = sorted(set(methods) - set(ALL_FFPP_METHODS))
+    if unknown or not methods:
+        raise UsageError(f"--methods takes some of {','.join(ALL_FFPP_METHODS)}, not {args.methods!r}")
+    return LayoutOptions(args.compression, methods, args.splits, args.grouped_split, args.test_list)
+
+
 def main(argv: list[str] | None = None) -> int:
     stop_on_signals()
     args = parser().parse_args(argv)
     try:
         if args.command == "make-demo":
             return _make_demo(args)
+        if args.command == "scan":
+            return _scan(args)
         return _build(args)
     except UsageError as error:
         print(f"ingest: error: {error}", file=sys.stderr)
@@ -147,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _kept(args: argparse.Namespace, first: str = "") -> str:
     """What a command that stopped part way leaves behind, and how to go on (after doing `first`)."""
+    if args.command == "scan":
+        return "nothing written" if not args.csv else f"{args.csv} may be part written: run scan again"
     if args.command == "make-demo":
         return f"{args.out} holds part of the demo set; {first}remove it and run make-demo again"
     if not args.out.exists():
@@ -170,7 +232,8 @@ def _build(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         seed=args.seed,
         manifest=args.manifest,
-        test_list=args.test_list,
+        dataset=args.dataset,
+        layout=layout_options(args),
         clips_per_shard=args.clips_per_shard,
         resume=args.resume,
         retry_failed=args.retry_failed,
@@ -178,6 +241,14 @@ def _build(args: argparse.Namespace) -> int:
     )
     summary = build_cache(config)
     return 3 if args.strict and summary.failed else 0
+
+
+def _scan(args: argparse.Namespace) -> int:
+    chosen, found = scan(args.data_root, args.dataset, layout_options(args), args.manifest)
+    report(chosen, found)
+    if args.csv:
+        print(f"{args.csv}: {write_csv(found, args.csv)} videos (path,label,split,group)")
+    return 0
 
 
 def _make_demo(args: argparse.Namespace) -> int:

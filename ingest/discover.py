@@ -1,4 +1,4 @@
-"""Finding the videos of a data root and what each one is: label, given split, source group."""
+"""What every layout builds on: video files, usage errors, the manifest and Celeb-DF's test list."""
 
 from __future__ import annotations
 
@@ -10,14 +10,6 @@ import pandas as pd
 from cache.schema import FAKE, REAL, SPLIT_CODES, UNKNOWN
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
-# Folder names of the seed notebook's layout and of Celeb-DF v2, lower-cased.
-FOLDER_LABELS = {
-    "celeb-real": REAL,
-    "youtube-real": REAL,
-    "celeb-fake": FAKE,
-    "celeb-synthesis": FAKE,
-    "testing": UNKNOWN,
-}
 TEST_LIST = "List_of_testing_videos.txt"
 CELEB_ID = re.compile(r"^(id\d+)_", re.IGNORECASE)
 NO_SPLIT = -1
@@ -39,33 +31,14 @@ def source_group(relative_path: str) -> str:
 
 
 def find_videos(data_root: Path, manifest: Path | None = None, test_list: Path | None = None) -> pd.DataFrame:
-    """One row per video file: path (relative, `/`), label, split (-1 when not given), group."""
-    if not data_root.is_dir():
-        raise UsageError(f"--data-root {data_root}: no such folder")
-    table = _from_manifest(data_root, manifest) if manifest else _from_folders(data_root)
-    if table.empty:
-        raise UsageError(f"no video files (.mp4 .avi .mov .mkv .webm) found under {data_root}")
-    test_list = test_list or _default_test_list(data_root)
-    if test_list is not None:
-        table = _apply_test_list(table, test_list)
-    return table.sort_values("path", ignore_index=True)
+    """One row per video: path (relative, `/`), label, split (-1 when not given), group; see `ingest.layouts`."""
+    from ingest.layouts import find_videos as layout_videos  # the layouts build on this module
+
+    return layout_videos(data_root, manifest, test_list)
 
 
-def _from_folders(data_root: Path) -> pd.DataFrame:
-    rows = []
-    for folder in sorted(p for p in data_root.iterdir() if p.is_dir()):
-        label = FOLDER_LABELS.get(folder.name.lower())
-        if label is None:
-            continue
-        split = SPLIT_CODES["test"] if label == UNKNOWN else NO_SPLIT
-        for file in sorted(folder.rglob("*")):
-            if is_video(file):
-                relative = file.relative_to(data_root).as_posix()
-                rows.append((relative, label, split, source_group(relative)))
-    return pd.DataFrame(rows, columns=["path", "label", "split", "group"])
-
-
-def _from_manifest(data_root: Path, manifest: Path) -> pd.DataFrame:
+def read_manifest(data_root: Path, manifest: Path) -> pd.DataFrame:
+    """A CSV with columns path,label[,split][,group]: every listed file must exist."""
     if not manifest.is_file():
         raise UsageError(f"--manifest {manifest}: no such file")
     table = pd.read_csv(manifest, dtype={"path": str, "split": str, "group": str})
@@ -100,11 +73,6 @@ def _relative(data_root: Path, path: str) -> str:
     return candidate.as_posix()
 
 
-def _default_test_list(data_root: Path) -> Path | None:
-    matches = [p for p in data_root.iterdir() if p.name.lower() == TEST_LIST.lower()]
-    return matches[0] if matches else None
-
-
 def read_test_list(test_list: Path) -> dict[str, int]:
     """Celeb-DF's list: `<label> <path>` lines with 1 = real, 0 = fake, the opposite of our labels."""
     if not test_list.is_file():
@@ -118,14 +86,3 @@ def read_test_list(test_list: Path) -> dict[str, int]:
             raise UsageError(f"{test_list}:{number}: expected '<1 real | 0 fake> <path>', got {line!r}")
         entries[Path(parts[1].strip()).as_posix()] = REAL if parts[0] == "1" else FAKE
     return entries
-
-
-def _apply_test_list(table: pd.DataFrame, test_list: Path) -> pd.DataFrame:
-    entries = read_test_list(test_list)
-    on_list = table["path"].isin(entries.keys())
-    if not on_list.any():
-        return table
-    table = table.copy()
-    table.loc[on_list, "split"] = SPLIT_CODES["test"]
-    table.loc[on_list, "label"] = table.loc[on_list, "path"].map(entries)
-    return table

@@ -1,4 +1,4 @@
-"""Train/val split: stratified by label, grouped by source, so no source is in both."""
+"""Train/val (and test) split: stratified by label, grouped by source, so no source is in two splits."""
 
 from __future__ import annotations
 
@@ -14,15 +14,23 @@ from ingest.discover import NO_SPLIT, UsageError
 TRAIN, VAL, TEST = SPLIT_CODES["train"], SPLIT_CODES["val"], SPLIT_CODES["test"]
 
 
-def assign_splits(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
+def assign_splits(table: pd.DataFrame, val_fraction: float, seed: int, test_fraction: float = 0.0) -> pd.DataFrame:
     """Fill in the split of every row that has none; deterministic for a given seed.
 
+    With `test_fraction`, that share of those rows goes to test first, by whole sources, as val does next.
     The val fold is one of round(1 / val_fraction) folds of scikit-learn's StratifiedGroupKFold (fewer for
     small sets): the first fold in which both splits hold both classes; where none does, a few whole sources.
+    A table that is all test (an unseen set, for evaluation) stays so.
     """
     if not 0 < val_fraction < 1:
         raise UsageError(f"--val-fraction must lie between 0 and 1, not {val_fraction}")
     table = table.copy()
+    free = (table["split"] == NO_SPLIT).to_numpy()
+    if test_fraction and free.any():
+        kept = _split_free(table[free], test_fraction, seed)
+        table.loc[free, "split"] = np.where(kept == VAL, TEST, NO_SPLIT)
+    if (table["split"] == TEST).all():
+        return table
     free = (table["split"] == NO_SPLIT).to_numpy()
     labelled = table.loc[table["split"] != TEST, "label"]
     if (labelled < 0).any():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -283,4 +284,138 @@ def face_root(tmp_path_factory) -> Path:
             write_face_video(root / name, places, width, height, extra=other)
         lines.append(f"{name},{int('synthesis' in name)},{('train', 'val')[i % 2]}")
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+# Data set layouts as downloaded (see ingest/layouts): tiny real videos (64 x 48, a few frames) under each data
+# set's own folders, with its own label and split files. A few videos are encoded once and copied.
+LAYOUT_VIDEOS = 3
+
+
+@pytest.fixture(scope="session")
+def tiny_videos(tmp_path_factory) -> list[bytes]:
+    folder = tmp_path_factory.mktemp("tiny-videos")
+    return [encode_numbered(folder / f"{i}.mp4", 4 + i, 64, 48).read_bytes() for i in range(LAYOUT_VIDEOS)]
+
+
+def place(root: Path, videos: list[bytes], *names: str) -> None:
+    for i, name in enumerate(names):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(videos[i % len(videos)])
+
+
+FFPP_PAIRS = {"train": [["000", "001"], ["002", "003"]], "val": [["004", "005"]], "test": [["006", "007"]]}
+FFPP_MISSING = "manipulated_sequences/Deepfakes/c23/videos/007_006.mp4"  # listed in test.json, not there
+FFPP_UNLISTED = "original_sequences/youtube/c23/videos/999.mp4"  # on no split list
+DFD_NAMES = ["01__walk.mp4", "02__walk.mp4", "03__talk.mp4", "04__talk.mp4", "05__hug.mp4", "06__hug.mp4"]
+DFD_FAKES = ["01_02__walk__AB12CD34.mp4", "02_01__walk__EF56GH78.mp4", "03_04__talk__IJ90KL12.mp4"]
+DFD_FAKES += ["04_03__talk__MN34OP56.mp4", "05_06__hug__QR78ST90.mp4", "06_05__hug__UV12WX34.mp4"]
+
+
+def write_dfd(root: Path, videos: list[bytes]) -> None:
+    for c in ("c23", "c40"):
+        place(root, videos, *[f"original_sequences/actors/{c}/videos/{n}" for n in DFD_NAMES])
+        place(root, videos, *[f"manipulated_sequences/DeepFakeDetection/{c}/videos/{n}" for n in DFD_FAKES])
+
+
+@pytest.fixture(scope="session")
+def ffpp_root(tmp_path_factory, tiny_videos) -> Path:
+    """FaceForensics++ as downloaded: c23 and a few c40 videos, the four methods and FaceShifter, the official
+    split files, DFD's folders beside them; one listed fake missing, one real on no list."""
+    root = tmp_path_factory.mktemp("ffpp")
+    ids = [i for pairs in FFPP_PAIRS.values() for pair in pairs for i in pair]
+    place(root, tiny_videos, *[f"original_sequences/youtube/c23/videos/{i}.mp4" for i in ids], FFPP_UNLISTED)
+    place(root, tiny_videos, *[f"original_sequences/youtube/c40/videos/{i}.mp4" for i in ids[:3]])
+    fakes = [f"{a}_{b}" for pairs in FFPP_PAIRS.values() for p in pairs for a, b in (p, p[::-1])]
+    for method in ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter"):
+        place(root, tiny_videos, *[f"manipulated_sequences/{method}/c23/videos/{f}.mp4" for f in fakes])
+    (root / FFPP_MISSING).unlink()
+    (root / "splits").mkdir()
+    for name, pairs in FFPP_PAIRS.items():
+        (root / "splits" / f"{name}.json").write_text(json.dumps(pairs, indent=2))
+    write_dfd(root, tiny_videos)
+    return root
+
+
+@pytest.fixture(scope="session")
+def dfd_root(tmp_path_factory, tiny_videos) -> Path:
+    root = tmp_path_factory.mktemp("dfd")
+    write_dfd(root, tiny_videos)
+    return root
+
+
+DFDC_MISSING = "dfdc_train_part_0/gone.mp4"
+DFDC_UNLISTED = "dfdc_train_part_1/stray.mp4"
+
+
+@pytest.fixture(scope="session")
+def dfdc_root(tmp_path_factory, tiny_videos) -> Path:
+    """Two training parts with their metadata.json (each original with two fakes; one listed video missing, one
+    video on no list) and the test folder: labels.csv with the videos one folder below it."""
+    root = tmp_path_factory.mktemp("dfdc")
+    for part in range(2):
+        folder = f"dfdc_train_part_{part}"
+        metadata = {}
+        for i in range(4):
+            real = f"r{part}{i}.mp4"
+            metadata[real] = {"label": "REAL", "split": "train"}
+            for k in range(2):
+                metadata[f"f{part}{i}{k}.mp4"] = {"label": "FAKE", "split": "train", "original": real}
+        place(root, tiny_videos, *[f"{folder}/{name}" for name in metadata])
+        if part == 0:
+            metadata["gone.mp4"] = {"label": "FAKE", "split": "train", "original": "r00.mp4"}
+        (root / folder / "metadata.json").write_text(json.dumps(metadata, indent=1))
+    place(root, tiny_videos, DFDC_UNLISTED)
+    tests = {"t0.mp4": 1, "t1.mp4": 0, "t2.mp4": 1, "t3.mp4": 0}
+    place(root, tiny_videos, *[f"test/videos/{name}" for name in tests])
+    (root / "test" / "labels.csv").write_text("filename,label\n" + "".join(f"{n},{v}\n" for n, v in tests.items()))
+    return root
+
+
+DFDCP_SOURCES = ["643049", "701521", "812233", "901777", "913004", "955123"]
+
+
+@pytest.fixture(scope="session")
+def dfdcp_root(tmp_path_factory, tiny_videos) -> Path:
+    """DFDC preview: original_videos/<src>/, method_A/<src>/<src>_A/, method_B/<src>/<src>_B/ and dataset.json."""
+    root = tmp_path_factory.mktemp("dfdcp")
+    listed = {}
+    for n, source in enumerate(DFDCP_SOURCES):
+        chosen = "test" if n < 2 else "train"
+        listed[f"original_videos/{source}/{1000 + n}.mp4"] = {"label": "real", "set": chosen}
+        for method in ("A", "B"):
+            name = f"method_{method}/{source}/{source}_{method}/{2000 + n}.mp4"
+            listed[name] = {"label": "fake", "set": chosen, "target_id": source, "augmentations": {}}
+    place(root, tiny_videos, *listed)
+    (root / "dataset.json").write_text(json.dumps(listed, indent=2))
+    return root
+
+
+@pytest.fixture(scope="session")
+def uadfv_root(tmp_path_factory, tiny_videos) -> Path:
+    root = tmp_path_factory.mktemp("uadfv")
+    place(root, tiny_videos, *[f"real/{i:04d}.mp4" for i in range(6)], *[f"fake/{i:04d}_fake.mp4" for i in range(6)])
+    return root
+
+
+CELEBDF_LIST = "1 YouTube-real/00001.mp4\n0 Celeb-synthesis/id0_id1_0000.mp4\n1 Celeb-real/id5_0009.mp4\n"
+
+
+@pytest.fixture(scope="session")
+def celebdf_small_root(tmp_path_factory, tiny_videos) -> Path:
+    """Celeb-DF v2's folders and test list (1 real, 0 fake); the list's Celeb-real/id5_0009.mp4 is missing."""
+    root = tmp_path_factory.mktemp("celebdf-small")
+    names = [f"Celeb-real/id{i}_0000.mp4" for i in range(4)] + ["YouTube-real/00000.mp4", "YouTube-real/00001.mp4"]
+    names += [f"Celeb-synthesis/id{i}_id{(i + 1) % 4}_0000.mp4" for i in range(4)]
+    place(root, tiny_videos, *names)
+    (root / "List_of_testing_videos.txt").write_text(CELEBDF_LIST)
+    return root
+
+
+@pytest.fixture(scope="session")
+def seed_root(tmp_path_factory, tiny_videos) -> Path:
+    root = tmp_path_factory.mktemp("seed")
+    names = [f"Celeb-Real/id{i}_0000.mp4" for i in range(3)] + [f"Celeb-Fake/id{i}_id9_0000.mp4" for i in range(3)]
+    place(root, tiny_videos, *names, "Testing/x.mp4")
     return root

@@ -7,10 +7,12 @@ from dataclasses import replace
 import pytest
 from conftest import encode_numbered, run_cli
 
+from bench import scan as bench_scan
 from bench.results import append_markdown, latest, plot, save, table
 from bench.stages import BenchConfig, Context, decode, faces, features, read, replicate
 from bench.timing import Rate, Row, skipped
 from cache import open_store
+from ingest.layouts import find_videos
 
 
 def test_rate_reports_median_min_and_max_of_the_repeats():
@@ -121,3 +123,15 @@ def test_bench_run_command_writes_results(demo_root, tmp_path):
     assert len(list((tmp_path / "results").glob("*.json"))) == 1
     assert "| resize |" in (tmp_path / "RESULTS.md").read_text()
     assert run_cli("bench", "run", "--data", str(tmp_path / "none"), check=False).returncode == 2
+
+
+def test_scan_stage_times_ingest_scan_on_a_dfdc_shaped_tree_beside_os_walk(bench_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_scan, "PARTS", 3)
+    monkeypatch.setattr(bench_scan, "VIDEOS", 72)
+    tree = bench_scan.dfdc_tree(tmp_path / "tree", 3, 72)
+    table = find_videos(tree)
+    assert len(table) == 72 and (table["label"] == 1).sum() == 60  # five fakes of each real, in its group
+    assert table.groupby("group")["label"].apply(lambda labels: sorted(labels) == [0, 1, 1, 1, 1, 1]).all()
+    (row,) = bench_scan.scan(replace(bench_config, work=tmp_path), Context())
+    assert row.stage == "scan" and "72 empty videos in 3 parts" in row.measures
+    assert row.ours.median > 0 and row.baseline.median > 0

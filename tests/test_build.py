@@ -178,7 +178,10 @@ def test_gpu_decoders_without_a_gpu_exit_2_and_auto_says_it_chose_a_cpu_decoder(
         assert "NVIDIA GPU" in one_line_error(result)
     assert not (tmp_path / "g.zarr").exists()
     result = run_cli(*build_args(celebdf_root, tmp_path / "auto.zarr", "--workers", "1"))
-    assert result.stdout.startswith("decoder auto: pyav (no NVIDIA GPU")
+    layout, decoder = result.stdout.splitlines()[:2]  # the data set's layout comes first, then the decoder
+    assert layout.startswith("layout celebdf (found by its folders") and decoder.startswith(
+        "decoder auto: pyav (no NVIDIA GPU"
+    )
     with open_store(tmp_path / "auto.zarr") as store:
         assert store.spec.decoder == "pyav" and (store.status != PENDING).all()
 

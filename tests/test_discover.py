@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from cache.schema import FAKE, REAL, SPLIT_CODES, UNKNOWN
-from ingest.discover import NO_SPLIT, UsageError, find_videos, source_group
+from ingest.discover import NO_SPLIT, UsageError, source_group
+from ingest.layouts import find_videos
 from ingest.splits import assign_splits
 
 TEST, TRAIN, VAL = SPLIT_CODES["test"], SPLIT_CODES["train"], SPLIT_CODES["val"]
@@ -144,3 +145,17 @@ def test_small_sets_with_two_sources_per_class_split_into_both_classes(reals, fa
 def test_a_class_from_one_source_is_a_usage_error_that_names_the_counts():
     with pytest.raises(UsageError, match="real videos from 1 source, fake videos from 3 sources"):
         assign_splits(small_table(["id0", "id0"], ["id4", "id5", "id6"]), 0.2, seed=42)
+
+
+def test_a_test_fraction_splits_off_whole_sources_as_test():
+    table = assign_splits(celebdf_table(identities=20), 0.25, seed=1, test_fraction=0.2)
+    assert set(table["split"]) == {TRAIN, VAL, TEST}
+    assert (table.groupby("group")["split"].nunique() == 1).all()
+    for split in (TRAIN, VAL, TEST):
+        assert set(table.loc[table["split"] == split, "label"]) == {REAL, FAKE}
+
+
+def test_an_all_test_table_stays_all_test():
+    table = celebdf_table()
+    table["split"] = TEST
+    assert (assign_splits(table, 0.2, seed=0)["split"] == TEST).all()
