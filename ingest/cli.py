@@ -14,7 +14,7 @@ from cache.schema import PENDING
 from cache.store import open_store
 from ingest.build import BuildConfig, build_cache
 from ingest.decoders import DECODERS
-from ingest.demo import LAYOUTS, DemoSpec, make_demo
+from ingest.demo import DEMO_LAYOUTS, DemoSpec, make_demo
 from ingest.discover import UsageError
 from ingest.faces import NO_FACE_CHOICES
 from ingest.frames import RESIZE_MODES
@@ -119,18 +119,21 @@ def parser() -> argparse.ArgumentParser:
         help="write a small dataset of real and fake videos in Celeb-DF's, FaceForensics++'s or DFDC's layout",
         description="Write synthetic real and fake videos in a data set's own layout, with its index files:\n\n"
         + "\n".join(
-            textwrap.fill(f"{name}: {layout.writes}", 100, subsequent_indent="  ") for name, layout in LAYOUTS.items()
+            textwrap.fill(f"{name}: {layout.writes}", 100, subsequent_indent="  ")
+            for name, layout in DEMO_LAYOUTS.items()
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--out", type=Path, required=True, help="folder to write (created)")
-    demo.add_argument("--layout", choices=LAYOUTS, default="celebdf", help="the data set's layout (default celebdf)")
+    demo.add_argument(
+        "--layout", choices=DEMO_LAYOUTS, default="celebdf", help="the data set's layout (default celebdf)"
+    )
     defaults = DemoSpec()
     demo.add_argument(
         "--identities",
         type=int,
         help="source identities (default "
-        + ", ".join(f"{layout.identities} for {name}" for name, layout in LAYOUTS.items())
+        + ", ".join(f"{layout.identities} for {name}" for name, layout in DEMO_LAYOUTS.items())
         + "; ffpp pairs them: an even number, at least 6)",
     )
     demo.add_argument("--frames", type=int, default=defaults.frames, help="frames per video")
@@ -252,7 +255,7 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _make_demo(args: argparse.Namespace) -> int:
-    identities = LAYOUTS[args.layout].identities if args.identities is None else args.identities
+    identities = DEMO_LAYOUTS[args.layout].identities if args.identities is None else args.identities
     if args.width % 2 or args.height % 2 or min(args.width, args.height, args.frames, identities) < 2:
         raise UsageError("--width and --height must be even, and every count at least 2")
     if args.out.exists() and any(args.out.iterdir()):

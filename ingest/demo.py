@@ -1,5 +1,5 @@
 """`ingest make-demo`: a small dataset of real video files in Celeb-DF v2's, FaceForensics++'s or DFDC's layout
-(`LAYOUTS`): the same rendered videos under each data set's own names, folders and index files.
+(`DEMO_LAYOUTS`): the same rendered videos under each data set's own names, folders and index files.
 
 Every identity shows the one frontal face photograph scikit-image ships (its astronaut), her head cut
 out in a soft ellipse and told apart by a colour tint (skin and hair tone), a size and a mirroring; the
@@ -26,6 +26,7 @@ import numpy as np
 from skimage import data
 
 from ingest.discover import TEST_LIST
+from ingest.layouts.common import FFPP_METHODS
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,6 @@ def celebdf(spec: DemoSpec, people: list[Identity], rng: np.random.Generator) ->
 
 
 FFPP_REAL = "original_sequences/youtube/c23/videos"
-FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
 FFPP_PAIRS = {"train": 360, "val": 70, "test": 70}  # the official split files' pairs of originals
 
 
@@ -338,7 +338,7 @@ def dfdc(spec: DemoSpec, people: list[Identity], rng: np.random.Generator) -> Pl
     return Plan(videos, index)
 
 
-LAYOUTS = {
+DEMO_LAYOUTS = {
     "celebdf": DemoLayout(
         celebdf,
         DemoSpec.identities,
@@ -367,7 +367,7 @@ def make_demo(out: Path, spec: DemoSpec = DemoSpec(), layout: str = "celebdf") -
     """Write the dataset in `layout`'s folders with its index files; returns the video paths."""
     rng = np.random.default_rng(spec.seed)
     people = [draw_identity(rng) for _ in range(spec.identities)]
-    plan = LAYOUTS[layout].plan(spec, people, rng)
+    plan = DEMO_LAYOUTS[layout].plan(spec, people, rng)
     written = []
     for video in plan.videos:
         path = out / video.path

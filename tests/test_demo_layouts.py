@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from ingest.demo import FFPP_METHODS, LAYOUTS, DemoSpec, draw_identity, ffpp_split_sizes, make_demo
+from ingest.demo import DEMO_LAYOUTS, FFPP_METHODS, DemoSpec, draw_identity, ffpp_split_sizes, make_demo
 
 SMALL = {"frames": 4, "width": 64, "height": 48}
 FFPP_SPEC = DemoSpec(identities=6, **SMALL)
@@ -177,12 +177,12 @@ def test_dfdc_labels_list_the_test_videos_with_1_for_fake(dfdc_root):
 def test_the_default_demos_are_no_larger_than_celebdfs():
     """`make demo` writes them on 2 cores: FaceForensics++ and DFDC with fewer videos than Celeb-DF's 100."""
     counts = {}
-    for name, layout in LAYOUTS.items():
+    for name, layout in DEMO_LAYOUTS.items():
         rng = np.random.default_rng(0)
         people = [draw_identity(rng) for _ in range(layout.identities)]
         counts[name] = len(layout.plan(DemoSpec(identities=layout.identities), people, rng).videos)
     assert counts == {"celebdf": 100, "ffpp": 60, "dfdc": 60}
-    assert ffpp_split_sizes(LAYOUTS["ffpp"].identities // 2) == {"train": 4, "val": 1, "test": 1}
+    assert ffpp_split_sizes(DEMO_LAYOUTS["ffpp"].identities // 2) == {"train": 4, "val": 1, "test": 1}
 
 
 @pytest.mark.parametrize(

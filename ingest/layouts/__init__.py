@@ -110,6 +110,8 @@ def choose(
     shown = options.shown(layout.options)
     if "splits" in shown and options.splits is None:
         shown["splits"] = str(root / "splits")
+    if "test_list" in shown and options.test_list is None:
+        shown["test_list"] = str(celebdf.default_test_list(root) or "none")
     return Chosen(root, layout.name, shown, how, lambda: layout.read(root, options))
 
 
