@@ -14,6 +14,7 @@ import pytest
 from conftest import run_cli
 
 from ingest.demo import DEMO_LAYOUTS, FFPP_METHODS, DemoSpec, draw_identity, ffpp_split_sizes, make_demo
+from ingest.scan import scan
 
 SMALL = {"frames": 4, "width": 64, "height": 48}
 FFPP_SPEC = DemoSpec(identities=6, **SMALL)
@@ -206,3 +207,20 @@ def test_make_demo_refuses_identities_a_layout_cannot_use_and_writes_nothing(tmp
         == "ingest: error: --layout ffpp: ffpp pairs its originals, one pair at least per split: 7 identities\n"
     )
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize(
+    ("layout", "name", "source"),
+    [("ffpp_root", "ffpp", "official"), ("dfdc_root", "dfdc", "folder"), ("celebdf_demo", "celebdf", "list")],
+)
+def test_build_cache_reads_each_demo_as_its_data_set_with_nothing_missing_or_unlisted(layout, name, source, request):
+    root = request.getfixturevalue(layout)
+    chosen, found = scan(root)
+    assert chosen.name == name and found.split_source == source
+    assert found.missing.empty and not found.unlisted and not found.left_out
+    table = found.table.set_index("path")
+    assert set(table.index) == videos(root)
+    fake = table.index.str.contains("manipulated_sequences|Celeb-synthesis") if name != "dfdc" else None
+    if fake is not None:
+        assert (table["label"] == fake.astype(int)).all()
+    assert set(table.loc[table["split"] == 2, "label"]) == {0, 1}, "the test split holds both classes"
