@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+from bench.context import BenchConfig
 from bench.results import RESULTS_MD, append_markdown, latest, plot, save, table
-from bench.stages import STAGES, WITHOUT_VIDEOS, BenchConfig, replicate, run_stages, scratch
+from bench.stages import STAGES, WITHOUT_VIDEOS, run_stages
+from bench.stores import replicate
 from cache.exits import exit_status, stop_on_signals
 
 DEMO_FOLDER = Path("results/demo-data")
@@ -104,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         print(f"bench: error: {root}: no such folder", file=sys.stderr)
         return 2
-    work = scratch()
+    work = Path(tempfile.mkdtemp(prefix="clipcache-bench-"))
     try:
         return _measure(args, root, work)
     finally:

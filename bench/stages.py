@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +18,14 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from bench.baselines import SeedVideoDataset, decode_floor, seed_read_frames, seed_resize
+from bench.context import BenchConfig, Context
 from bench.scan import scan
-from bench.timing import Rate, Row, skipped
+from bench.stores import read_clips, remove, replicate, shard_of
+from bench.timing import MB, Rate, Row, skipped, taking_turns
 from cache import ClipDataset, open_store
 from cache.features import FeatureDataset
 from cache.schema import StoreSpec
-from cache.writer import ShardResult, StoreWriter, create_store
+from cache.writer import StoreWriter, create_store
 from ingest.build import BuildConfig, build_cache
 from ingest.clips import FELL_BACK, RowJob, RowOutcome, gpu_rows
 from ingest.decoders import CPU_DECODERS, GPU_DECODERS, available, make_decoder, probe_video, unavailable
@@ -48,28 +47,6 @@ FEED_BATCH = 32  # the trainer's feed is timed at a GPU's batch, not the seed's 
 TRAINER_THREADS = TrainConfig.workers  # the trainer's default reader threads
 STAGES = ("decode", "resize", "write", "ingest", "faces", "read", "feed", "h2d", "train", "features", "scan")
 WITHOUT_VIDEOS = ("scan",)  # stages that make their own input: they need no --data or --demo
-MB = 2**20
-
-
-@dataclass
-class BenchConfig:
-    videos: list[Path]
-    data_root: Path
-    cache: Path
-    work: Path
-    repeat: int = 5
-    quick: bool = False
-    workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
-    frames: int = 16
-    size: int = 224
-    demo_set: Path | None = None  # many small videos, built beside `data_root` by the ingest stage
-
-
-@dataclass
-class Context:
-    """Rates one stage leaves for another's limit."""
-
-    rates: dict[str, Rate] = field(default_factory=dict)
 
 
 def decode(config: BenchConfig, context: Context) -> list[Row]:
@@ -184,7 +161,7 @@ def gpu_ingest(config: BenchConfig) -> list[Row]:
 
             def build(name: str = name, in_flight: int = in_flight, notes: list[str] = notes) -> float:
                 out = config.work / "ingest-gpu.zarr"
-                _remove(out)
+                remove(out)
                 summary = build_cache(BuildConfig(root, out, workers=in_flight, decoder=name), log=lambda _: None)
                 notes[:] = [f"{len(summary.fallbacks)} of {summary.ok} ok rows fell back to PyAV, not counted"]
                 return summary.ok - len(summary.fallbacks)
@@ -270,14 +247,8 @@ def resize(config: BenchConfig, context: Context) -> list[Row]:
     return [Row("resize", f"{w}x{h} -> {config.size}, torch, 1 thread", ours, seed, "OpenCV resize frame by frame")]
 
 
-def _clips(config: BenchConfig, count: int) -> np.ndarray:
-    with open_store(config.cache) as store:
-        rows = store.rows()
-        return store.read(np.resize(rows, count))
-
-
 def write(config: BenchConfig, context: Context) -> list[Row]:
-    clips = _clips(config, 16 if config.quick else 64)
+    clips = read_clips(config, 16 if config.quick else 64)
     per_shard = 8
     total = clips.nbytes / MB
     spec = StoreSpec(frames=clips.shape[1], size=clips.shape[2], clips_per_shard=per_shard)
@@ -288,7 +259,7 @@ def write(config: BenchConfig, context: Context) -> list[Row]:
         targets[suffix] = [config.work / f"write-{i}.{suffix}" for i in range(runs)]
         started = time.perf_counter()
         for path in targets[suffix]:
-            _remove(path)
+            remove(path)
             create_store(path, _table(len(clips)), spec)
         created[suffix] = (time.perf_counter() - started) / runs
 
@@ -300,12 +271,12 @@ def write(config: BenchConfig, context: Context) -> list[Row]:
     def store(path: Path) -> None:
         with StoreWriter(path) as writer:
             for start in range(0, len(clips), per_shard):
-                writer.write_shard(_shard(start, clips[start : start + per_shard]))
+                writer.write_shard(shard_of(start, clips[start : start + per_shard]))
 
     rates = _interleaved({"plain": plain, "zarr": store, "h5": store}, targets, total, "MB/s")
     for paths in targets.values():
         for path in paths:
-            _remove(path)
+            remove(path)
     rows = []
     for suffix in ("zarr", "h5"):
         context.rates[f"write/{suffix}"] = rates[suffix]
@@ -339,30 +310,10 @@ def _table(n: int) -> pd.DataFrame:
     )
 
 
-def _shard(start: int, clips: np.ndarray) -> ShardResult:
-    k, t = clips.shape[:2]
-    probe = {
-        "frames": np.full(k, t, np.int32),
-        "fps": np.zeros(k, np.float32),
-        "width": np.zeros(k, np.int32),
-        "height": np.zeros(k, np.int32),
-        "codec": np.full(k, "h264"),
-    }
-    indices = np.tile(np.arange(t, dtype=np.int32), (k, 1))
-    return ShardResult(start, clips, indices, np.ones(k, np.int8), [""] * k, probe)
-
-
 def _fresh(folder: Path) -> Path:
-    _remove(folder)
+    remove(folder)
     folder.mkdir(parents=True)
     return folder
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
 
 
 def ingest(config: BenchConfig, context: Context) -> list[Row]:
@@ -392,7 +343,7 @@ def _ingest_scaling(config: BenchConfig, root: Path, one_process: Rate | None) -
         builds["one worker"] = lambda: _build(config, root, 1)
     if config.workers > 1:
         builds["workers"] = lambda: _build(config, root, config.workers)
-    rates = _taking_turns(builds, config.repeat, "videos/s")
+    rates = taking_turns(builds, config.repeat, "videos/s")
     videos = _videos(root)
     rows = [
         Row(
@@ -431,7 +382,7 @@ def _ingest_scaling(config: BenchConfig, root: Path, one_process: Rate | None) -
 
 def _build(config: BenchConfig, root: Path, workers: int, decoder: str = "pyav", resize: str = "squash") -> float:
     out = config.work / "ingest.zarr"
-    _remove(out)
+    remove(out)
     build_cache(BuildConfig(root, out, workers=workers, decoder=decoder, resize=resize), log=lambda _: None)
     with open_store(out) as store:
         return len(store)
@@ -454,7 +405,7 @@ def faces(config: BenchConfig, context: Context) -> list[Row]:
     root = _linked_root(config, 4 * len(config.videos))
     modes = ("squash", "face")
     builds = {mode: lambda mode=mode: _build(config, root, config.workers, resize=mode) for mode in modes}
-    rates = _taking_turns(builds, config.repeat, "videos/s")
+    rates = taking_turns(builds, config.repeat, "videos/s")
     with open_store(config.work / "ingest.zarr") as store:  # the last build is a face build
         found = f"{len(store.rows()) - len(store.without_face())} of {len(store.rows())} clips with a face"
     rows.append(
@@ -480,17 +431,6 @@ def _one_core(work: Callable[[], float]) -> float:
     finally:
         os.sched_setaffinity(0, cpus)
         torch.set_num_threads(threads)
-
-
-def _taking_turns(works: dict[str, Callable[[], float]], repeat: int, unit: str) -> dict[str, Rate]:
-    """Each work's rate over `repeat` rounds in which every work runs once, in turn."""
-    rates: dict[str, list[float]] = {name: [] for name in works}
-    for _ in range(repeat):
-        for name, work in works.items():
-            started = time.perf_counter()
-            items = work()
-            rates[name].append(items / (time.perf_counter() - started))
-    return {name: Rate(statistics.median(r), min(r), max(r), unit) for name, r in rates.items()}
 
 
 def _videos(root: Path) -> str:
@@ -621,7 +561,7 @@ def h2d(config: BenchConfig, context: Context) -> list[Row]:
     """Host-to-device copies: a training batch of clips, then 256 MiB and 1 GiB, where the link's rate shows."""
     if not torch.cuda.is_available():
         return [skipped("host to device", "GB/s, pinned and not", "no GPU on this machine")]
-    clips = torch.from_numpy(_clips(config, 4))
+    clips = torch.from_numpy(read_clips(config, 4))
     sources = [(f"uint8 batch of 4 clips ({clips.numel() / MB:.0f} MiB)", clips, (False, True))]
     sources.append(("256 MiB", torch.empty(256 * MB, dtype=torch.uint8), (False, True)))
     sources.append(("1 GiB", torch.empty(1024 * MB, dtype=torch.uint8), (True,)))
@@ -800,24 +740,3 @@ def run_stages(config: BenchConfig, stages: list[str]) -> list[Row]:
         bar.set_postfix(stage=name)
         rows.extend(RUNNERS[name](config, context))
     return rows
-
-
-def replicate(source: Path, dest: Path, rows: int, per_shard: int = 8) -> Path:
-    """A store of `rows` training clips cycling through `source`'s ok clips: enough rows for random reads and
-    epochs to be measured, from however few videos; each row keeps its video's path for the seed's pipeline."""
-    with open_store(source) as store:
-        picks = np.resize(store.rows(), rows)
-        paths = store.path[picks]
-        spec = replace(store.spec, clips_per_shard=per_shard)
-        table = pd.DataFrame({"path": paths, "label": store.label[picks], "split": 0, "group": paths})
-        create_store(dest, table, spec)
-        with StoreWriter(dest) as writer:
-            for start in range(0, rows, per_shard):
-                block = picks[start : start + per_shard]
-                shard = _shard(start, store.read(block))
-                writer.write_shard(replace(shard, frame_index=store.frame_index[block]))
-    return dest
-
-
-def scratch() -> Path:
-    return Path(tempfile.mkdtemp(prefix="clipcache-bench-"))

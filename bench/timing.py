@@ -1,4 +1,4 @@
-"""Rates measured over repeats after a warm-up, reported as median with min and max."""
+"""Rates measured over repeats after a warm-up, or taking turns, reported as median with min and max."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+
+MB = 2**20  # the MB of every MB/s and MiB in the rows
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,17 @@ class Rate:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def taking_turns(works: dict[str, Callable[[], float]], repeat: int, unit: str) -> dict[str, Rate]:
+    """Each work's rate over `repeat` rounds in which every work runs once, in turn."""
+    rates: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(repeat):
+        for name, work in works.items():
+            started = time.perf_counter()
+            items = work()
+            rates[name].append(items / (time.perf_counter() - started))
+    return {name: Rate(statistics.median(r), min(r), max(r), unit) for name, r in rates.items()}
 
 
 def _number(value: float) -> str:
