@@ -9,8 +9,11 @@ from conftest import encode_numbered, run_cli
 
 from bench import scan as bench_scan
 from bench.context import BenchConfig, Context
+from bench.decode import decode
+from bench.faces import faces
+from bench.features import features
+from bench.read import read
 from bench.results import append_markdown, latest, plot, save, table
-from bench.stages import decode, faces, features, read
 from bench.stores import replicate
 from bench.timing import Rate, Row, skipped
 from cache import open_store
