@@ -13,6 +13,7 @@ from tqdm import tqdm
 from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
 from cache.features import feature_entries
 from cache.schema import FAILED, LABEL_NAMES, OK, SPLIT_NAMES, STATUS_NAMES, StoreError
+from cache.shards import PARTIAL
 from cache.show import clip_strips
 from cache.store import ClipStore, open_store
 
@@ -147,9 +148,10 @@ def show(args: argparse.Namespace) -> int:
 
 
 def disk_size(path: Path) -> int:
+    """The store's bytes, less the temporary files a killed writer left (the next `--resume` removes them)."""
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix != PARTIAL)
 
 
 def counts(store: ClipStore) -> pd.DataFrame:

@@ -28,6 +28,7 @@ from zarr.storage import LocalStore
 
 MISSING = 2**64 - 1
 CRC_BYTES = 4
+PARTIAL = ".partial"
 
 
 @dataclass(frozen=True)
@@ -168,11 +169,21 @@ def _nan(value) -> bool:
     return isinstance(value, float | np.floating) and bool(np.isnan(value))
 
 
+def partial_name(path: Path) -> Path:
+    """A temporary file for `path`, named as zarr's LocalStore names its own: `<name>.<uuid>.partial`."""
+    return path.with_suffix(f".{uuid.uuid4().hex}{PARTIAL}")
+
+
+def partial_files(store: Path) -> list[Path]:
+    """The temporary files that writers killed mid-write (ours or zarr's) left in a Zarr store; none in HDF5."""
+    return sorted(store.rglob(f"*{PARTIAL}")) if store.is_dir() else []
+
+
 def replace_file(path: Path, pieces: list) -> None:
     """Write `pieces` to a temporary file beside `path` and rename it onto `path`, as zarr's LocalStore does,
     so a killed writer leaves the old file or the new one, never part of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
+    partial = partial_name(path)
     try:
         with open(partial, "wb") as f:
             for piece in pieces:

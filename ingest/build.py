@@ -33,6 +33,7 @@ from cache.schema import (
     shard_slice,
     store_format,
 )
+from cache.shards import partial_files
 from cache.store import open_store
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.clips import FALLBACKS, RowJob, RowOutcome
@@ -171,6 +172,8 @@ def _build(
 ) -> BuildSummary:
     with DecodePool(spec.decoder, config.workers, spec.clip_shape()) as pool:  # workers start while videos are found
         table, status, dataset = _discover(config, layout, spec, log if ranks.main else lambda _: None)
+        if ranks.main:  # before any rank writes: no other writer is running, the lock says so
+            _remove_partial_files(config.out, log)
         redo = (status == PENDING) | ((status == FAILED) & config.retry_failed)
         shards = _shards_to_do(redo, spec, ranks)
         errors = table["error"].tolist()
@@ -221,6 +224,16 @@ def _discover(
     _check_resumable(config.out, table["path"].tolist(), spec)
     with open_store(config.out) as store:
         return table, store.status, dataset
+
+
+def _remove_partial_files(out: Path, log: Callable[[str], None]) -> None:
+    """Remove the temporary files of shard writes that a killed build never finished: their shards are written
+    again whole (their rows are not ok), and nothing else would ever remove them."""
+    partial = partial_files(out)
+    for file in partial:
+        file.unlink(missing_ok=True)
+    if partial:
+        log(f"removed {len(partial)} unfinished shard file(s) a stopped build left in {out}")
 
 
 def _absent_rows(errors: list[str], spec: StoreSpec, shards: list[int], redo: np.ndarray) -> list[RowOutcome]:

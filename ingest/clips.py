@@ -32,6 +32,7 @@ class RowJob:
     size: int
     resize: str
     face: FaceSettings = FACE_DEFAULTS
+    whole: bool = False  # also send back the middle sampled frame uncropped, where a face was cropped out
 
 
 @dataclass
@@ -43,6 +44,7 @@ class RowOutcome:
     error: str = ""
     decoder: str = ""  # the decoder that produced the clip
     face: FaceCrops | None = None  # `--resize face`: the crop windows (none detected: squashed)
+    whole: np.ndarray | None = None  # (H, W, 3) the middle sampled frame uncropped, where the job asked for it
 
     @property
     def fell_back(self) -> bool:
@@ -67,7 +69,10 @@ def _decode(job: RowJob) -> RowOutcome:
         decoded = make_decoder(job.decoder, job.threads).decode(job.path, job.frames)
         clip, face = make_clip(decoded.frames, job.size, job.resize, job.face)
         indices = decoded.indices.astype(np.int32)
-        return RowOutcome(job.row, clip.numpy(), indices, decoded.probe, decoder=job.decoder, face=face)
+        whole = None
+        if job.whole and face is not None and face.detected:  # one frame, copied: it is sent back whole
+            whole = np.array(decoded.frames[len(decoded.frames) // 2])
+        return RowOutcome(job.row, clip.numpy(), indices, decoded.probe, decoder=job.decoder, face=face, whole=whole)
     except Exception as error:
         return failed_row(job.row, error)
 

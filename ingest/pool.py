@@ -49,7 +49,8 @@ class DecodePool:
 
     A worker leaves each clip in a slot of memory it shares with this process, and sends back only the rest
     of the outcome: a few hundred bytes, not megabytes to pickle through a pipe, where a worker killed half
-    way through sending would leave this process waiting for the rest for ever.
+    way through sending would leave this process waiting for the rest for ever. (A job that asks for its whole
+    middle frame, as `train.explain` does for a few videos, also sends that one frame back; builds never ask.)
 
     A GPU decoder runs in this process (CUDA does not survive a fork) with `workers` videos in flight.
     """

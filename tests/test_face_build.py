@@ -18,7 +18,7 @@ from ingest.decoders import make_decoder
 from ingest.faces import NO_FACE
 from ingest.frames import resize_clip, resize_windows
 from train import explain
-from train.inference import TrainedModel, decode_videos
+from train.inference import TrainedModel, decode_videos, decoder_for
 
 NO_FACE_VIDEO = "Celeb-real/id2_0000.mp4"
 
@@ -159,6 +159,28 @@ def test_explain_draws_the_crops_box_on_the_whole_frame(face_run, face_store, fa
     assert (box.get_x() + 0.5, box.get_y() + 0.5, box.get_width(), box.get_height()) == (x0, y0, x1 - x0, y1 - y0)
     assert explain.main(["--run", str(face_run), "--video", str(video), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "simple_cnn_id0_0000.png").is_file()
+
+
+def test_explain_takes_a_face_videos_whole_middle_frame_from_its_one_decode(face_store, face_root, monkeypatch):
+    settings = clip_settings(face_store[0])
+    videos = [face_root / name for name in ("Celeb-real/id0_0000.mp4", "Celeb-real/id1_0000.mp4", NO_FACE_VIDEO)]
+
+    def decode_again(*_):
+        raise AssertionError("video_clips decoded a video a second time for its whole frame")
+
+    monkeypatch.setattr(explain, "make_decoder", decode_again)  # what `whole_frame` decodes a video again with
+    clips, failures = explain.video_clips(videos, settings, workers=2)
+    monkeypatch.undo()
+    by_source = {clip.source: clip for clip in clips}
+    assert not failures and by_source["id2_0000.mp4"].whole is None, "no face: no crop to show the box of"
+    for video in videos[:2]:
+        clip = by_source[video.name]
+        again = make_decoder(decoder_for(settings), 1).decode(str(video), settings.frames)
+        middle = len(again.indices) // 2
+        np.testing.assert_array_equal(clip.whole.frame, again.frames[middle])
+        assert clip.whole.index == again.indices[middle] and clip.whole.frame.shape[:2] == again.frames.shape[1:3]
+    (outcome,) = decode_videos(videos[:1], settings, workers=1)
+    assert outcome.whole is None, "a whole frame crosses from a decoding process only where it is asked for"
 
 
 def test_cache_show_draws_a_video_squashed_above_its_face_crops(face_store, face_root, tmp_path):

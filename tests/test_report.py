@@ -128,12 +128,30 @@ def three_results() -> list[dict]:
 
 def test_comparison_frame_values(three_results):
     frame = comparison_frame(three_results).set_index("model")
-    assert frame.loc["simple_cnn", "val_accuracy"] == three_results[0]["final"]["val"]["accuracy"]
+    assert frame.loc["simple_cnn", "val_accuracy_at_t_in_sample"] == three_results[0]["final"]["val"]["accuracy"]
     assert frame.loc["simple_cnn", "test_roc_auc"] == three_results[0]["final"]["test"]["roc_auc"]
+    assert frame.loc["simple_cnn", "test_accuracy_at_t"] == three_results[0]["final"]["test"]["accuracy"]
     assert frame.loc["simple_cnn", "train_accuracy"] == pytest.approx(0.7)  # at the chosen epoch, 2
-    assert pd.isna(frame.loc["resnet18", "test_accuracy"])
+    assert pd.isna(frame.loc["resnet18", "test_accuracy_at_t"])
     assert frame.loc["effnet_lstm", "clips_per_second"] == pytest.approx(40.0)  # mean of 20, 40, 60
     assert frame.loc["effnet_lstm", "best_epoch"] == 3
+
+
+def test_val_accuracy_is_given_at_0_5_beside_the_in_sample_figure_at_the_threshold_chosen_on_val():
+    metrics = fake_metrics("one_epoch", 1, epochs=1)  # its fakes score 0.41 to 0.47: 0.5 calls none of them fake
+    row = comparison_frame([metrics]).iloc[0]
+    at_half, at_t = metrics["history"][0]["val"], metrics["final"]["val"]
+    assert (at_half["threshold"], at_t["threshold"], row["threshold_chosen_on_val"]) == (0.5, 0.43, 0.43)
+    assert row["val_accuracy_at_0.5"] == at_half["accuracy"] == 0.25
+    assert row["val_accuracy_at_t_in_sample"] == at_t["accuracy"] == 0.75
+    assert row["val_balanced_accuracy_at_0.5"] == at_half["balanced_accuracy"] == 0.5
+    assert row["val_balanced_accuracy_at_t_in_sample"] == at_t["balanced_accuracy"]
+    header, _, line, _, note = format_comparison([metrics]).splitlines()
+    cells = dict(zip(header.strip("| ").split(" | "), line.strip("| ").split(" | "), strict=True))
+    shown = (cells["t (chosen on val)"], cells["val acc @0.5"], cells["val acc @t (in-sample)"])
+    assert shown == ("0.430", "0.250", "0.750")
+    assert "test acc @t" in cells and "test bal. acc @t" in cells
+    assert "chose on val" in note and "in-sample" in note and "test figures use t" in note
 
 
 def test_comparison_with_undefined_auc_and_differing_baselines(tmp_path, three_results):
@@ -162,7 +180,8 @@ def test_comparison_files(tmp_path, three_results):
         "resnet18": 11_300_000,
         "effnet_lstm": 5_100_000,
     }
-    assert frame["test_accuracy"].isna().tolist() == [False, True, False]
+    assert frame["test_accuracy_at_t"].isna().tolist() == [False, True, False]
+    assert "val_accuracy_at_t_in_sample" in frame.columns and "val_accuracy_at_0.5" in frame.columns
     markdown = paths[1].read_text()
     for model in ("simple_cnn", "resnet18", "effnet_lstm"):
         assert f"| {model} |" in markdown
@@ -173,8 +192,8 @@ def test_comparison_files(tmp_path, three_results):
 
 
 def test_format_comparison_is_a_markdown_table(three_results):
-    lines = format_comparison(three_results).splitlines()
-    assert len(lines) == 2 + 3
+    *lines, blank, note = format_comparison(three_results).splitlines()
+    assert len(lines) == 2 + 3 and blank == "" and note.startswith("t: the verdict threshold")
     assert len({line.count("|") for line in lines}) == 1  # every row has the header's cells
     assert lines[2].startswith("| simple_cnn | 422530 | 2 | 0.430 |")
     assert set(lines[1]) <= set("|:-")
@@ -188,7 +207,8 @@ def test_report_redraws_runs_and_puts_several_side_by_side(tmp_path, three_resul
     main([str(tmp_path / "squash"), str(tmp_path / "face")])
     printed = capsys.readouterr().out
     side_by_side = printed.split("side by side:\n")[1].splitlines()
-    assert [line.split(" | ")[0] for line in side_by_side[2:]] == [
+    assert "val acc @t (in-sample)" in side_by_side[0] and side_by_side[-1].startswith("t: the verdict threshold")
+    assert [line.split(" | ")[0] for line in side_by_side[2:-2]] == [
         f"| {model} ({run})" for run in ("squash", "face") for model in ("effnet_lstm", "resnet18", "simple_cnn")
     ]
     assert (tmp_path / "face" / "comparison.md").is_file() and (tmp_path / "squash" / "comparison.png").is_file()

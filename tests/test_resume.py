@@ -19,7 +19,9 @@ from conftest import build_args, build_both_formats, encode_numbered, one_line, 
 from test_build import assert_same_store, one_line_error
 
 from cache import open_store
+from cache.cli import disk_size
 from cache.schema import OK, PENDING
+from cache.shards import partial_files, partial_name
 from ingest.clips import RowJob
 from ingest.pool import DecodePool
 
@@ -44,10 +46,10 @@ def reference(many_videos, tmp_path_factory):
 
 
 def chunk_files(store) -> dict[str, bytes]:
-    """Every file of a Zarr store but the group's own metadata (its attributes hold the run's summary) and the
-    temporary files a kill can leave beside a shard."""
+    """Every file of a Zarr store but the group's own metadata (its attributes hold the run's summary): a temporary
+    file a kill left beside a shard counts, as `--resume` removes them."""
     files = {p.relative_to(store).as_posix(): p for p in store.rglob("*") if p.is_file()}
-    return {name: p.read_bytes() for name, p in files.items() if name != "zarr.json" and not name.endswith(".partial")}
+    return {name: p.read_bytes() for name, p in files.items() if name != "zarr.json"}
 
 
 def assert_same_files(store, reference) -> None:
@@ -124,6 +126,33 @@ def test_resume_after_a_kill_or_interruption_equals_an_uninterrupted_build(
     if suffix == "zarr":
         assert_same_files(store, reference[suffix])
     assert not store.with_name(f"{store.name}.lock").exists()
+
+
+def on_disk(store) -> str:
+    return re.search(r"[\d.]+ MiB on disk", run_cli("cache", "info", str(store)).stdout).group(0)
+
+
+def test_resume_removes_the_unfinished_shard_files_of_a_kill_and_cache_info_leaves_them_out(
+    many_videos, reference, tmp_path
+):
+    store = tmp_path / "killed.zarr"
+    args = build_args(many_videos, store, "--workers", "1", "--clips-per-shard", "2")
+    kill_mid_build(args, store)
+    size, line = disk_size(store), on_disk(store)
+    # A kill seldom lands between a shard's temporary file and its rename: leave what it would, half a shard's
+    # bytes in a file named as the writer (and zarr) name theirs, beside a shard the killed build wrote.
+    shard = next(p for p in sorted((store / "clips").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    partial = partial_name(shard)
+    partial.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    assert shard.stat().st_size // 2 > 0.1 * 2**20, "a file too small to change the size cache info prints"
+    assert disk_size(store) == size and on_disk(store) == line
+    left = partial_files(store)
+    assert partial in left
+    result = run_cli(*args, "--resume")
+    assert f"removed {len(left)} unfinished shard file(s)" in result.stdout
+    assert partial_files(store) == []
+    assert_same_store(store, reference["zarr"])
+    assert_same_files(store, reference["zarr"])
 
 
 def test_a_second_build_of_the_same_store_is_refused_while_the_first_runs(many_videos, reference, tmp_path):

@@ -54,18 +54,23 @@ class WholeFrame:
     box: np.ndarray  # x0, y0, x1, y1 in source pixels
     index: int  # its source frame number
 
+    @classmethod
+    def middle(cls, frame: np.ndarray, boxes: np.ndarray, indices: np.ndarray) -> WholeFrame:
+        """`frame`, the middle of a clip's sampled frames uncropped, with its crop box and frame number."""
+        middle = len(indices) // 2
+        return cls(frame, boxes[middle], int(indices[middle]))
+
 
 def whole_frame(video: Path, settings: ClipSettings, boxes: np.ndarray, detected: int) -> WholeFrame | None:
-    """The middle sampled frame of `video`, decoded again whole, and its crop box; None where the clip is not a
-    face crop (another resize mode, or no face found) or the video cannot be read any more."""
+    """The middle sampled frame of `video`, decoded again whole (a store keeps none), and its crop box; None where
+    the clip is not a face crop (another resize mode, or no face found) or the video cannot be read any more."""
     if settings.resize != "face" or detected <= 0 or not video.is_file():
         return None
     try:
         decoded = make_decoder(decoder_for(settings), 1).decode(str(video), settings.frames)
     except DecodeError:
         return None
-    middle = len(decoded.indices) // 2
-    return WholeFrame(decoded.frames[middle], boxes[middle], int(decoded.indices[middle]))
+    return WholeFrame.middle(decoded.frames[len(decoded.indices) // 2], boxes, decoded.indices)
 
 
 @dataclass(frozen=True)
@@ -204,17 +209,21 @@ def store_clips(cache: Path, rows: list[int], settings: ClipSettings) -> list[Cl
 
 
 def video_clips(paths: list[Path], settings: ClipSettings, workers: int) -> tuple[list[Clip], list[str]]:
-    """Clips of videos, decoded as the model's store was; and a line for each video that would not decode."""
+    """Clips of videos, decoded as the model's store was, a face clip's whole middle frame from the same decode;
+    and a line for each video that would not decode."""
     clips, failures = [], []
     stems = [path.stem for path in paths]
-    for outcome in decode_videos(paths, settings, workers):
+    for outcome in decode_videos(paths, settings, workers, whole=settings.resize == "face"):
         path = paths[outcome.row]
         if outcome.clip is None:
             failures.append(f"{path}: {outcome.error}")
             continue
         name = path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{outcome.row}"
         face = outcome.face
-        whole = None if face is None else whole_frame(path, settings, face.boxes, face.detected)
+        if outcome.whole is not None:
+            whole = WholeFrame.middle(outcome.whole, face.boxes, outcome.indices)
+        else:  # a GPU decoder cuts the faces on the GPU and sends back no whole frame: decode it again here
+            whole = None if face is None else whole_frame(path, settings, face.boxes, face.detected)
         clips.append(Clip(name, path.name, outcome.clip, outcome.indices, LABEL_NAMES[UNKNOWN], whole))
     return sorted(clips, key=lambda clip: clip.name), failures
 

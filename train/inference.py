@@ -30,8 +30,9 @@ from train.data import UsageError
 from train.models import ClipClassifier, ModelConfig, build_model
 
 
-def decode_videos(paths: list[Path], clip: ClipSettings, workers: int) -> Iterator[RowOutcome]:
-    """Clips of `paths` made as the store's were, in parallel; outcome `row` is the index into `paths`.
+def decode_videos(paths: list[Path], clip: ClipSettings, workers: int, whole: bool = False) -> Iterator[RowOutcome]:
+    """Clips of `paths` made as the store's were, in parallel; outcome `row` is the index into `paths`; with
+    `whole`, a face clip's outcome also holds its middle frame uncropped, from the same decode (CPU decoders).
 
     Where the store's decoder cannot run (a GPU decoder on a machine without one), `auto` stands in: every
     decoder samples the same frames and gives them within a few grey levels.
@@ -40,7 +41,7 @@ def decode_videos(paths: list[Path], clip: ClipSettings, workers: int) -> Iterat
     decoder = decoder_for(clip)
     face = FaceSettings(margin=clip.face_margin, no_face=clip.no_face)
     jobs = [
-        RowJob(i, str(path), decoder, threads, clip.frames, clip.size, clip.resize, face)
+        RowJob(i, str(path), decoder, threads, clip.frames, clip.size, clip.resize, face, whole)
         for i, path in enumerate(paths)
     ]
     return decode_rows(jobs, workers)

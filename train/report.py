@@ -47,24 +47,32 @@ VAL_METRICS = (
     "majority_baseline",
 )
 CURVE_METRICS = {"roc_auc": "ROC AUC", "balanced_accuracy": "balanced accuracy", "accuracy": "accuracy"}
-# comparison column -> markdown header
+# comparison column -> markdown header. A threshold-dependent figure says which threshold: 0.5, or t, the one
+# each model chose on val; ROC AUC, AP and EER need none.
 COMPARISON_COLUMNS = {
     "model": "model",
     "parameters": "parameters",
     "best_epoch": "best epoch",
-    "threshold": "threshold",
+    "threshold_chosen_on_val": "t (chosen on val)",
     "train_accuracy": "train acc",
-    "val_accuracy": "val acc",
-    "val_balanced_accuracy": "val bal. acc",
+    "val_accuracy_at_0.5": "val acc @0.5",
+    "val_balanced_accuracy_at_0.5": "val bal. acc @0.5",
+    "val_accuracy_at_t_in_sample": "val acc @t (in-sample)",
+    "val_balanced_accuracy_at_t_in_sample": "val bal. acc @t (in-sample)",
     "val_roc_auc": "val ROC AUC",
     "val_average_precision": "val AP",
     "val_eer": "val EER",
     "val_majority_baseline": "val majority",
-    "test_accuracy": "test acc",
-    "test_balanced_accuracy": "test bal. acc",
+    "test_accuracy_at_t": "test acc @t",
+    "test_balanced_accuracy_at_t": "test bal. acc @t",
     "test_roc_auc": "test ROC AUC",
     "clips_per_second": "clips/s",
 }
+COMPARISON_NOTE = (
+    "t: the verdict threshold each model chose on val (where its balanced accuracy is highest), so val figures "
+    "at t are in-sample and flatter it; val at 0.5 is its chosen epoch's evaluation, with nothing chosen on it; "
+    "test figures use t, chosen without seeing test. ROC AUC, AP and EER need no threshold."
+)
 INTEGER_COLUMNS = ("parameters", "best_epoch")
 DPI = 110
 
@@ -206,22 +214,26 @@ def mean_or_none(values: Sequence[float | None]) -> float | None:
 
 
 def comparison_row(metrics: dict) -> dict:
-    """One model's line: the chosen epoch's train accuracy, final val and test metrics, mean throughput."""
+    """One model's line: the chosen epoch's train accuracy and val accuracies at 0.5, final val and test metrics
+    (at the threshold chosen on val), mean throughput."""
     history = metrics.get("history") or []
     best = metrics.get("best_epoch")
     chosen = next((e for e in history if e.get("epoch") == best), history[-1] if history else {})
     final = metrics.get("final") or {}
     val, test = final.get("val") or {}, final.get("test") or {}
+    at_half = chosen.get("val") or {}  # every epoch's val is scored at 0.5; final val at the threshold it chose
+    accuracies = ("accuracy", "balanced_accuracy")
     return {
         "model": metrics.get("model"),
         "parameters": metrics.get("parameters"),
         "best_epoch": best,
-        "threshold": metrics.get("threshold", val.get("threshold")),
+        "threshold_chosen_on_val": metrics.get("threshold", val.get("threshold")),
         "train_accuracy": chosen.get("train_accuracy"),
-        **{f"val_{k}": val.get(k) for k in ("accuracy", "balanced_accuracy", "roc_auc", "average_precision")},
-        "val_eer": val.get("eer"),
-        "val_majority_baseline": val.get("majority_baseline"),
-        **{f"test_{k}": test.get(k) for k in ("accuracy", "balanced_accuracy", "roc_auc")},
+        **{f"val_{k}_at_0.5": at_half.get(k) for k in accuracies},
+        **{f"val_{k}_at_t_in_sample": val.get(k) for k in accuracies},
+        **{f"val_{k}": val.get(k) for k in ("roc_auc", "average_precision", "eer", "majority_baseline")},
+        **{f"test_{k}_at_t": test.get(k) for k in accuracies},
+        "test_roc_auc": test.get("roc_auc"),
         "clips_per_second": mean_or_none([e.get("clips_per_second") for e in history]),
     }
 
@@ -245,14 +257,15 @@ def cell(value: object) -> str:
 
 
 def format_comparison(results: list[dict]) -> str:
-    """The comparison as a markdown table: numbers to 3 decimals, a missing metric as "n/a"."""
+    """The comparison as a markdown table, numbers to 3 decimals, a missing metric as "n/a"; then a line on
+    which split and threshold each figure comes from."""
     rows = [comparison_row(m) for m in results]
     lines = [
         "| " + " | ".join(COMPARISON_COLUMNS.values()) + " |",
         "|" + "|".join(":---" if c == "model" else "---:" for c in COMPARISON_COLUMNS) + "|",
     ]
     lines += ["| " + " | ".join(cell(row[c]) for c in COMPARISON_COLUMNS) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(lines) + f"\n\n{COMPARISON_NOTE}"
 
 
 def baseline_sentence(results: list[dict]) -> str:
@@ -276,17 +289,19 @@ def baseline_sentence(results: list[dict]) -> str:
 
 
 def plot_comparison(path: Path, results: list[dict]) -> Path:
-    """Grouped bars of val accuracy / balanced accuracy / ROC AUC per model, and parameter counts."""
+    """Grouped bars of val accuracy and balanced accuracy at threshold 0.5 (not in-sample, as at the threshold
+    chosen on val) and ROC AUC per model, and parameter counts."""
     rows = [comparison_row(m) for m in results]
     models = [str(row["model"]) for row in rows]
     x = np.arange(len(rows))
     width = 0.8 / len(CURVE_METRICS)
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     bars_ax, params_ax = fig.subplots(1, 2, width_ratios=[2, 1])
-    for i, name in enumerate(("accuracy", "balanced_accuracy", "roc_auc")):
-        values = np.array([number(row[f"val_{name}"]) for row in rows])
+    shown = {"val_accuracy_at_0.5": "accuracy @0.5", "val_balanced_accuracy_at_0.5": "balanced accuracy @0.5"}
+    for i, (column, label) in enumerate((shown | {"val_roc_auc": "ROC AUC"}).items()):
+        values = np.array([number(row[column]) for row in rows])
         offsets = x + (i - (len(CURVE_METRICS) - 1) / 2) * width
-        bars = bars_ax.bar(offsets, np.nan_to_num(values), width, label=f"val {CURVE_METRICS[name]}")
+        bars = bars_ax.bar(offsets, np.nan_to_num(values), width, label=f"val {label}")
         labels = ["n/a" if np.isnan(v) else f"{v:.3f}" for v in values]
         bars_ax.bar_label(bars, labels, fontsize="x-small", padding=2)
     for xi, row in zip(x, rows, strict=True):
@@ -297,7 +312,7 @@ def plot_comparison(path: Path, results: list[dict]) -> Path:
     # Headroom above 1 keeps the legend off the bars.
     bars_ax.set_ylim(0, 1.3)
     bars_ax.set_yticks(np.linspace(0, 1, 6))
-    bars_ax.set_title("validation (final)")
+    bars_ax.set_title("validation, chosen epoch")
     bars_ax.legend(fontsize="small", loc="upper center", ncols=4)
     params = np.array([number(row["parameters"]) for row in rows])
     bars = params_ax.bar(x, np.nan_to_num(params) / 1e6, 0.6, color="tab:gray")
