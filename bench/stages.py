@@ -29,7 +29,8 @@ from cache.schema import StoreSpec
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.build import BuildConfig, build_cache
 from ingest.clips import FELL_BACK, RowJob, RowOutcome, gpu_rows
-from ingest.decoders import CPU_DECODERS, GPU_DECODERS, available, make_decoder, probe_video, unavailable
+from ingest.decoders import CPU_DECODERS, GPU_DECODERS, available, make_decoder, unavailable
+from ingest.demux import probe_video
 from ingest.faces import FaceSettings, detect
 from ingest.frames import resize_clip
 from ingest.layouts import find_videos
