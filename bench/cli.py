@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from bench.config import BenchConfig
 from bench.results import RESULTS_MD, append_markdown, latest, plot, save, table
-from bench.stages import STAGES, WITHOUT_VIDEOS, BenchConfig, replicate, run_stages, scratch
+from bench.stages import STAGES, WITHOUT_VIDEOS, replicate, run_stages, scratch
 from cache.exits import exit_status, stop_on_signals
 
 DEMO_FOLDER = Path("results/demo-data")

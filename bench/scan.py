@@ -6,13 +6,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from bench.config import BenchConfig, Context
 from bench.timing import Rate, Row
 from ingest.scan import scan as scan_root
-
-if TYPE_CHECKING:
-    from bench.stages import BenchConfig, Context
 
 PARTS = 50
 VIDEOS = 119_000  # DFDC's training set: 119,154 videos in 50 parts

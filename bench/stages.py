@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from bench.baselines import SeedVideoDataset, decode_floor, seed_read_frames, seed_resize
+from bench.config import BenchConfig, Context
 from bench.scan import scan
 from bench.timing import Rate, Row, skipped
 from cache import ClipDataset, open_store
@@ -50,27 +51,6 @@ TRAINER_THREADS = TrainConfig.workers  # the trainer's default reader threads
 STAGES = ("decode", "resize", "write", "ingest", "faces", "read", "feed", "h2d", "train", "features", "scan")
 WITHOUT_VIDEOS = ("scan",)  # stages that make their own input: they need no --data or --demo
 MB = 2**20
-
-
-@dataclass
-class BenchConfig:
-    videos: list[Path]
-    data_root: Path
-    cache: Path
-    work: Path
-    repeat: int = 5
-    quick: bool = False
-    workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
-    frames: int = 16
-    size: int = 224
-    demo_set: Path | None = None  # many small videos, built beside `data_root` by the ingest stage
-
-
-@dataclass
-class Context:
-    """Rates one stage leaves for another's limit."""
-
-    rates: dict[str, Rate] = field(default_factory=dict)
 
 
 def decode(config: BenchConfig, context: Context) -> list[Row]:

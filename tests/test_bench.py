@@ -8,8 +8,9 @@ import pytest
 from conftest import encode_numbered, run_cli
 
 from bench import scan as bench_scan
+from bench.config import BenchConfig, Context
 from bench.results import append_markdown, latest, plot, save, table
-from bench.stages import BenchConfig, Context, decode, faces, features, read, replicate
+from bench.stages import decode, faces, features, read, replicate
 from bench.timing import Rate, Row, skipped
 from cache import open_store
 from ingest.layouts import find_videos

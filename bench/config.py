@@ -1,0 +1,33 @@
+"""What every stage is given: the run's settings and the rates the stages before it measured.
+
+Below the stages, so that a stage in a module of its own (`bench.scan`) needs nothing of `bench.stages`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.timing import Rate
+
+
+@dataclass
+class BenchConfig:
+    videos: list[Path]
+    data_root: Path
+    cache: Path
+    work: Path
+    repeat: int = 5
+    quick: bool = False
+    workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    frames: int = 16
+    size: int = 224
+    demo_set: Path | None = None  # many small videos, built beside `data_root` by the ingest stage
+
+
+@dataclass
+class Context:
+    """Rates one stage leaves for another's limit."""
+
+    rates: dict[str, Rate] = field(default_factory=dict)
