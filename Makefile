@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/cache info $(DEMO)/ffpp.zarr
 	$(PY) train/run.py --cache $(DEMO)/ffpp.zarr --model all --clip-frames 16 --out $(DEMO)/run-squash --epochs 8 \
 		--frame-size 64
-	$(VENV)/bin/cache features $(DEMO)/ffpp.zarr --backbone resnet18 --frame-size 64
+	$(PY) -m train.features $(DEMO)/ffpp.zarr --backbone resnet18 --frame-size 64
 	$(PY) train/run.py --cache $(DEMO)/ffpp.zarr --model resnet18 --clip-frames 16 --out $(DEMO)/run-features \
 		--epochs 8 --from-features
 	$(PY) -m train.predict --run $(DEMO)/run-squash/simple_cnn --csv $(DEMO)/predictions.csv \

@@ -14,7 +14,8 @@ from bench.baselines import decode_floor, seed_read_frames
 from bench.context import BenchConfig, Context
 from bench.timing import Rate, Row, skipped
 from ingest.clips import FELL_BACK, RowJob, RowOutcome, gpu_rows
-from ingest.decoders import CPU_DECODERS, GPU_DECODERS, available, make_decoder, probe_video, unavailable
+from ingest.decoders import CPU_DECODERS, GPU_DECODERS, available, make_decoder, unavailable
+from ingest.demux import probe_video
 
 # Decode engines per GPU (NVIDIA's specifications) and one engine's H.264 1080p rate (Video Codec SDK
 # application note, Turing-class engine at 1860 MHz, which Hopper's match clock for clock).

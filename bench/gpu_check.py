@@ -18,7 +18,8 @@ import torch
 
 from cache import open_store
 from cache.schema import OK
-from ingest.decoders import DECODERS, DecodeError, choose, unavailable
+from ingest.decoders import DECODERS, choose, unavailable
+from ingest.decoding import DecodeError
 
 MODULES = ("torch", "torchvision", "timm", "accelerate", "h5py", "zarr", "numcodecs", "matplotlib", "av", "decord")
 GPU_MODULES = ("PyNvVideoCodec", "nvidia.dali")

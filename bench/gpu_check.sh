@@ -11,7 +11,7 @@
 #   1 env       nvidia-smi, driver, libnvcuvid/libnvidia-encode, versions, which decoders start (env.log)
 #   2 ingest    make-demo; a PyAV build on all cores; an nvdec build of the same videos; both compared row
 #               by row (compare-nvdec.json/.md: frame indices, mean absolute difference per channel, fallbacks)
-#   3 train     accelerate launch train/run.py --model all, 1 epoch, bf16, 224 px; cache features on the GPU;
+#   3 train     accelerate launch train/run.py --model all, 1 epoch, bf16, 224 px; train.features on the GPU;
 #               train/run.py --from-features
 #   4 tests     pytest -m gpu tests/test_gpu.py
 #   5 bench     GPU rows on Celeb-DF-shaped video (942x500, 400 frames): decode and ingest at 1, 7 and 16 videos
@@ -164,7 +164,7 @@ if want train; then
     step train-all 400 "${launch[@]}" train/run.py --cache "$work/pyav.zarr" --model all --epochs "$epochs" \
         --frame-size "$size" --mixed-precision "$precision" --out "$work/run" --workers "$loaders"
     cp "$work/run/comparison.md" "$results/" 2>/dev/null
-    step cache-features 200 "$PYTHON" -m cache features "$work/pyav.zarr" --backbone resnet18 --frame-size "$size"
+    step features 200 "$PYTHON" -m train.features "$work/pyav.zarr" --backbone resnet18 --frame-size "$size"
     step train-features 200 "$PYTHON" train/run.py --cache "$work/pyav.zarr" --model resnet18 --from-features \
         --epochs "$epochs" --out "$work/run-features" --workers "$loaders"
 fi

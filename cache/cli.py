@@ -1,4 +1,4 @@
-"""The `cache` command: `info`, `verify` and `show` a store, and cache its backbone `features`."""
+"""The `cache` command: `info`, `verify` and `show` a store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
+from cache.exits import exit_status, stop_on_signals
 from cache.features import feature_entries
 from cache.schema import FAILED, LABEL_NAMES, OK, SPLIT_NAMES, STATUS_NAMES, StoreError
 from cache.shards import PARTIAL
@@ -46,45 +46,13 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("--row", type=int, default=0, help="the store row to draw (default 0)")
     show.add_argument("--frames", type=int, default=8, help="frames drawn of the clip (default 8)")
     show.add_argument("--out", type=Path, required=True, help="the PNG to write")
-    add_features_parser(commands)
     return main
-
-
-def add_features_parser(commands) -> None:
-    features = commands.add_parser(
-        "features",
-        help="run a frozen backbone once over every ok clip and keep its per-frame features",
-        description=(
-            "Run a frozen timm backbone over every ok clip of STORE and keep its per-frame embeddings (float16, "
-            "(N, T, D)) under features/<backbone>-<weights digest>-<size>px in the same store. Run it again to "
-            "finish an interrupted run; other weights or sizes make another entry. Uses the GPU when there is "
-            "one; `accelerate launch -m cache features ...` splits the work between processes. Then train the "
-            "layers after the backbone alone with `train/run.py --from-features`. Exit status 2 on bad input, 4 when "
-            "the disk is full, 130 after Ctrl-C and 143 after SIGTERM; finished shards are kept in all three."
-        ),
-    )
-    features.add_argument("store", type=Path, help="a store built by `ingest build-cache` (.zarr, .h5)")
-    features.add_argument("--backbone", choices=("resnet18", "efficientnet_b0"), required=True, help="timm backbone")
-    source = features.add_mutually_exclusive_group()
-    source.add_argument("--weights", type=Path, help="backbone weights from a local safetensors file")
-    source.add_argument("--pretrained", action="store_true", help="timm's ImageNet weights (needs network)")
-    features.add_argument("--seed", type=int, default=42, help="seed of random weights, without either (default 42)")
-    features.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
-    features.add_argument("--frame-size", type=int, help="resize frames to N x N first (default: as stored)")
-    features.add_argument(
-        "--mixed-precision",
-        choices=("no", "bf16", "fp16"),
-        default="no",
-        help="run the backbone under autocast in this precision (default no); features are stored as float16",
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
     stop_on_signals()
     args = parser().parse_args(argv)
     try:
-        if args.command == "features":
-            return features(args)
         if args.command == "show":
             return show(args)
         with open_store(args.store) as store:
@@ -93,45 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cache: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:
-        kept = (
-            "every finished shard's features are kept; run the same command to compute the rest"
-            if args.command == "features"
-            else "nothing was changed"
-        )
-        print(f"cache: interrupted: {kept}", file=sys.stderr)
+        print("cache: interrupted: nothing was changed", file=sys.stderr)
         return exit_status(stop)
-    except OSError as error:
-        if not disk_full(error):
-            raise
-        print(
-            f"cache: error: no space left on the device of {args.store}: every finished shard's features are "
-            "kept; free space, then run the same command to compute the rest",
-            file=sys.stderr,
-        )
-        return NO_SPACE
-
-
-def features(args: argparse.Namespace) -> int:
-    """Computing features needs the models, which live in `train`: imported only for this command."""
-    from train.data import UsageError
-    from train.features import FeatureConfig, compute_features
-
-    config = FeatureConfig(
-        store=args.store,
-        backbone=args.backbone,
-        weights=args.weights,
-        pretrained=args.pretrained,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        frame_size=args.frame_size,
-        mixed_precision=args.mixed_precision,
-    )
-    try:
-        compute_features(config)
-    except (UsageError, StoreError) as error:
-        print(f"cache: error: {error}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def show(args: argparse.Namespace) -> int:

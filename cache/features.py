@@ -130,7 +130,7 @@ class FeatureDataset(PhasedItems, Dataset):
             if len(missing):
                 raise StoreError(
                     f"features/{entry}: {len(missing)} ok clips of {split or 'the store'} have no features yet "
-                    "(run `cache features` again to finish)"
+                    "(run `python -m train.features` again to finish)"
                 )
             self._set_items(rows, store.label[rows], Phases.of(store.spec.frames, clip_frames))
             self.values = torch.from_numpy(read_rows(group["values"], rows))

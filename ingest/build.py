@@ -37,7 +37,8 @@ from cache.shards import partial_files
 from cache.store import open_store
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.clips import FALLBACKS, RowJob, RowOutcome
-from ingest.decoders import GPU_DECODERS, Probe, choose
+from ingest.decoders import GPU_DECODERS, choose
+from ingest.decoding import Probe
 from ingest.discover import UsageError
 from ingest.faces import NO_FACE_CHOICES, FaceCrops, FaceSettings
 from ingest.frames import RESIZE_MODES

@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ingest.decoders import DecodedClip, DecodeError, Probe, available, error_line, make_decoder
+from ingest.decoders import available, make_decoder
+from ingest.decoding import DecodedClip, DecodeError, Probe, error_line
 from ingest.faces import FACE_DEFAULTS, NO_FACE, FaceCrops, FaceSettings
 from ingest.frames import make_clip
 

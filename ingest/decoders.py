@@ -1,53 +1,24 @@
-"""Decoders: one interface, several engines.
+"""Decoders: one interface (`ingest.decoding`), several engines, and the registry that chooses and makes them.
 
 A decoder returns exactly the frames at `sample_indices(n, count)` of a video's `n` decodable
-frames, at full resolution, in RGB. `n` is counted, not read from container metadata, which can
-claim frames that are not there. The GPU decoders (`ingest.gpu_decoders`) sit beside the CPU ones under
-the same names and interface.
+frames, at full resolution, in RGB. `n` is counted (`ingest.demux`), not read from container metadata, which
+can claim frames that are not there. The CPU decoders live here; the GPU ones sit beside them in
+`ingest.gpu_decoders`, under the same names and interface.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from itertools import chain
-from typing import Protocol
 
 import numpy as np
 import torch
 
-from ingest.faces import FaceCrops
+from ingest.decoding import DecodedClip, DecodeError, Decoder, Probe, error_line
+from ingest.demux import Packets, good_packets, read_packets, video_stream
 from ingest.frames import sample_indices
-
-DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
-
-
-class DecodeError(Exception):
-    """A video that cannot give the frames asked of it; the message is the row's reason."""
-
-
-@dataclass(frozen=True)
-class Probe:
-    frames: int = 0
-    fps: float = 0.0
-    width: int = 0
-    height: int = 0
-    codec: str = ""
-
-
-@dataclass
-class DecodedClip:
-    frames: np.ndarray  # (T, H, W, 3) uint8 RGB
-    indices: np.ndarray  # (T,) source frame numbers
-    probe: Probe
-    face: FaceCrops | None = None  # the face crops a GPU decoder cut the frames to (`--resize face`)
-
-
-class Decoder(Protocol):
-    name: str
-
-    def decode(self, path: str, count: int) -> DecodedClip: ...
+from ingest.gpu_decoders import gpu_unavailable, make_gpu_decoder
 
 
 class PyAVDecoder:
@@ -69,7 +40,7 @@ class PyAVDecoder:
 
     def decode(self, path: str, count: int) -> DecodedClip:
         try:
-            probe, packets = self._index(path)
+            probe, packets = read_packets(path)
             if probe.frames == 0:
                 raise DecodeError("the video stream has no frames")
             indices = sample_indices(probe.frames, count)
@@ -93,24 +64,8 @@ class PyAVDecoder:
         except Exception as error:
             raise DecodeError(error_line(error)) from error
 
-    def _index(self, path: str) -> tuple[Probe, Packets | None]:
-        """Stream facts with the frame count from the packets present, and the packets' timestamps and
-        keyframe flags (None where some packet has no timestamp or two share one)."""
-        import av
-
-        with av.open(path) as container:
-            stream = _video_stream(container)
-            packets = [(packet.pts, packet.is_keyframe) for packet in _good_packets(container, stream)]
-            context = stream.codec_context
-            fps = float(stream.average_rate or 0)
-            probe = Probe(len(packets), fps, context.width, context.height, context.name)
-        stamps = [stamp for stamp, _ in packets]
-        if None in stamps or len(set(stamps)) != len(stamps):
-            return probe, None
-        return probe, Packets(np.array(stamps, dtype=np.int64), np.array([key for _, key in packets], dtype=bool))
-
     def _open(self, container, threads: int):
-        stream = _video_stream(container)
+        stream = video_stream(container)
         stream.thread_type = "AUTO" if threads != 1 else "SLICE"
         stream.codec_context.thread_count = threads
         return stream
@@ -130,7 +85,7 @@ class PyAVDecoder:
             context = stream.codec_context
             sent = gap = False
             try:
-                for packet in _good_packets(container, stream):
+                for packet in good_packets(container, stream):
                     if packet.pts not in feed:
                         gap = True
                         continue
@@ -162,7 +117,7 @@ class PyAVDecoder:
         decoded = 0
         with av.open(path) as container:
             stream = self._open(container, threads)
-            for packet in chain(_good_packets(container, stream), [None]):  # None flushes the decoder
+            for packet in chain(good_packets(container, stream), [None]):  # None flushes the decoder
                 try:
                     decoded_frames = stream.decode(packet)
                 except (av.FFmpegError, EOFError):
@@ -174,14 +129,6 @@ class PyAVDecoder:
                     if wanted is not None and decoded == len(wanted):
                         return frames, decoded
         return frames, decoded
-
-
-@dataclass(frozen=True)
-class Packets:
-    """A video stream's packets in decode order, as the demux pass saw them."""
-
-    pts: np.ndarray  # (n,) int64, all different
-    key: np.ndarray  # (n,) bool: the container marks the packet as a keyframe
 
 
 def _feed_mask(packets: Packets, needed: set[int]) -> np.ndarray:
@@ -247,34 +194,6 @@ class _Picker:
         return [self.found[stamp] for stamp in wanted.tolist()]
 
 
-def _good_packets(container, stream):
-    """The stream's whole packets: one cut short or damaged holds no frame, and a read error ends it."""
-    import av
-
-    try:
-        for packet in container.demux(stream):
-            if packet.size and not packet.is_corrupt:
-                yield packet
-    except (av.FFmpegError, EOFError):
-        return
-
-
-def _video_stream(container):
-    if not container.streams.video:
-        raise DecodeError("the file has no video stream")
-    stream = container.streams.video[0]
-    if stream.codec_context is None or not stream.codec_context.width:
-        raise DecodeError("the video stream has no codec parameters (truncated or damaged file?)")
-    return stream
-
-
-def error_line(error: Exception) -> str:
-    """One line, without the file name; decord's `[time] file.cc:line:` prefix dropped."""
-    text = getattr(error, "strerror", None) or str(error)
-    text = DECORD_PREFIX.sub("", " ".join(text.split())) or type(error).__name__
-    return text[:200]
-
-
 class DecordDecoder:
     """decord's `get_batch`, which seeks to the keyframe before each sampled frame."""
 
@@ -303,7 +222,7 @@ class DecordDecoder:
 
 
 CPU_DECODERS: dict[str, type] = {"pyav": PyAVDecoder, "decord": DecordDecoder}
-GPU_DECODERS = ("nvdec", "dali")  # written in ingest.gpu_decoders, imported only where a GPU is used
+GPU_DECODERS = ("nvdec", "dali")  # in ingest.gpu_decoders; their libraries are imported only where a GPU is used
 # `auto` takes the first that works here: a GPU decoder where there is a GPU, else the fastest CPU one.
 DECODERS = (*GPU_DECODERS, *CPU_DECODERS)
 MODULES = {"pyav": "av", "decord": "decord", "nvdec": "PyNvVideoCodec", "dali": "nvidia.dali"}
@@ -317,8 +236,6 @@ def unavailable(name: str) -> str | None:
         extra = " (pip install 'clipcache[gpu]')" if name in GPU_DECODERS else ""
         return f"{name} is not installed{extra}"
     if name in GPU_DECODERS:
-        from ingest.gpu_decoders import gpu_unavailable
-
         return gpu_unavailable(name)
     return None
 
@@ -361,23 +278,5 @@ def make_decoder(name: str, threads: int = 0) -> Decoder:
     """A decoder for one video at a time; `threads` is the CPU decoders' thread count."""
     name = resolve(name)
     if name in GPU_DECODERS:
-        from ingest.gpu_decoders import make_gpu_decoder
-
         return make_gpu_decoder(name)
     return CPU_DECODERS[name](threads=threads)
-
-
-def probe_video(path: str) -> Probe:
-    """A video's facts, its frame count counted from the packets present (demuxed, not decoded).
-
-    GPU decoders count frames this way too, so that every decoder samples the same frame numbers.
-    """
-    try:
-        probe, _ = PyAVDecoder()._index(path)
-    except DecodeError:
-        raise
-    except Exception as error:
-        raise DecodeError(error_line(error)) from error
-    if probe.frames == 0:
-        raise DecodeError("the video stream has no frames")
-    return probe

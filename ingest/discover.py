@@ -30,13 +30,6 @@ def source_group(relative_path: str) -> str:
     return match.group(1).lower() if match else relative_path
 
 
-def find_videos(data_root: Path, manifest: Path | None = None, test_list: Path | None = None) -> pd.DataFrame:
-    """One row per video: path (relative, `/`), label, split (-1 when not given), group; see `ingest.layouts`."""
-    from ingest.layouts import find_videos as layout_videos  # the layouts build on this module
-
-    return layout_videos(data_root, manifest, test_list)
-
-
 def read_manifest(data_root: Path, manifest: Path) -> pd.DataFrame:
     """A CSV with columns path,label[,split][,group]: every listed file must exist."""
     if not manifest.is_file():

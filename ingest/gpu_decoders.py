@@ -6,7 +6,8 @@ and copy only the small clips back to the host. One decoder instance keeps at mo
 busy (an H100 has seven), so several videos are always in flight. Every exception of the GPU libraries
 becomes a one-line `DecodeError` for its video; `ingest.clips.gpu_rows` decodes such videos again with PyAV.
 
-This module needs only the decoders' common types, never the registry or the row code that calls it.
+This module needs only what every decoder shares (`ingest.decoding`, `ingest.demux`), never the registry
+(`ingest.decoders`, which imports it) or the row code that calls it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ingest.decoders import DecodedClip, DecodeError, Probe, error_line, probe_video
+from ingest.decoding import DecodedClip, DecodeError, Probe, error_line
+from ingest.demux import probe_video
 from ingest.faces import FACE_DEFAULTS, FaceCrops, FaceSettings
 from ingest.frames import make_clip, sample_indices
 

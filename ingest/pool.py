@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ingest.clips import RowJob, RowOutcome, decode_row, gpu_rows
-from ingest.decoders import GPU_DECODERS, Probe
+from ingest.decoders import GPU_DECODERS
+from ingest.decoding import Probe
 
 PR_SET_PDEATHSIG = 1
 CRASHED = "the decoder crashed: its process died on this video"

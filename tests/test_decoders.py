@@ -13,19 +13,19 @@ from conftest import (
     write_broken,
 )
 
+from ingest import decoders
 from ingest.decoders import (
     CPU_DECODERS,
     GPU_DECODERS,
-    DecodeError,
-    Packets,
     PyAVDecoder,
     _feed_mask,
     available,
     choose,
     make_decoder,
-    probe_video,
     resolve,
 )
+from ingest.decoding import DecodeError
+from ingest.demux import Packets, probe_video, read_packets
 from ingest.frames import resize_clip, sample_indices
 from ingest.gpu_decoders import gpu_unavailable
 
@@ -189,7 +189,7 @@ def test_packets_before_the_first_keyframe_are_a_gop_of_their_own():
 def sampled_leading_pictures(path: Path, count: int) -> list[int]:
     """Sampled leading pictures (timestamps) of GOPs whose GOP before holds no sampled frame: the frames
     that come out wrong, or not at all, if that GOP is skipped."""
-    probe, index = PyAVDecoder()._index(str(path))
+    probe, index = read_packets(str(path))
     wanted = set(np.sort(index.pts)[sample_indices(probe.frames, count)].tolist())
     starts = np.append(np.flatnonzero(index.key), len(index.pts))
     found = []
@@ -202,7 +202,7 @@ def sampled_leading_pictures(path: Path, count: int) -> list[int]:
 
 def test_the_short_gop_videos_skip_most_gops_and_sample_leading_pictures(short_gops):
     for name, path in short_gops.items():
-        probe, index = PyAVDecoder()._index(str(path))
+        probe, index = read_packets(str(path))
         wanted = set(np.sort(index.pts)[sample_indices(probe.frames, 16)].tolist())
         assert index.key.sum() >= 40, name
         if "open" in name:
@@ -230,12 +230,11 @@ def test_keyframe_flags_that_lie_are_caught_and_decoded_frame_by_frame(tmp_path,
     # One GOP, then every 7th packet claimed a keyframe: H.264 drops frames that miss their references,
     # MPEG-4 part 2 returns them damaged, which only the check of the first frame after a gap catches.
     path = encode_numbered_with(tmp_path / "one-gop.mp4", 200, codec, {"x264-params": "scenecut=0", "g": "250"})
-    index = PyAVDecoder._index
 
-    def lying(self, path):
-        probe, found = index(self, path)
+    def lying(path):
+        probe, found = read_packets(path)
         return probe, Packets(found.pts, found.key | (np.arange(len(found.key)) % 7 == 0))
 
-    monkeypatch.setattr(PyAVDecoder, "_index", lying)
+    monkeypatch.setattr(decoders, "read_packets", lying)
     clip = PyAVDecoder(1).decode(str(path), 16)
     assert [read_number(frame) for frame in clip.frames] == sample_indices(200, 16).tolist()

@@ -64,7 +64,8 @@ def test_a_gpu_store_counts_its_fallbacks_in_its_summary(jobs, tmp_path):
 
 REFUSED_BY_DECORD_ONLY = """
 import sys
-from ingest.decoders import DecodeError, make_decoder
+from ingest.decoders import make_decoder
+from ingest.decoding import DecodeError
 try:
     make_decoder("decord").decode(sys.argv[1], 4)
     sys.exit(1)

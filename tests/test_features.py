@@ -29,7 +29,7 @@ def build_store(demo_root: Path, out: Path, suffix: str = "zarr") -> Path:
 
 
 def features_args(store: Path, *extra: str) -> list[str]:
-    return ["cache", "features", str(store), "--backbone", "resnet18", *extra]
+    return ["train.features", str(store), "--backbone", "resnet18", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def done_count(store: Path) -> int:
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
 def test_a_killed_or_preempted_run_resumes_to_what_an_uninterrupted_run_stores(demo_root, computed, tmp_path, stop):
     store = build_store(demo_root, tmp_path)
-    kept = "cache: interrupted: every finished shard's features are kept"
+    kept = "features: interrupted: every finished shard's features are kept"
     args = features_args(store, "--batch-size", "1")
     stop_mid_run(args, lambda: done_count(store) >= 4, stop, kept, tmp_path / "stderr.txt")
     with open_store(store) as handle:
@@ -125,7 +125,7 @@ def test_other_weights_make_another_entry_and_never_mix(computed, tmp_path):
 @pytest.mark.parametrize(("model", "backbone"), [("resnet18", "resnet18"), ("effnet_lstm", "efficientnet_b0")])
 def test_training_from_features_gives_the_model_a_full_forward_agrees_with(demo_root, tmp_path, model, backbone):
     store = build_store(demo_root, tmp_path)
-    run_cli("cache", "features", str(store), "--backbone", backbone)
+    run_cli("train.features", str(store), "--backbone", backbone)
     spec = only_entry(store)
     run_cli(*train_args(store, tmp_path / "run", model, "--epochs", "2", "--from-features"))
     metrics = json.loads((tmp_path / "run" / model / "metrics.json").read_text())
@@ -184,7 +184,7 @@ def test_a_full_disk_ends_with_one_line_and_running_again_finishes(demo_root, co
     small_disk.resize(small_disk.used() + 64 * 2**10)  # room for the entry's start, not its values
     result = run_cli(*features_args(store), check=False)
     assert result.returncode == 4, result.stderr
-    one_line(result.stderr, f"cache: error: no space left on the device of {store}: every finished shard's")
+    one_line(result.stderr, f"features: error: no space left on the device of {store}: every finished shard's")
     small_disk.resize(64 * 2**20)
     run_cli(*features_args(store))
     name = only_entry(store).name

@@ -10,7 +10,8 @@ from conftest import build_args, numbered_frame, read_number, run_cli
 from cache import ClipDataset, open_store
 from cache.schema import FAILED, OK
 from ingest.clips import RowJob, gpu_rows
-from ingest.decoders import GPU_DECODERS, DecodeError, available, choose, make_decoder
+from ingest.decoders import GPU_DECODERS, available, choose, make_decoder
+from ingest.decoding import DecodeError
 from ingest.demo import write_video
 from ingest.frames import resize_clip, sample_indices
 from train.data import BatchFeed

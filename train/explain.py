@@ -26,7 +26,8 @@ from torch import nn
 
 from cache import StoreError, open_store
 from cache.schema import FAKE, LABEL_NAMES, OK, UNKNOWN, ClipSettings
-from ingest.decoders import DecodeError, make_decoder
+from ingest.decoders import make_decoder
+from ingest.decoding import DecodeError
 from train.data import UsageError
 from train.inference import TrainedModel, decode_videos, decoder_for
 from train.models import ClipClassifier

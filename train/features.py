@@ -1,4 +1,5 @@
-"""`cache features`: a frozen backbone run once over every ok clip, its per-frame embeddings kept in the store.
+"""`python -m train.features STORE --backbone B`: a frozen backbone run once over every ok clip, its per-frame
+embeddings kept in the store.
 
 Training only the layers after the backbone on those embeddings (`train/run.py --from-features`) costs a
 few small matrix products per clip instead of a backbone pass over every frame. The features are of the
@@ -7,7 +8,9 @@ unaugmented clips, normalised as the trainer normalises them, at one frame size.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
-from cache.exits import deferred_stop
+from cache.exits import NO_SPACE, deferred_stop, disk_full, exit_status, stop_on_signals
 from cache.features import FeatureDataset, FeatureSpec, FeatureWriter, feature_entries
 from cache.schema import OK, StoreError, shard_count, shard_slice
 from cache.store import open_store
@@ -27,6 +30,7 @@ from train.augment import ClipTransform
 from train.data import UsageError, check_classes
 from train.models import TIMM_BACKBONES, ClipClassifier, ModelConfig, build_model
 
+COMMAND = "python -m train.features"
 # The timm backbone each model stands on, and back: `--backbone efficientnet_b0` serves effnet_lstm.
 BACKBONE_MODELS = {backbone: model for model, backbone in TIMM_BACKBONES.items()}
 
@@ -162,7 +166,7 @@ def find_entry(cache: Path, model: str, wanted: str) -> FeatureSpec:
     if len(mine) != 1:
         if mine:
             raise UsageError(f"{cache}: several feature entries of {backbone}, name one: {', '.join(mine)}")
-        raise UsageError(f"{cache}: no features of {backbone} yet: cache features {cache} --backbone {backbone}")
+        raise UsageError(f"{cache}: no features of {backbone} yet: {COMMAND} {cache} --backbone {backbone}")
     return next(iter(mine.values()))
 
 
@@ -188,3 +192,60 @@ def feature_split(
     if need_both_classes:
         check_classes(cache, split, dataset.labels)
     return dataset
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(
+        prog=COMMAND,
+        description=(
+            "Run a frozen timm backbone over every ok clip of STORE and keep its per-frame embeddings (float16, "
+            "(N, T, D)) under features/<backbone>-<weights digest>-<size>px in the same store. Run it again to "
+            "finish an interrupted run; other weights or sizes make another entry. Uses the GPU when there is "
+            "one; `accelerate launch -m train.features ...` splits the work between processes. Then train the "
+            "layers after the backbone alone with `train/run.py --from-features`. Exit status 2 on bad input, 4 when "
+            "the disk is full, 130 after Ctrl-C and 143 after SIGTERM; finished shards are kept in all three."
+        ),
+    )
+    main.add_argument("store", type=Path, help="a store built by `ingest build-cache` (.zarr, .h5)")
+    main.add_argument("--backbone", choices=tuple(BACKBONE_MODELS), required=True, help="timm backbone")
+    source = main.add_mutually_exclusive_group()
+    source.add_argument("--weights", type=Path, help="backbone weights from a local safetensors file")
+    source.add_argument("--pretrained", action="store_true", help="timm's ImageNet weights (needs network)")
+    main.add_argument("--seed", type=int, default=42, help="seed of random weights, without either (default 42)")
+    main.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
+    main.add_argument("--frame-size", type=int, help="resize frames to N x N first (default: as stored)")
+    main.add_argument(
+        "--mixed-precision",
+        choices=("no", "bf16", "fp16"),
+        default="no",
+        help="run the backbone under autocast in this precision (default no); features are stored as float16",
+    )
+    return main
+
+
+def main(argv: list[str] | None = None) -> int:
+    stop_on_signals()
+    args = parser().parse_args(argv)
+    kept = "every finished shard's features are kept"
+    try:
+        compute_features(FeatureConfig(**vars(args)))
+    except (UsageError, StoreError) as error:
+        print(f"features: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as stop:
+        print(f"features: interrupted: {kept}; run the same command to compute the rest", file=sys.stderr)
+        return exit_status(stop)
+    except OSError as error:
+        if not disk_full(error):
+            raise
+        print(
+            f"features: error: no space left on the device of {args.store}: {kept}; free space, then run the same "
+            "command to compute the rest",
+            file=sys.stderr,
+        )
+        return NO_SPACE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -79,8 +79,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         const="auto",
         metavar="ENTRY",
         help=(
-            "train only the layers after the backbone (resnet18, effnet_lstm) on embeddings that `cache features` "
-            "stored: the store's one entry for the model's backbone, or the entry named; no augmentation"
+            "train only the layers after the backbone (resnet18, effnet_lstm) on embeddings that `python -m "
+            "train.features` stored: the store's one entry for the model's backbone, or the entry named; no "
+            "augmentation"
         ),
     )
 

@@ -1,0 +1,86 @@
+"""The import graph of the four packages: no circle among modules, and no arrow from a lower package to a higher one.
+
+The order is cache < ingest < train < bench (ARCHITECTURE.md): the store knows no decoder or model, ingest no
+trainer, and the product never imports bench. Every import statement counts, inside functions and under
+`TYPE_CHECKING` too: a circle that only a deferred import keeps from failing is still a circle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("cache", "ingest", "train", "bench")  # each may import only those before it
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the four packages by dotted name (a package by its own name)."""
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imported(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The modules of ours that module `name` imports."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            # `from pkg import sub` imports the module pkg.sub; `from mod import name` imports mod.
+            targets.update(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names)
+    return {target for target in targets if target in known and target != name}
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imported(name, path, known) for name, path in known.items()}
+
+
+def rank(module: str) -> int:
+    return PACKAGES.index(module.split(".")[0])
+
+
+def test_the_graph_sees_the_imports_it_must():
+    edges = graph()
+    assert "cache.store" in edges["train.features"] and "ingest.decoders" in edges["train.inference"]
+    assert "ingest.layouts.common" in edges["ingest.layouts.ffpp"]
+    assert "ingest.gpu_decoders" in edges["ingest.clips"]  # imported inside a function
+
+
+def test_no_package_imports_one_above_it():
+    edges = graph()
+    upward = sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets if rank(b) > rank(a))
+    assert not upward, "imports against cache < ingest < train < bench:\n" + "\n".join(upward)
+
+
+def test_no_module_imports_itself_through_others():
+    edges = graph()
+    circles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1 on the current path, 2 finished
+    path: list[str] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(edges[module]):
+            if state.get(target) == 1:
+                circles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module)
+    assert not circles, "import circles:\n" + "\n".join(" -> ".join(circle) for circle in circles)
