@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cache.exits import exit_status, stop_on_signals
+from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
 from cache.features import feature_entries
 from cache.schema import FAILED, LABEL_NAMES, OK, SPLIT_NAMES, STATUS_NAMES, StoreError
 from cache.shards import PARTIAL
@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         print("cache: interrupted: nothing was changed", file=sys.stderr)
         return exit_status(stop)
+    except OSError as error:
+        if not disk_full(error) or args.command != "show":
+            raise
+        where = f"no space left on the device of {args.out}"
+        print(f"cache: error: {where}: free space, then run it again", file=sys.stderr)
+        return NO_SPACE
 
 
 def show(args: argparse.Namespace) -> int:

@@ -239,3 +239,13 @@ def test_a_failed_shard_write_leaves_the_old_file_and_no_partial_one(tmp_path):
         replace_file(file, [b"new bytes", object()])
     assert file.read_bytes() == b"old"
     assert [p.name for p in file.parent.iterdir()] == ["0"]
+
+
+def test_cache_show_onto_a_full_disk_ends_with_one_line(tiny_cache, small_disk):
+    (small_disk.path / "filler").write_bytes(b"\0" * (3 * 2**20 - small_disk.used() - 4096))
+    out = small_disk.path / "strip.png"
+    result = run_cli("cache.cli", "show", str(tiny_cache), "--out", str(out), check=False)
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"cache: error: no space left on the device of {out}: free space, then run it again"
+    ]
