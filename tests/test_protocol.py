@@ -218,3 +218,21 @@ def test_explain_shows_the_first_clip_and_the_videos_probability(phased, phased_
     clips = [whole[0::2], whole[1::2]]
     assert explanation.probability == pytest.approx(trained.probabilities(whole[None])[0])
     assert explanation.probability == pytest.approx(float(np.mean([trained.probabilities(c[None])[0] for c in clips])))
+
+
+@pytest.mark.slow
+def test_an_eval_store_named_as_a_training_store_gets_a_column_of_its_own(phased, twin, tmp_path):
+    namesake = tmp_path / "other" / "phased.zarr"
+    shutil.copytree(twin, namesake)
+    args = train_args(phased["zarr"], tmp_path / "run", "simple_cnn", "--epochs", "1", "--clip-frames", str(CLIP))
+    run_cli(*args, "--eval-cache", str(namesake))
+    columns = json.loads((tmp_path / "run" / "cross_dataset.json").read_text())["models"]["simple_cnn"]
+    assert list(columns) == [str(phased["zarr"]), str(namesake)]
+    assert columns[str(phased["zarr"])]["roc_auc"] == pytest.approx(columns[str(namesake)]["roc_auc"])
+
+
+def test_a_store_given_twice_is_refused(phased, tmp_path):
+    args = train_args(phased["zarr"], tmp_path, "simple_cnn", "--cache", str(phased["zarr"]))
+    result = run_cli(*args, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "train: error: --cache: a store is given twice"

@@ -65,21 +65,20 @@ def load_models(run: Path, device: torch.device) -> list[TrainedModel]:
 
 def evaluate_models(
     models: Sequence[TrainedModel],
-    caches: Sequence[Path],
+    stores: dict[str, Path],
     split: str,
     accelerator: Accelerator,
     batch_size: int = 8,
     workers: int = 2,
 ) -> dict[str, dict[str, dict | None]]:
-    """model -> store name -> video-level metrics, for every model on every store; stores are checked against
-    every model before any is scored, so a refusal costs no time."""
-    names = store_names(caches)
+    """model -> store name -> video-level metrics, for every model on every store (`store_names` names them);
+    stores are checked against every model before any is scored, so a refusal costs no time."""
     for model in models:
-        for cache in caches:
+        for cache in stores.values():
             check_store(model, cache)
     return {
         model.name: {
-            name: score_store(model, cache, split, accelerator, batch_size, workers) for name, cache in names.items()
+            name: score_store(model, cache, split, accelerator, batch_size, workers) for name, cache in stores.items()
         }
         for model in models
     }
@@ -122,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size < 1 or args.workers < 0:
             raise UsageError("--batch-size must be at least 1, --workers at least 0")
         models = load_models(args.run, accelerator.device)
-        table = evaluate_models(models, args.cache, args.split, accelerator, args.batch_size, args.workers)
+        stores = store_names(args.cache)
+        table = evaluate_models(models, stores, args.split, accelerator, args.batch_size, args.workers)
     except (UsageError, StoreError) as error:
         if accelerator.is_main_process:
             print(f"evaluate: error: {error}", file=sys.stderr)

@@ -95,6 +95,8 @@ class TrainConfig:
             raise UsageError("--from-features reads one store's features: give one --cache")
         if not self.cache:
             raise UsageError("--cache: give at least one store")
+        if len({cache.resolve() for cache in self.cache}) < len(self.cache):
+            raise UsageError("--cache: a store is given twice")
         if self.clip_frames is not None and self.clip_frames < 1:
             raise UsageError("--clip-frames must be at least 1")
 

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from cache import StoreError
 from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
 from train.checkpoint import find_last
-from train.data import BALANCE, UsageError, check_same_clips
+from train.data import BALANCE, UsageError, check_same_clips, store_names
 from train.evaluate import evaluate_models, threshold_note
 from train.inference import TrainedModel
 from train.loop import TrainConfig, fit
@@ -228,10 +228,16 @@ def cross_dataset(
     store (from its metrics.json), then on each --eval-cache store, scored here; written by the main process."""
     if len(args.cache) == 1 and not args.eval_cache:
         return None
-    table = {metrics["model"]: dict(metrics["final"]["test_by_store"]) for metrics in results}
+    # Named together, so that a training store and an --eval-cache store of one name stay two columns.
+    name_of = {path: name for name, path in store_names([*args.cache, *args.eval_cache]).items()}
+    table = {}
+    for metrics in results:
+        tests = metrics["final"]["test_by_store"].values()
+        table[metrics["model"]] = {name_of[Path(c)]: test for c, test in zip(args.cache, tests, strict=True)}
     models = [TrainedModel.load(args.out / name, accelerator.device) for name in table]
     if args.eval_cache:
-        scored = evaluate_models(models, args.eval_cache, "test", accelerator, args.batch_size, args.workers)
+        stores = {name_of[Path(cache)]: Path(cache) for cache in args.eval_cache}
+        scored = evaluate_models(models, stores, "test", accelerator, args.batch_size, args.workers)
         for name, by_store in scored.items():
             table[name] |= by_store
     if accelerator.is_main_process:
