@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import multiprocessing
 import os
@@ -16,13 +15,12 @@ from multiprocessing.sharedctypes import Synchronized
 import numpy as np
 import torch
 
+from ingest.children import follow_parent
 from ingest.clips import RowJob, RowOutcome, decode_row, gpu_rows
 from ingest.decoders import GPU_DECODERS
 from ingest.decoding import Probe
 
-PR_SET_PDEATHSIG = 1
 CRASHED = "the decoder crashed: its process died on this video"
-PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: a forked worker loads nothing
 
 
 def threads_per_worker(workers: int) -> int:
@@ -181,9 +179,8 @@ def _worker(slots: np.ndarray, started: Synchronized, workers: int) -> None:
     to the others, since the dead one may have held the lock of the job queue they read, and a worker that
     ignored it waited on that lock for ever."""
     global _slots
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    follow_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
     _slots = slots
     with started.get_lock():
         index = started.value
