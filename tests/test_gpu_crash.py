@@ -8,6 +8,7 @@ from multiprocessing import active_children
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import build_args, read_number
 
@@ -52,6 +53,8 @@ def test_a_gpu_process_that_aborts_costs_its_videos_in_flight_and_a_new_one_deco
         fatal = paths.index(FATAL)
         assert (store.status == FAILED).sum() == 4 and (store.status == OK).sum() == len(paths) - 4  # the broken files
         assert store.decoder[fatal] == "pyav" and store.error[fatal].startswith(DIED)
+        for row in np.flatnonzero(store.status == FAILED):  # refused in the GPU process, then tried by PyAV there
+            assert store.error[row].startswith("aborting: ") and "; pyav: " in store.error[row], store.error[row]
         lost = [row for row in range(len(paths)) if store.error[row].startswith(DIED)]
         assert fatal in lost and len(lost) <= 2  # one video in flight: at most 2 * 1 taken for lost
         before, after = range(fatal), range(max(lost) + 1, len(paths))
