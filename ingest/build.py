@@ -36,7 +36,7 @@ from cache.schema import (
 from cache.shards import partial_files
 from cache.store import open_store
 from cache.writer import ShardResult, StoreWriter, create_store
-from ingest.clips import FALLBACKS, RowJob, RowOutcome
+from ingest.clips import RowJob, RowOutcome, fallback_of
 from ingest.decoders import GPU_DECODERS, choose
 from ingest.decoding import Probe
 from ingest.discover import UsageError
@@ -102,7 +102,7 @@ class BuildSummary:
         PyAV must not pass for a GPU build; for a CPU build where any did."""
         if self.decoder not in GPU_DECODERS and not self.fallbacks:
             return ""
-        return f"; {len(self.fallbacks)} of {self.ok} ok rows fell back to {FALLBACKS[self.decoder]}"
+        return f"; {len(self.fallbacks)} of {self.ok} ok rows fell back to {fallback_of(self.decoder)}"
 
 
 class Ranks:

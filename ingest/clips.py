@@ -10,15 +10,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ingest.decoders import available, make_decoder
+from ingest.decoders import GPU_DECODERS, available, make_decoder
 from ingest.decoding import DecodedClip, DecodeError, Probe, error_line
 from ingest.faces import FACE_DEFAULTS, NO_FACE, FaceCrops, FaceSettings
 from ingest.frames import make_clip
 
-# The decoder that tries a video its decoder failed on: PyAV's careful path for a GPU decoder's refusals and for
-# decord's (decord refuses truncated faststart MP4 files that PyAV decodes), decord for PyAV's.
-FALLBACKS = {"nvdec": "pyav", "dali": "pyav", "pyav": "decord", "decord": "pyav"}
-FALLBACK = FALLBACKS["nvdec"]
+# The decoder that tries a video its decoder failed on: PyAV's careful path for a GPU decoder's refusals (and for
+# the videos a GPU decoder's process died with) and for decord's (decord refuses truncated faststart MP4 files that
+# PyAV decodes), decord for PyAV's.
+FALLBACK = "pyav"
+CPU_FALLBACKS = {"pyav": "decord", "decord": "pyav"}
 FELL_BACK_TO = "fell back to "  # an ok row's error starts so: the first decoder's reason, kept in the store
 FELL_BACK = f"{FELL_BACK_TO}{FALLBACK}: "
 
@@ -117,10 +118,25 @@ def fall_back(outcome: RowOutcome, job: RowJob) -> RowOutcome:
     decoder says which one made the clip, so that a build (and its store) counts the fallbacks: a GPU build
     whose every row fell back must not look like a GPU build. A row both fail on gives both reasons.
     """
-    other = FALLBACKS.get(job.decoder)
+    other = fallback_of(job.decoder)
     if outcome.clip is not None or other is None or not available(other):
         return outcome
-    retry = _decode(replace(job, decoder=other))
+    return _retried(outcome.error, other, _decode(replace(job, decoder=other)))
+
+
+def fallback_of(decoder: str) -> str | None:
+    """The decoder that tries the videos `decoder` fails on."""
+    return FALLBACK if decoder in GPU_DECODERS else CPU_FALLBACKS.get(decoder)
+
+
+def after_gpu_crash(retry: RowOutcome, job: RowJob, reason: str) -> RowOutcome:
+    """`retry`, the CPU workers' outcome of a video that GPU `job` may have been decoding when the GPU decoder's
+    process died: a fallback like any other, `reason` (why the GPU gave no clip) kept as the GPU's failure."""
+    return _retried(f"{job.decoder}: {reason}", retry.decoder or FALLBACK, retry)
+
+
+def _retried(first: str, other: str, retry: RowOutcome) -> RowOutcome:
+    """`retry`, by decoder `other`, of a video whose first decoder failed for reason `first`."""
     saved = retry.clip is not None
-    reason = f"{FELL_BACK_TO}{other}: {outcome.error}" if saved else f"{outcome.error}; {other}: {retry.error}"
+    reason = f"{FELL_BACK_TO}{other}: {first}" if saved else f"{first}; {other}: {retry.error}"
     return replace(retry, error=reason[:200])

@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ingest.decoding import DecodedClip, DecodeError, Probe, error_line
+from ingest.decoding import DecodedClip, DecodeError, Decoder, Probe, error_line
 from ingest.demux import probe_video
 from ingest.faces import FACE_DEFAULTS, FaceCrops, FaceSettings
 from ingest.frames import make_clip, sample_indices
@@ -63,7 +63,18 @@ def gpu_results(jobs: list[Job], in_flight: int) -> Iterator[tuple[Job, Result]]
             yield job, error
 
 
-def make_gpu_decoder(name: str) -> NvdecDecoder | DaliDecoder:
+class GpuDecoder(Decoder, Protocol):
+    """A decoder that also takes many jobs at once (`gpu_results`): each with its result, `in_flight` at a time."""
+
+    def clips(self, jobs: list[Job], in_flight: int) -> Iterator[tuple[Job, Result]]: ...
+
+
+STAND_INS: dict[str, Callable[[], GpuDecoder]] = {}  # GPU decoder names made without a GPU (`decoders.stand_in`)
+
+
+def make_gpu_decoder(name: str) -> GpuDecoder:
+    if name in STAND_INS:
+        return STAND_INS[name]()
     device = torch.device("cuda", torch.cuda.current_device())
     return NvdecDecoder(device) if name == "nvdec" else DaliDecoder(device)
 

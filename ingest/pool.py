@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import multiprocessing
 import os
@@ -16,13 +15,13 @@ from multiprocessing.sharedctypes import Synchronized
 import numpy as np
 import torch
 
-from ingest.clips import RowJob, RowOutcome, decode_row, gpu_rows
+from ingest.children import follow_parent
+from ingest.clips import FALLBACK, RowJob, RowOutcome, decode_row
 from ingest.decoders import GPU_DECODERS
 from ingest.decoding import Probe
+from ingest.gpu_process import GpuProcess
 
-PR_SET_PDEATHSIG = 1
 CRASHED = "the decoder crashed: its process died on this video"
-PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: a forked worker loads nothing
 
 
 def threads_per_worker(workers: int) -> int:
@@ -53,15 +52,21 @@ class DecodePool:
     way through sending would leave this process waiting for the rest for ever. (A job that asks for its whole
     middle frame, as `train.explain` does for a few videos, also sends that one frame back; builds never ask.)
 
-    A GPU decoder runs in this process (CUDA does not survive a fork) with `workers` videos in flight.
+    A GPU decoder runs in a process of its own, spawned (CUDA does not survive a fork), with `workers` videos in
+    flight (`GpuProcess`); the videos it may have been decoding when it died fall back to PyAV in forked workers,
+    started then. A CPU build never starts a GPU process.
     """
 
     def __init__(self, decoder: str, workers: int, clip_shape: tuple[int, ...]) -> None:
-        self.decoder, self.workers = decoder, workers
+        self.decoder, self.workers, self.clip_shape = decoder, workers, clip_shape
         self._executor: ProcessPoolExecutor | None = None
+        self._gpu: GpuProcess | None = None
+        self._fallback: DecodePool | None = None  # a GPU pool's CPU workers, once its process has died
         if self.forks:
             self._slots = _shared(2 * workers, clip_shape)
             self._executor = _start(workers, self._slots)
+        else:
+            self._gpu = GpuProcess(decoder, workers, clip_shape, self._on_cpu)
 
     @property
     def forks(self) -> bool:
@@ -78,20 +83,30 @@ class DecodePool:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+        for other in (self._gpu, self._fallback):
+            if other is not None:
+                other.close()
+        self._gpu = self._fallback = None
 
     def rows(self, jobs: list[RowJob]) -> Iterator[RowOutcome]:
         """Outcomes as they finish (in any order), `2 * workers` jobs ahead of the caller; the first jobs start
-        now, before the caller asks for an outcome.
+        now, before the caller asks for an outcome (a GPU process's, at the first outcome asked for).
 
         A worker that dies (a decoder crash, the OOM killer) breaks the pool; the videos it may have been
         decoding are then retried one at a time, so only the one that kills its process again fails.
         """
-        if self.decoder in GPU_DECODERS:
-            return gpu_rows(jobs, self.workers)
+        if self._gpu is not None:
+            return self._gpu.rows(jobs)
         queue = deque(jobs)
         running: dict[Future, tuple[RowJob, int]] = {}
         self._submit(queue, running)
         return self._outcomes(queue, running)
+
+    def _on_cpu(self, jobs: list[RowJob]) -> Iterator[RowOutcome]:
+        """PyAV jobs in forked CPU workers, for the videos a GPU process died with."""
+        if self._fallback is None:
+            self._fallback = DecodePool(FALLBACK, self.workers, self.clip_shape)
+        return self._fallback.rows(jobs)
 
     def _outcomes(self, queue: deque[RowJob], running: dict[Future, tuple[RowJob, int]]) -> Iterator[RowOutcome]:
         while (suspects := (yield from self._until_broken(queue, running))) is not None:
@@ -181,9 +196,8 @@ def _worker(slots: np.ndarray, started: Synchronized, workers: int) -> None:
     to the others, since the dead one may have held the lock of the job queue they read, and a worker that
     ignored it waited on that lock for ever."""
     global _slots
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    follow_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
     _slots = slots
     with started.get_lock():
         index = started.value
