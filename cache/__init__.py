@@ -1,7 +1,10 @@
-"""The clip store: schema `clipcache/1`, writing shards safely, reading clips fast."""
+"""The clip store: schema `clipcache/1`, writing shards safely, reading clips fast.
 
-from cache.dataset import ClipDataset, collate_clips
+The torch dataset is in `cache.dataset`, not here: `cache info` and the builds' workers start without torch's
+seconds of import.
+"""
+
 from cache.schema import SCHEMA, StoreError, StoreSpec
 from cache.store import ClipStore, open_store
 
-__all__ = ["SCHEMA", "ClipDataset", "collate_clips", "ClipStore", "StoreError", "StoreSpec", "open_store"]
+__all__ = ["SCHEMA", "ClipStore", "StoreError", "StoreSpec", "open_store"]

@@ -14,12 +14,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from cache.dataset import PhasedItems, Phases
 from cache.schema import StoreError
-from cache.store import StoreHandle, attr_value, open_store
+from cache.store import StoreHandle, attr_value
 from cache.writer import allocate
 
 FEATURES = "features"
@@ -105,50 +102,6 @@ class FeatureWriter(StoreHandle):
         self.flush()
         entry["done"][rows] = 1
         self.flush()
-
-
-class FeatureDataset(PhasedItems, Dataset):
-    """The features (T, D) float16 and labels of the ok, computed rows of one split, held in memory; with
-    `clip_frames`, k items of every k-th frame's features per video, as `ClipDataset` has them.
-
-    Features are small (16 x 512 halves are 16 KB a clip), so a split fits in memory and an epoch reads
-    nothing from disk; only the split's own rows are read, once. `read_into` serves the trainer's feed a
-    batch by indexing the tensor in memory.
-    """
-
-    def __init__(self, store_path: str | Path, entry: str, split: str | None = None, clip_frames: int | None = None):
-        self.store_path = Path(store_path)
-        with open_store(self.store_path) as store:
-            entries = feature_entries(store)
-            if entry not in entries:
-                raise StoreError(f"{store_path}: no feature entry {entry!r} (has: {', '.join(entries) or 'none'})")
-            self.spec = entries[entry]
-            group = store._root[FEATURES][entry]
-            done = np.asarray(group["done"][...]).astype(bool)
-            rows = store.rows(split)
-            missing = rows[~done[rows]]
-            if len(missing):
-                raise StoreError(
-                    f"features/{entry}: {len(missing)} ok clips of {split or 'the store'} have no features yet "
-                    "(run `python -m train.features` again to finish)"
-                )
-            self._set_items(rows, store.label[rows], Phases.of(store.spec.frames, clip_frames))
-            self.values = torch.from_numpy(read_rows(group["values"], rows))
-        self.sample_shape = (self.phases.clip_frames, *self.values.shape[2:])
-        self.sample_dtype = self.values.dtype
-
-    def __getitem__(self, index: int) -> tuple:
-        out = torch.empty(self.sample_shape, dtype=self.sample_dtype)
-        self.read_into(np.array([index]), out[None])
-        return out, int(self.labels[index])
-
-    def read_into(self, indices: np.ndarray, out: torch.Tensor) -> None:
-        videos = torch.from_numpy(np.asarray(indices) // self.phases.count)
-        frames = self._frames(indices)
-        if frames is None:
-            torch.index_select(self.values, 0, videos, out=out)
-        else:
-            out.copy_(self.values[videos[:, None], torch.from_numpy(frames)])
 
 
 def read_rows(array, rows: np.ndarray) -> np.ndarray:

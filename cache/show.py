@@ -6,15 +6,21 @@ same row one above the other: the before and after of a preprocessing choice.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from matplotlib.figure import Figure
 
 from cache.schema import OK, StoreError
 from cache.store import ClipStore
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 
 def clip_strips(stores: list[ClipStore], row: int, frames: int) -> Figure:
     """`frames` evenly spaced frames of `row` in each store, a strip per store titled with its settings."""
+    from matplotlib.figure import Figure  # here: every other `cache` command starts without matplotlib
+
     path = _same_video(stores, row)
     figure = Figure(figsize=(1.6 * frames, 2.1 * len(stores) + 0.4), layout="constrained")
     for strip, store in zip(figure.subfigures(len(stores), 1, squeeze=False)[:, 0], stores, strict=True):

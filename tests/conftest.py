@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -118,6 +119,28 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, **kwargs) -
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_two(*command: str) -> list[str]:
+    """`accelerate launch` of `command` as two gloo ranks on this CPU, on a port of their own: tests run in
+    parallel (pytest-xdist), and two launches on accelerate's default port would meet."""
+    launch = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    return [
+        *launch,
+        "--main_process_port",
+        str(free_port()),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        *command,
+    ]
 
 
 class SmallDisk:

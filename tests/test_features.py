@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import build_args, one_line, run_cli, stop_mid_run, train_args
+from conftest import build_args, launch_two, one_line, run_cli, stop_mid_run, train_args
 
 from cache import open_store
-from cache.features import FeatureDataset, FeatureWriter, feature_entries
+from cache.dataset import FeatureDataset
+from cache.features import FeatureWriter, feature_entries
 from cache.schema import OK, StoreError
 from train.augment import ClipTransform
 from train.checkpoint import load_weights
@@ -169,9 +170,7 @@ def test_a_split_reads_only_its_own_rows(demo_root, tmp_path):
 
 def test_two_processes_store_what_one_process_stores(demo_root, computed, tmp_path):
     store = build_store(demo_root, tmp_path)
-    launch = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", *features_args(store)]
-    assert "by 2 process(es)" in run_cli(*launch).stdout
+    assert "by 2 process(es)" in run_cli(*launch_two("-m", *features_args(store))).stdout
     name = only_entry(store).name  # the same backbone and weights as `computed`'s first entry
     values, done = stored_values(store, name)
     whole, _ = stored_values(computed, name)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import build_both_formats
 
-from cache import ClipDataset, open_store
+from cache import open_store
+from cache.dataset import ClipDataset
 from train.data import READER_THREADS, BatchFeed, Sharding, train_sampler
 
 

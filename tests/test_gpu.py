@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import build_args, numbered_frame, read_number, run_cli
 
-from cache import ClipDataset, open_store
+from cache import open_store
+from cache.dataset import ClipDataset
 from cache.schema import FAILED, OK
 from ingest.clips import RowJob, gpu_rows
 from ingest.decoders import GPU_DECODERS, available, choose, make_decoder

@@ -11,7 +11,8 @@ from accelerate import Accelerator
 from conftest import run_cli, write_broken
 from torch import nn
 
-from cache import ClipDataset, open_store
+from cache import open_store
+from cache.dataset import ClipDataset
 from cache.store import clip_settings
 from train import predict
 from train.data import UsageError, shard_feed

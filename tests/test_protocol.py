@@ -12,8 +12,8 @@ import torch
 from accelerate import Accelerator
 from conftest import build_both_formats, run_cli, train_args
 
-from cache import ClipDataset, open_store
-from cache.dataset import StoreUnion
+from cache import open_store
+from cache.dataset import ClipDataset, StoreUnion
 from train import explain
 from train.data import shard_feed, train_sampler
 from train.inference import TrainedModel

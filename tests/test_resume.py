@@ -15,7 +15,7 @@ import numpy as np
 import psutil
 import pytest
 import zarr
-from conftest import build_args, build_both_formats, encode_numbered, one_line, run_cli
+from conftest import build_args, build_both_formats, encode_numbered, launch_two, one_line, run_cli
 from test_build import assert_same_store, one_line_error
 
 from cache import open_store
@@ -176,9 +176,7 @@ def test_a_second_build_of_the_same_store_is_refused_while_the_first_runs(many_v
 
 def test_two_ranks_build_the_same_store_as_one_process(many_videos, reference, tmp_path):
     store = tmp_path / "ranks.zarr"
-    launch = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m"]
-    result = run_cli(*launch, *build_args(many_videos, store, "--workers", "1", "--clips-per-shard", "2"))
+    result = run_cli(*launch_two("-m", *build_args(many_videos, store, "--workers", "1", "--clips-per-shard", "2")))
     assert result.stdout.count("videos decoded") == 1, "rank 0 alone writes the summary"
     assert f"{len(status_of(store))} videos decoded" in result.stdout
     assert_same_store(store, reference["zarr"])
@@ -186,9 +184,7 @@ def test_two_ranks_build_the_same_store_as_one_process(many_videos, reference, t
 
 
 def test_hdf5_refuses_several_ranks(many_videos, tmp_path):
-    launch = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m"]
-    result = run_cli(*launch, *build_args(many_videos, tmp_path / "r.h5"), check=False)
+    result = run_cli(*launch_two("-m", *build_args(many_videos, tmp_path / "r.h5")), check=False)
     assert result.returncode != 0 and "HDF5 store has one writer" in result.stderr
     assert not (tmp_path / "r.h5").exists()
 

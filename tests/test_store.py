@@ -12,7 +12,8 @@ from conftest import build_args, build_both_formats, encode_numbered, run_cli
 from torch.utils.data import DataLoader
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 
-from cache import ClipDataset, StoreError, open_store
+from cache import StoreError, open_store
+from cache.dataset import ClipDataset
 from cache.schema import FAILED, OK, StoreSpec
 from cache.shards import ShardLayout, replace_file
 from cache.writer import ShardResult, StoreWriter, create_store

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import build_args, encode_numbered, one_line, run_cli, stop_mid_run, train_args
+from conftest import build_args, encode_numbered, launch_two, one_line, run_cli, stop_mid_run, train_args
 
 import train
 from cache import open_store
@@ -20,8 +20,6 @@ from train.models import ModelConfig, build_model
 
 RUN_SCRIPT = str(Path(train.__file__).parent / "run.py")
 PARAMETERS = {"simple_cnn": 422_530, "resnet18": 11_603_650, "effnet_lstm": 5_619_966}
-LAUNCH_2 = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-LAUNCH_2 += ["--mixed_precision", "no", "--dynamo_backend", "no", RUN_SCRIPT]
 
 
 def read_metrics(run: Path, model: str) -> dict:
@@ -89,7 +87,9 @@ def evaluate_alone(cache: Path, folder: Path, split: str, threshold: float) -> d
 def test_two_processes_see_each_clip_once_and_report_what_one_process_does(tiny_cache, tmp_path):
     # 15 training clips in batches of 3: one rank gets 3 batches, the other 2, so DDP's join is needed.
     result = run_cli(
-        *LAUNCH_2, *train_args(tiny_cache, tmp_path, "simple_cnn", "--epochs", "2", "--batch-size", "3")[1:]
+        *launch_two(
+            RUN_SCRIPT, *train_args(tiny_cache, tmp_path, "simple_cnn", "--epochs", "2", "--batch-size", "3")[1:]
+        )
     )
     assert result.stdout.count("simple_cnn epoch 2:") == 1, "only the main process prints"
     metrics = read_metrics(tmp_path, "simple_cnn")
@@ -139,7 +139,7 @@ def one_line_error(result) -> str:
     return lines[0]
 
 
-def test_bad_stores_and_splits_exit_2_with_one_line(tiny_cache, tmp_path):
+def test_a_missing_or_foreign_store_exits_2_with_one_line(tiny_cache, tmp_path):
     missing = run_cli(*train_args(tmp_path / "none.zarr", tmp_path / "r", "simple_cnn"), check=False)
     assert "no such store" in one_line_error(missing)
     import zarr
@@ -148,6 +148,12 @@ def test_bad_stores_and_splits_exit_2_with_one_line(tiny_cache, tmp_path):
     assert "not a clipcache/1" in one_line_error(
         run_cli(*train_args(tmp_path / "other.zarr", tmp_path / "r", "simple_cnn"), check=False)
     )
+    assert "--weights" in one_line_error(
+        run_cli(*train_args(tiny_cache, tmp_path / "r", "all", "--weights", str(tmp_path / "other.zarr")), check=False)
+    )
+
+
+def test_a_val_split_of_one_class_or_no_ok_clip_exits_2_with_one_line(tmp_path):
     # A val split whose only real video is broken: the store builds, its ok val clips are all fake.
     root = tmp_path / "data"
     rows = ["path,label,split"]
@@ -169,9 +175,6 @@ def test_bad_stores_and_splits_exit_2_with_one_line(tiny_cache, tmp_path):
     run_cli(*build_args(root, empty, "--workers", "1", "--manifest", str(tmp_path / "manifest.csv")))
     assert "val split holds no ok clips" in one_line_error(
         run_cli(*train_args(empty, tmp_path / "r", "simple_cnn"), check=False)
-    )
-    assert "--weights" in one_line_error(
-        run_cli(*train_args(tiny_cache, tmp_path / "r", "all", "--weights", str(store)), check=False)
     )
 
 

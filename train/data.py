@@ -16,8 +16,7 @@ from accelerate import Accelerator
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler, RandomSampler, WeightedRandomSampler
 
-from cache import ClipDataset
-from cache.dataset import Phases, StoreUnion
+from cache.dataset import ClipDataset, Phases, StoreUnion
 from cache.schema import FAKE, REAL
 from cache.store import clip_settings
 

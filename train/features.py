@@ -22,8 +22,9 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
+from cache.dataset import FeatureDataset
 from cache.exits import NO_SPACE, deferred_stop, disk_full, exit_status, stop_on_signals
-from cache.features import FeatureDataset, FeatureSpec, FeatureWriter, feature_entries
+from cache.features import FeatureSpec, FeatureWriter, feature_entries
 from cache.schema import OK, StoreError, shard_count, shard_slice
 from cache.store import open_store
 from train.augment import ClipTransform
