@@ -3,7 +3,8 @@
 The field crops the face before training (FaceForensics++: dlib's frontal face detector, box enlarged 1.3
 times), because in a whole Celeb-DF frame the face, and the blending seams that give a fake away, shrink
 to a few dozen pixels at 224x224. Here it happens on the sampled frames of the decode pass itself:
-dlib's HOG detector on a small grey copy of each frame, one face track per video (the largest face that
+dlib's HOG detector on small grey copies of the frames (the whole frame until a face shows, then the part
+around the face, shrunk to where it is just large enough), one face track per video (the largest face that
 persists, linked frame to frame by how near its boxes lie for their size), gaps filled from the nearest
 detections, centre and size smoothed so the crop does not jitter, and a square of `margin` times the box's
 longer side, which `ingest.frames.resize_windows` cuts and resizes.
@@ -69,8 +70,9 @@ def detect(frames: np.ndarray | torch.Tensor) -> list[np.ndarray]:
     looked for only around where its last two detections put it, at one scale for the whole track where it
     is about FOUND_SIDE px, which costs little whatever the frame's size and keeps its box from jumping
     between the detector's scales; where it is not there, the whole frame is looked at at that scale. Then
-    the frames between: one whose neighbours' boxes agree within STILL of the face's side takes their mean
-    unlooked at; any other is looked at around it. Without a face in the first frames, all are searched.
+    the frames between: one where the face's track bends so little that its neighbours' mean strays less than
+    STILL of a side from it takes that mean, unlooked at; any other is looked at around it. Without a face in
+    the first frames, all are searched.
     """
     follower = Follower(frames)
     count = len(frames)
