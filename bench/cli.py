@@ -47,22 +47,25 @@ def parser() -> argparse.ArgumentParser:
 
 def demo_data(folder: Path) -> Path:
     """Celeb-DF-shaped videos (400 frames at 942x500, x264 defaults), written once and reused."""
+    return _written_once(folder / "celebdf-shaped", "Celeb-DF-shaped demo videos", 3, frames=400, width=942, height=500)
+
+
+def hd_faces(folder: Path) -> Path:
+    """DFDC-shaped videos (300 frames at 1920x1080) whose faces' dlib boxes are 90-200 px, written once and
+    reused: faces a detector looking at the frame shrunk to 640 px misses."""
+    return _written_once(
+        folder / "hd-faces", "1080p face videos", 2, frames=300, width=1920, height=1080, head=(0.18, 0.36)
+    )
+
+
+def _written_once(root: Path, what: str, identities: int, **spec) -> Path:
+    """A demo set of one real and one fake video per identity, written to `root` unless it is there."""
     from ingest.demo import DemoSpec, make_demo
 
-    root = folder / "celebdf-shaped"
     if not (root / "List_of_testing_videos.txt").exists():
-        spec = DemoSpec(
-            identities=3,
-            reals_per_identity=1,
-            fakes_per_identity=1,
-            youtube=0,
-            frames=400,
-            width=942,
-            height=500,
-            test_identities=0,
-        )
-        print(f"writing Celeb-DF-shaped demo videos to {root} (once)...", file=sys.stderr)
-        make_demo(root, spec)
+        print(f"writing {what} to {root} (once)...", file=sys.stderr)
+        plan = DemoSpec(identities, reals_per_identity=1, fakes_per_identity=1, youtube=0, test_identities=0, **spec)
+        make_demo(root, plan)
     return root
 
 
@@ -136,6 +139,7 @@ def _measure(args: argparse.Namespace, root: Path, work: Path) -> int:
         repeat=repeat,
         quick=args.quick,
         demo_set=demo_set(DEMO_FOLDER) if "ingest" in args.stages else None,
+        hd_faces=hd_faces(DEMO_FOLDER) if "faces" in args.stages else None,
     )
     started = time.perf_counter()
     rows = run_stages(config, args.stages)

@@ -21,6 +21,7 @@ class BenchConfig:
     frames: int = 16
     size: int = 224
     demo_set: Path | None = None  # many small videos, built beside `data_root` by the ingest stage
+    hd_faces: Path | None = None  # 1080p videos with small faces, for the faces stage
 
 
 @dataclass

@@ -1,6 +1,9 @@
-"""The `faces` stage: dlib's detection per frame, and `build-cache --resize face` beside `--resize squash`."""
+"""The `faces` stage: dlib's detection as a build does it, and `build-cache --resize face` beside `--resize squash`,
+on the bench's videos and on 1080p videos whose faces are small (DFDC's)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -9,37 +12,44 @@ from bench.ingest import INGEST_NOTE, build_store, linked_root, videos_of
 from bench.timing import Rate, Row, taking_turns
 from cache import open_store
 from ingest.decoders import make_decoder
-from ingest.faces import FaceSettings, detect
+from ingest.faces import detect
 
 
 def faces(config: BenchConfig, context: Context) -> list[Row]:
-    """dlib's face detection per frame, at the frames' own size and at the working size a build detects at; then
-    `build-cache --resize face` beside `--resize squash` (the seed's) on the same videos, taking turns."""
+    """Detection per frame on one video, then the face build beside the squash build (the seed's) on the same
+    videos, taking turns: for the bench's videos, and for `config.hd_faces`'s where it is given."""
     torch.set_num_threads(1)
+    rows = _rows(config)
+    if config.hd_faces is not None:
+        hd = sorted(config.hd_faces.rglob("*.mp4"))
+        rows += _rows(replace(config, videos=hd, work=config.work / "hd-faces"))
+    return rows
+
+
+def _rows(config: BenchConfig) -> list[Row]:
+    """`detect` on the first video's sampled frames (a search until a face shows, then the face followed), and
+    the builds of all."""
     frames = make_decoder("pyav", threads=1).decode(str(config.videos[0]), config.frames).frames
     height, width = frames.shape[1:3]
-    rows = []
-    longer = max(height, width)
-    for side in sorted({longer, min(longer, FaceSettings().working_side)}, reverse=True):
-        rate = Rate.measure(lambda side=side: len(detect(frames, side)), config.repeat, "frames/s")
-        found = sum(len(boxes) > 0 for boxes in detect(frames, side))
-        measures = f"dlib HOG face detection, {width}x{height} frames at longer side {side}"
-        note = f"{1000 / rate.median:.1f} ms per frame; a face in {found} of {len(frames)} sampled frames"
-        rows.append(Row("faces", f"{measures}, 1 thread", rate, note=note))
+    rate = Rate.measure(lambda: len(detect(frames)), config.repeat, "frames/s")
+    found = sum(len(boxes) > 0 for boxes in detect(frames))
+    note = f"{1000 / rate.median:.1f} ms per frame; a face in {found} of {len(frames)} sampled frames"
+    measures = f"dlib HOG face detection as a build does, {width}x{height} frames, 1 thread"
+    return [Row("faces", measures, rate, note=note), _builds(config, f"{width}x{height}")]
+
+
+def _builds(config: BenchConfig, size: str) -> Row:
     root = linked_root(config, 4 * len(config.videos))
     modes = ("squash", "face")
     builds = {mode: lambda mode=mode: build_store(config, root, config.workers, resize=mode) for mode in modes}
     rates = taking_turns(builds, config.repeat, "videos/s")
     with open_store(config.work / "ingest.zarr") as store:  # the last build is a face build
         found = f"{len(store.rows()) - len(store.without_face())} of {len(store.rows())} clips with a face"
-    rows.append(
-        Row(
-            "faces",
-            f"build-cache --resize face, {config.workers} workers, pyav, {videos_of(root)}",
-            rates["face"],
-            rates["squash"],
-            "build-cache --resize squash (the seed's), same videos",
-            note=f"{found}; {INGEST_NOTE}",
-        )
+    return Row(
+        "faces",
+        f"build-cache --resize face, {config.workers} workers, pyav, {videos_of(root)} at {size}",
+        rates["face"],
+        rates["squash"],
+        "build-cache --resize squash (the seed's), same videos",
+        note=f"{found}; {INGEST_NOTE}",
     )
-    return rows

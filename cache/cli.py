@@ -139,7 +139,7 @@ def _faces_line(store: ClipStore) -> str:
     frames = detected[detected > 0].sum()
     return (
         f"  faces: {len(store.without_face())} of {int(ok.sum())} ok clips had no face (stored squashed); "
-        f"the face was detected in {frames} of {int((detected > 0).sum()) * spec.frames} frames of the others "
+        f"the face was found in {frames} of {int((detected > 0).sum()) * spec.frames} frames of the others "
         f"(margin {spec.face_margin}, --no-face {spec.no_face})"
     )
 

@@ -53,5 +53,5 @@ def _caption(store: ClipStore, row: int) -> str:
     caption = f"{store.location.name}: --resize {spec.resize}, {spec.size}x{spec.size}"
     if spec.resize == "face":
         detected = int(store.face_detected[row])
-        caption += f", face detected in {detected} of {spec.frames} frames" if detected else ", no face: squashed"
+        caption += f", face found in {detected} of {spec.frames} frames" if detected else ", no face: squashed"
     return caption

@@ -46,6 +46,7 @@ class DemoSpec:
     codec: str = "libx264"
     test_identities: int = 1
     seed: int = 0
+    head: tuple[float, float] = (0.78, 0.88)  # range of the head's height over the frame's shorter side
 
 
 def write_video(
@@ -99,9 +100,10 @@ class Swap:
     block: int  # side of the blocks in pixels
 
 
-def draw_identity(rng: np.random.Generator) -> Identity:
-    """Sizes put dlib's face box at 70-80 px in 180-row frames; its frontal detector finds it from about 55."""
-    return Identity(rng.uniform(0.65, 1.3, 3).astype(np.float32), float(rng.uniform(0.78, 0.88)), bool(rng.integers(2)))
+def draw_identity(rng: np.random.Generator, head: tuple[float, float] = DemoSpec.head) -> Identity:
+    """The default sizes put dlib's face box at 70-80 px in 180-row frames (about half the head's height); its
+    frontal detector finds it from about 73."""
+    return Identity(rng.uniform(0.65, 1.3, 3).astype(np.float32), float(rng.uniform(*head)), bool(rng.integers(2)))
 
 
 @cache
@@ -251,7 +253,7 @@ def celebdf(spec: DemoSpec, people: list[Identity], rng: np.random.Generator) ->
             other = partner(i, j, spec.identities)
             videos.append(DemoVideo(f"Celeb-synthesis/id{i}_id{other}_{j:04d}.mp4", person, people[other].tint))
     for j in range(spec.youtube):
-        videos.append(DemoVideo(f"YouTube-real/{j:05d}.mp4", draw_identity(rng)))
+        videos.append(DemoVideo(f"YouTube-real/{j:05d}.mp4", draw_identity(rng, spec.head)))
     tested = {f"id{i}" for i in range(spec.test_identities)}
     test_lines = [
         f"{0 if video.swap is not None else 1} {video.path}"
@@ -366,7 +368,7 @@ DEMO_LAYOUTS = {
 def make_demo(out: Path, spec: DemoSpec = DemoSpec(), layout: str = "celebdf") -> list[Path]:
     """Write the dataset in `layout`'s folders with its index files; returns the video paths."""
     rng = np.random.default_rng(spec.seed)
-    people = [draw_identity(rng) for _ in range(spec.identities)]
+    people = [draw_identity(rng, spec.head) for _ in range(spec.identities)]
     plan = DEMO_LAYOUTS[layout].plan(spec, people, rng)
     written = []
     for video in plan.videos:

@@ -3,7 +3,8 @@
 The field crops the face before training (FaceForensics++: dlib's frontal face detector, box enlarged 1.3
 times), because in a whole Celeb-DF frame the face, and the blending seams that give a fake away, shrink
 to a few dozen pixels at 224x224. Here it happens on the sampled frames of the decode pass itself:
-dlib's HOG detector on a small grey copy of each frame, one face track per video (the largest face that
+dlib's HOG detector on small grey copies of the frames (the whole frame until a face shows, then the part
+around the face, shrunk to where it is just large enough), one face track per video (the largest face that
 persists, linked frame to frame by how near its boxes lie for their size), gaps filled from the nearest
 detections, centre and size smoothed so the crop does not jitter, and a square of `margin` times the box's
 longer side, which `ingest.frames.resize_windows` cuts and resizes.
@@ -11,7 +12,7 @@ longer side, which `ingest.frames.resize_windows` cuts and resizes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 import cv2
@@ -26,15 +27,19 @@ NO_FACE = "no face in any sampled frame"  # the reason a row fails with under `-
 LINK_DISTANCE = 1.5  # centres at most this many face sides apart (the mean of both) are one face...
 LINK_SIZE_RATIO = 2.0  # ...if neither box is this much larger than the other
 SMOOTH_RADIUS = 2  # frames on each side in the local linear fit of the box's centre and size
-# dlib's HOG detector (an 80 px window) finds frontal faces down to about 50 px; a face scaled to this size
-# is still found in every frame of the tests' moving faces.
-FOUND_SIDE = 80
+# dlib's HOG detector scans an 80 px window over a pyramid of the image shrunk by 5/6 a step: it reports faces
+# from about 73 px, and its cost follows the pixels it looks at.
+FOUND_SIDE = 80  # a face is looked at this size or larger
+SMALLEST_FACE = 80  # a search finds every face whose box is this large in the source frame, at any frame size
+SEARCH_SIDE = 3 * FOUND_SIDE  # a search looks first at the frame shrunk to this shorter side, where large faces show
+FOLLOW_REACH = 0.5  # a followed face is looked for this many of its sides around where it should be
+STRIDE = 2  # the frames looked at first: a face's track between them is often straight enough to pass over...
+STILL = 0.05  # ...where it strays from a straight line by less than this share of the face's side
 
 
 @dataclass(frozen=True)
 class FaceSettings:
     margin: float = 1.3  # crop side over the face box's longer side
-    working_side: int = 640  # frames are scaled down to this longer side for detection
     no_face: str = "squash"  # a video without a face: stored squashed, or failed
 
 
@@ -57,55 +62,152 @@ def _detector():
     return dlib.get_frontal_face_detector()
 
 
-def detect(frames: np.ndarray | torch.Tensor, working_side: int) -> list[np.ndarray]:
+def detect(frames: np.ndarray | torch.Tensor) -> list[np.ndarray]:
     """Face boxes (k, 4) float x0, y0, x1, y1 in source pixels, for each RGB frame of (T, H, W, 3).
 
-    Once a frame shows a face, the frames after it are looked at smaller, where that face is still
-    FOUND_SIDE pixels across: HOG's cost follows the pixels, and Celeb-DF's faces are large, so most frames
-    cost a fraction of the first. A frame with no face at that size is looked at again at the working size.
+    Every other frame (and the last) is looked at first, in order. Until one shows a face, each is searched
+    whole, at a size where every face of SMALLEST_FACE px is found. After, the largest face found is followed:
+    looked for only around where its last two detections put it, at one scale for the whole track where it
+    is about FOUND_SIDE px, which costs little whatever the frame's size and keeps its box from jumping
+    between the detector's scales; where it is not there, the whole frame is looked at at that scale. Then
+    the frames between: one where the face's track bends so little that its neighbours' mean strays less than
+    STILL of a side from it takes that mean, unlooked at; any other is looked at around it. Without a face in
+    the first frames, all are searched.
     """
-    greys, scale = working_copy(frames, working_side)
-    shrink = 1.0
-    found = []
-    for grey in greys:
-        boxes = _find(grey, shrink)
-        if not len(boxes) and shrink < 1:
-            boxes = _find(grey, 1.0)
-        if len(boxes) and shrink == 1:
-            shrink = min(1.0, FOUND_SIDE / max(_side(box) for box in boxes))
-        found.append(boxes / scale)
-    return found
+    follower = Follower(frames)
+    count = len(frames)
+    first = sorted({*range(0, count, STRIDE), count - 1})
+    between = [t for t in range(count) if t not in first]
+    for t in first:
+        follower.look(t)
+    for t in between:
+        if follower.followed:
+            follower.between(t)
+        else:
+            follower.look(t)
+    return [follower.found.get(t, np.empty((0, 4))) for t in range(count)]
 
 
-def _find(grey: np.ndarray, shrink: float) -> np.ndarray:
-    """dlib's frontal faces in `grey` looked at `shrink` times smaller, in `grey`'s pixels."""
-    height, width = grey.shape
-    size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
-    small = grey if size == (width, height) else cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
-    boxes = [(r.left(), r.top(), r.right() + 1, r.bottom() + 1) for r in _detector()(small, 0)]
-    ratio = np.array([width / size[0], height / size[1]] * 2)
-    return np.array(boxes, dtype=np.float64).reshape(-1, 4) * ratio
+@dataclass
+class Follower:
+    """What the frames of one clip have shown so far: the faces found, and the face followed."""
+
+    frames: np.ndarray | torch.Tensor
+    found: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> its face boxes
+    followed: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> the followed face's box
+    scale: float = 1.0  # the followed face is looked at this many times the frame's size
+
+    def look(self, t: int) -> None:
+        """Frame `t` searched whole, or, once a face is followed, looked at around where it should be."""
+        frame = self.frames[t]
+        seen = sorted(self.followed)[-2:]
+        if seen:
+            boxes = _around(frame, self._predict(seen, t), self.scale)
+            boxes = boxes if len(boxes) else _find(frame, self.scale, _whole(frame))
+        else:
+            boxes = _search(frame)
+            if len(boxes):  # measured again at the scale the face will be followed at
+                self.scale = min(1.0, FOUND_SIDE / max(_side(box) for box in boxes))
+                boxes = np.stack([_nearest(_around(frame, box, self.scale), box) for box in boxes])
+        self._keep(t, boxes)
+
+    def between(self, t: int) -> None:
+        """Frame `t`, between two looked at: their mean where the track runs straight, else looked at around it."""
+        near = [self.followed[n] for n in (t - 1, t + 1) if n in self.followed]
+        if not near:
+            return
+        box = np.mean(near, axis=0)
+        self._keep(t, box[None] if self._straight(t) else _around(self.frames[t], box, self.scale))
+
+    def _straight(self, t: int) -> bool:
+        """Whether the followed face's track bends so little around frame `t` (its second difference over the
+        looked-at frames nearest) that the mean of its neighbours lies within STILL of its side of it."""
+        for points in ((t - 3, t - 1, t + 1), (t - 1, t + 1, t + 3)):
+            if all(n in self.followed for n in points):
+                before, middle, after = (self.followed[n] for n in points)
+                return np.abs(before - 2 * middle + after).max() / 8 <= STILL * _side(middle)
+        return False
+
+    def _predict(self, seen: list[int], t: int) -> np.ndarray:
+        """The followed face's box in frame `t`, moved on from its last detection as it moved before."""
+        last = self.followed[seen[-1]]
+        if len(seen) == 1:
+            return last
+        first = self.followed[seen[0]]
+        return last + (last - first) * (t - seen[-1]) / (seen[-1] - seen[0])
+
+    def _keep(self, t: int, boxes: np.ndarray) -> None:
+        self.found[t] = boxes
+        if len(boxes):
+            self.followed[t] = max(boxes, key=_side)
 
 
-def working_copy(frames: np.ndarray | torch.Tensor, working_side: int) -> tuple[np.ndarray, float]:
-    """Grey uint8 frames (T, h, w) on the host, the longer side at most `working_side`, and their scale.
+def _whole(frame: np.ndarray | torch.Tensor) -> tuple[int, int, int, int]:
+    return (0, 0, frame.shape[1], frame.shape[0])
 
-    Frames in GPU memory are shrunk there, so that only the small grey copy crosses to the host.
+
+def _search(frame: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Faces in a whole frame: first shrunk to SEARCH_SIDE (cheap, and enough for the large faces most videos
+    show), then where none shows there, at the size that finds faces of SMALLEST_FACE px."""
+    height, width = frame.shape[:2]
+    scales = {min(1.0, SEARCH_SIDE / min(height, width)), min(1.0, FOUND_SIDE / SMALLEST_FACE)}
+    for scale in sorted(scales):
+        boxes = _find(frame, scale, _whole(frame))
+        if len(boxes):
+            break
+    return boxes
+
+
+def _around(frame: np.ndarray | torch.Tensor, box: np.ndarray, scale: float) -> np.ndarray:
+    """Faces within FOLLOW_REACH sides of `box`, the frame looked at `scale` times its size."""
+    height, width = frame.shape[:2]
+    reach = (0.5 + FOLLOW_REACH) * _side(box)
+    centre = _centre(box)
+    x0, y0 = np.clip(np.round(centre - reach), 0, [width, height]).astype(int).tolist()
+    x1, y1 = np.clip(np.round(centre + reach), 0, [width, height]).astype(int).tolist()
+    if x1 <= x0 or y1 <= y0:
+        return np.empty((0, 4))
+    return _find(frame, scale, (x0, y0, x1, y1))
+
+
+def _nearest(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """The one of `boxes` nearest `box`, or `box` where there is none."""
+    if not len(boxes):
+        return box
+    return min(boxes, key=lambda other: link_distance(other, box))
+
+
+def _centre(box: np.ndarray) -> np.ndarray:
+    return (box[:2] + box[2:]) / 2
+
+
+def _find(frame: np.ndarray | torch.Tensor, scale: float, region: tuple[int, int, int, int]) -> np.ndarray:
+    """dlib's frontal faces in `region` (x0, y0, x1, y1) of an RGB frame looked at `scale` times its size, in
+    the frame's pixels."""
+    x0, y0, x1, y1 = region
+    grey = working_copy(frame[y0:y1, x0:x1], scale)
+    boxes = [(r.left(), r.top(), r.right() + 1, r.bottom() + 1) for r in _detector()(grey, 0)]
+    ratio = np.array([(x1 - x0) / grey.shape[1], (y1 - y0) / grey.shape[0]] * 2)
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4) * ratio + [x0, y0, x0, y0]
+
+
+def working_copy(image: np.ndarray | torch.Tensor, scale: float) -> np.ndarray:
+    """A grey uint8 copy (h, w) on the host of an RGB image (H, W, 3), `scale` times its size (at most 1).
+
+    An image in GPU memory is shrunk there, so that only the small grey copy crosses to the host.
     """
-    height, width = frames.shape[1:3]
-    scale = min(1.0, working_side / max(height, width))
+    height, width = image.shape[:2]
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    if isinstance(frames, torch.Tensor) and frames.device.type != "cpu":
-        rgb = frames.permute(0, 3, 1, 2).float()
-        if scale < 1:
+    if isinstance(image, torch.Tensor) and image.device.type != "cpu":
+        rgb = image.permute(2, 0, 1)[None].float()
+        if size != (height, width):
             rgb = F.interpolate(rgb, size=size, mode="bilinear", antialias=True, align_corners=False)
         weights = torch.tensor([0.299, 0.587, 0.114], device=rgb.device).view(1, 3, 1, 1)
-        grey = (rgb * weights).sum(dim=1).round_().clamp_(0, 255).to(torch.uint8)
-        return grey.cpu().numpy(), scale
-    greys = [cv2.cvtColor(np.asarray(frame), cv2.COLOR_RGB2GRAY) for frame in frames]
-    if scale < 1:
-        greys = [cv2.resize(grey, size[::-1], interpolation=cv2.INTER_AREA) for grey in greys]
-    return np.stack(greys), scale
+        return (rgb * weights).sum(dim=1)[0].round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+    grey = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY)
+    if size != (height, width):
+        grey = cv2.resize(grey, size[::-1], interpolation=cv2.INTER_AREA)
+    return grey
 
 
 def link_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -194,7 +296,7 @@ def _inside(start: np.ndarray, side: np.ndarray, limit: int) -> np.ndarray:
 
 def face_crops(frames: np.ndarray | torch.Tensor, settings: FaceSettings) -> FaceCrops | None:
     """The crop window of each frame of (T, H, W, 3) RGB, or None where no frame shows a face."""
-    boxes = track(detect(frames, settings.working_side))
+    boxes = track(detect(frames))
     if boxes is None:
         return None
     detected = int((~np.isnan(boxes[:, 0])).sum())

@@ -97,12 +97,17 @@ def test_features_stage_computes_each_backbone_once_and_times_its_head(bench_con
 
 def test_faces_stage_times_detection_and_the_face_build_beside_squash(face_root, bench_config, tmp_path):
     videos = [face_root / "Celeb-real/id0_0000.mp4", face_root / "Celeb-synthesis/id0_id1_0000.mp4"]
-    config = replace(bench_config, videos=videos, data_root=face_root, work=tmp_path)
-    detection, build = faces(config, Context())  # 480x320 frames: detected at their own size only
-    assert detection.measures.startswith("dlib HOG face detection, 480x320 frames at longer side 480")
+    hd = tmp_path / "hd"
+    (hd / "Celeb-real").mkdir(parents=True)
+    (hd / "Celeb-real/id0_0000.mp4").symlink_to(face_root / "Celeb-real/id3_0000.mp4")  # 1920x1080, an 87 px face
+    config = replace(bench_config, videos=videos, data_root=face_root, work=tmp_path, hd_faces=hd)
+    detection, build, hd_detection, hd_build = faces(config, Context())
+    assert detection.measures == "dlib HOG face detection as a build does, 480x320 frames, 1 thread"
     assert detection.ours.median > 0 and "a face in 16 of 16 sampled frames" in detection.note
     assert build.ours and build.baseline and "--resize squash" in build.baseline_name
-    assert build.note.startswith("8 of 8 clips with a face")
+    assert build.note.startswith("8 of 8 clips with a face") and build.measures.endswith("at 480x320")
+    assert hd_detection.measures.startswith("dlib HOG face detection as a build does, 1920x1080 frames")
+    assert hd_build.note.startswith("4 of 4 clips with a face") and hd_build.measures.endswith("at 1920x1080")
 
 
 def test_bench_run_command_writes_results(demo_root, tmp_path):

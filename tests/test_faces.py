@@ -32,6 +32,18 @@ def test_a_moving_face_is_followed_and_centred_in_every_frame(width, height):
     assert (sides == y1 - y0).all() and np.ptp(sides) <= 0.2 * sides.mean()
 
 
+@pytest.mark.parametrize("scale", [1.0, 1.7, 2.2], ids=["87px", "150px", "190px"])
+def test_a_small_face_in_a_1080p_frame_is_found_and_centred(scale):
+    """DFDC's faces: dlib boxes of 80-200 px in 1920x1080 frames, too small to be found in a frame shrunk to
+    640 px, found and followed in every frame."""
+    places = [(round(600 + 40 * t * scale), round(300 + 20 * t * scale)) for t in range(8)]  # half a side a frame
+    crops = face_crops(frames_with(places, 1920, 1080, patch=face_patch(scale)), FaceSettings())
+    assert crops is not None and crops.detected == 8
+    assert_centred(crops, places, scale)
+    sides = crops.boxes[:, 2] - crops.boxes[:, 0]
+    assert np.ptp(sides) <= 0.2 * sides.mean() and abs(sides.mean() / 1.3 - 87 * scale) <= 0.25 * 87 * scale
+
+
 def test_a_frame_without_a_face_is_none():
     assert face_crops(frames_with([(0, 0)] * 4, patch=np.full((10, 10, 3), 90, np.uint8)), FaceSettings()) is None
 
