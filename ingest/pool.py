@@ -26,7 +26,8 @@ PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: a forked work
 
 
 def threads_per_worker(workers: int) -> int:
-    """Decoder threads for each of `workers` processes, so that together they use every core once."""
+    """The cores each of `workers` processes may give its decoder's threads, so that together they use every core
+    once; the PyAV decoder uses them only for frames large enough (`ingest.decoders.decoder_threads`)."""
     return max(1, len(os.sched_getaffinity(0)) // max(workers, 1))
 
 
