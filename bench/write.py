@@ -74,7 +74,8 @@ def _creation(config: BenchConfig, suffix: str, spec: StoreSpec) -> Row:
     files = sum(1 for file in path.rglob("*") if file.is_file()) if path.is_dir() else 1
     remove(path)
     measures = f"create a store, {suffix}, {CELEB_DF_ROWS:,} rows in shards of {spec.clips_per_shard}"
-    return Row("store creation", measures, rate, note=f"{1 / rate.median:.2f} s each; {files:,} files written")
+    note = f"{1 / rate.median:.2f} s each; {files:,} file{'s' * (files != 1)} written"
+    return Row("store creation", measures, rate, note=note)
 
 
 def _interleaved(
