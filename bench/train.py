@@ -20,8 +20,10 @@ from train.augment import ClipTransform
 from train.data import BatchFeed, TimedBatches
 from train.models import MODEL_NAMES, ModelConfig, build_model
 
-# On a CPU the full setting (every model at 224 px, fp32 and bf16, 6 steps, 5 repeats) took longer than the rest of
-# the bench together: there one model is timed at full size, once, and the others at 64 px.
+# On a CPU the full setting (every model at 224 px in fp32 and bf16, 288 clips of steps each: 1,728 clips) would
+# take the whole bench past 15 minutes on 2 cores by itself: resnet18 stepped 0.31-0.33 clips/s at 224 px there
+# (RESULTS.md, 2026-11-29T22:57 and 23:18, shared cores). There one model is timed at full size, once, the
+# others at 64 px.
 CPU_FULL_SIZE_MODEL = "resnet18"
 CPU_SMALL_SIZE = 64
 
