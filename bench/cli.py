@@ -118,7 +118,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _measure(args: argparse.Namespace, root: Path, work: Path) -> int:
-    """Every stage asked for, on `root`'s videos, with the bench's stores in `work`; the results saved."""
+    """Every stage asked for, on `root`'s videos, with the bench's stores in `work`; the results saved, with the
+    seconds the whole run took (the bench's own store and videos made first included) and each stage's."""
+    started = time.perf_counter()
     from ingest.build import BuildConfig, build_cache
     from ingest.layouts import find_videos
 
@@ -141,14 +143,15 @@ def _measure(args: argparse.Namespace, root: Path, work: Path) -> int:
         demo_set=demo_set(DEMO_FOLDER) if "ingest" in args.stages else None,
         hd_faces=hd_faces(DEMO_FOLDER) if "faces" in args.stages else None,
     )
-    started = time.perf_counter()
-    rows = run_stages(config, args.stages)
+    rows, seconds = run_stages(config, args.stages)
     data = str(root) if needs_videos(args.stages) else "none (the stages make their own)"
+    took = ", ".join(f"{name} {s:.0f}" for name, s in seconds.items())
     settings = {"data": data, "videos": len(videos), "repeat": repeat, "quick": args.quick}
+    settings["seconds"] = f"{time.perf_counter() - started:.0f} in all ({took})"
     path, record = save(rows, args.out, settings)
     append_markdown(rows, record, args.markdown)
     print(table(rows))
-    print(f"\n{path}; appended to {args.markdown} ({time.perf_counter() - started:.0f} s)")
+    print(f"\n{path}; appended to {args.markdown} ({settings['seconds']} s)")
     return 0
 
 

@@ -9,7 +9,7 @@ import torch
 
 from bench.context import BenchConfig, Context
 from bench.timing import Rate, Row
-from bench.train import train_rates
+from bench.train import CPU_SMALL_SIZE, train_rates, train_setting
 from cache.features import FeatureDataset
 from train.data import BatchFeed
 from train.features import FeatureConfig, compute_features, model_for_features
@@ -20,7 +20,11 @@ from train.models import TIMM_BACKBONES
 def features(config: BenchConfig, context: Context) -> list[Row]:
     """The feature cache: computing it once, then a training step of the head alone beside the full model's."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    size = 64 if config.quick else config.size
+    trained = train_setting(config, device)
+    # A CPU computes 512 clips' features at 224 px in about 20 minutes: it computes them at the size of a small
+    # model of the train stage, and says so.
+    cpu_sized = device.type == "cpu" and not config.quick
+    size = CPU_SMALL_SIZE if cpu_sized or config.quick else config.size
     steps = 20 if config.quick else 100
     rows = []
     for name, backbone in TIMM_BACKBONES.items():
@@ -32,14 +36,15 @@ def features(config: BenchConfig, context: Context) -> list[Row]:
                 "feature cache",
                 f"{backbone}, compute once, {len(dataset)} clips at {size}px, {device.type}",
                 Rate.of_seconds((time.perf_counter() - started) / len(dataset), "clips/s"),
-                note="one run, not repeated: the second finds every clip done",
+                note="one run, not repeated: the second finds every clip done"
+                + (f"; cpu-sized: at {size}px, not {config.size}px" if cpu_sized else ""),
             )
         )
         head = model_for_features(spec, dropout=0.5).head.to(device)
         optimizer = torch.optim.Adam(head.parameters(), lr=1e-4)
         # Features in memory are read in the training thread, as the trainer reads them.
         fed, waited, _ = train_rates(
-            head, optimizer, BatchFeed(dataset, 4, device=device), as_float, "fp32", steps, config
+            head, optimizer, BatchFeed(dataset, 4, device=device), as_float, "fp32", steps, config.repeat
         )
         rows.append(
             Row(
@@ -47,7 +52,7 @@ def features(config: BenchConfig, context: Context) -> list[Row]:
                 f"{name}'s head, fp32, batch 4 x {config.frames} frames, {device.type}",
                 fed,
                 context.rates.get(f"train/{name}/fp32"),
-                f"the whole {name}'s step on clips at {size}px (train stage)",
+                f"the whole {name}'s step on clips at {trained.sizes[name]}px (train stage)",
                 note=f"data stall: {100 * waited:.1f}% of the step waiting for data",
             )
         )

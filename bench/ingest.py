@@ -15,8 +15,10 @@ from bench.stores import remove
 from bench.timing import MB, Rate, Row, taking_turns
 from cache import open_store
 from ingest.build import BuildConfig, build_cache
-from ingest.decoders import GPU_DECODERS, available
+from ingest.decoders import GPU_DECODERS, available, decoder_threads
+from ingest.demux import probe_video
 from ingest.layouts import find_videos
+from ingest.pool import threads_per_worker
 
 INGEST_NOTE = "includes discovery, process start-up and the store's creation"
 
@@ -33,7 +35,8 @@ def ingest(config: BenchConfig, context: Context) -> list[Row]:
 
 
 def _ingest_scaling(config: BenchConfig, root: Path, one_process: Rate | None) -> list[Row]:
-    """One worker held to one core, one worker free to use every core (decoder threads), and a worker per core.
+    """One worker held to one core, one worker free to use every core (decoder threads where its frames are large
+    enough for them to pay), and a worker per core.
 
     How `build-cache` scales with cores is the last's rate over the one-core rate times the workers: a single
     worker's decoder threads already use more than one core, so its own rate is no measure of one core.
@@ -61,7 +64,7 @@ def _ingest_scaling(config: BenchConfig, root: Path, one_process: Rate | None) -
         rows.append(
             Row(
                 "ingest end to end",
-                f"build-cache, 1 worker, {cores} decoder threads, pyav, {videos}",
+                f"build-cache, 1 worker, {default_threads(root)}, pyav, {videos}",
                 rates["one worker"],
                 note=INGEST_NOTE,
             )
@@ -134,6 +137,13 @@ def _one_core(work: Callable[[], float]) -> float:
     finally:
         os.sched_setaffinity(0, cpus)
         torch.set_num_threads(threads)
+
+
+def default_threads(root: Path) -> str:
+    """The decoder threads a build of one worker uses by default on the frames of `root`'s first video."""
+    probe = probe_video(str(root / find_videos(root)["path"].iloc[0]))
+    threads = decoder_threads(threads_per_worker(1), probe.width * probe.height)
+    return f"{threads} decoder thread{'s' * (threads > 1)} (the default at {probe.width}x{probe.height})"
 
 
 def videos_of(root: Path) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from tqdm import tqdm
 
 from bench.context import BenchConfig, Context
@@ -35,11 +37,15 @@ STAGES = tuple(RUNNERS)
 WITHOUT_VIDEOS = ("scan",)  # stages that make their own input: they need no --data or --demo
 
 
-def run_stages(config: BenchConfig, stages: list[str]) -> list[Row]:
+def run_stages(config: BenchConfig, stages: list[str]) -> tuple[list[Row], dict[str, float]]:
+    """Every stage's rows, and the seconds each took: what a whole run costs is part of its record."""
     context = Context()
     rows: list[Row] = []
+    seconds: dict[str, float] = {}
     bar = tqdm(stages, unit="stage", desc="bench")
     for name in bar:
         bar.set_postfix(stage=name)
+        started = time.perf_counter()
         rows.extend(RUNNERS[name](config, context))
-    return rows
+        seconds[name] = time.perf_counter() - started
+    return rows, seconds

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,32 +20,62 @@ from train.augment import ClipTransform
 from train.data import BatchFeed, TimedBatches
 from train.models import MODEL_NAMES, ModelConfig, build_model
 
+# On a CPU the full setting (every model at 224 px in fp32 and bf16, 288 clips of steps each: 1,728 clips) would
+# take the whole bench past 15 minutes on 2 cores by itself: resnet18 stepped 0.31-0.33 clips/s at 224 px there
+# (RESULTS.md, 2026-11-29T22:57 and 23:18, shared cores). There one model is timed at full size, once, the
+# others at 64 px.
+CPU_FULL_SIZE_MODEL = "resnet18"
+CPU_SMALL_SIZE = 64
+
+
+@dataclass(frozen=True)
+class TrainSetting:
+    """What the train stage times: each model's frame size, steps per timed epoch, precisions and repeats, and the
+    words its rows say where that is less than the full setting."""
+
+    sizes: dict[str, int]
+    steps: int
+    precisions: tuple[str, ...]
+    repeat: int
+    note: str = ""
+
+
+def train_setting(config: BenchConfig, device: torch.device) -> TrainSetting:
+    """On a GPU, 50 steps of bf16 at full size, enough for the data stall to show; on a CPU, the CPU-sized one."""
+    if config.quick:
+        return TrainSetting(dict.fromkeys(MODEL_NAMES, 64), 2, ("fp32",), config.repeat)
+    if device.type == "cuda":
+        return TrainSetting(dict.fromkeys(MODEL_NAMES, config.size), 50, ("bf16",), config.repeat)
+    sizes = {name: config.size if name == CPU_FULL_SIZE_MODEL else CPU_SMALL_SIZE for name in MODEL_NAMES}
+    note = f"cpu-sized: {CPU_FULL_SIZE_MODEL} at {config.size}px, others at {CPU_SMALL_SIZE}px, fp32, 3 steps, 1 repeat"
+    return TrainSetting(sizes, 3, ("fp32",), 1, note)
+
 
 def train(config: BenchConfig, context: Context) -> list[Row]:
     """clips/s of a training step fed by the trainer's feed, beside the same step on a batch already there."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    size = 64 if config.quick else config.size
-    steps, precisions = _train_settings(config, device)
+    setting = train_setting(config, device)
     dataset = ClipDataset(config.cache, "train")
-    transform = ClipTransform(train=True, seed=0, size=size)
     rows = []
     for name in MODEL_NAMES:
+        size = setting.sizes[name]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = build_model(ModelConfig(name)).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        for precision in precisions:
+        for precision in setting.precisions:
             fed, waited, resident = train_rates(
                 model,
                 optimizer,
                 BatchFeed(dataset, 4, device=device, threads=TRAINER_THREADS),
-                transform,
+                ClipTransform(train=True, seed=0, size=size),
                 precision,
-                steps,
-                config,
+                setting.steps,
+                setting.repeat,
             )
             context.rates[f"train/{name}/{precision}"] = fed
+            stall = f"data stall: {100 * waited:.1f}% of the step waiting for data"
             rows.append(
                 Row(
                     "train step",
@@ -52,20 +83,13 @@ def train(config: BenchConfig, context: Context) -> list[Row]:
                     fed,
                     limit=resident,
                     limit_name="the same step on a batch already on the device",
-                    note=f"data stall: {100 * waited:.1f}% of the step waiting for data",
+                    note="; ".join(filter(None, [stall, setting.note])),
                 )
             )
     return rows
 
 
-def _train_settings(config: BenchConfig, device: torch.device) -> tuple[int, list[str]]:
-    """Steps per timed epoch and precisions: on a GPU, 50 steps of bf16, enough for the data stall to show."""
-    if config.quick:
-        return 2, ["fp32"]
-    return (50, ["bf16"]) if device.type == "cuda" else (6, ["fp32", "bf16"])
-
-
-def train_rates(model, optimizer, feed: BatchFeed, transform, precision: str, steps: int, config: BenchConfig):
+def train_rates(model, optimizer, feed: BatchFeed, transform, precision: str, steps: int, repeat: int):
     """The step fed by the trainer's feed (rate and data stall), and the same step on one batch kept on the device."""
     device = feed.device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -96,7 +120,7 @@ def train_rates(model, optimizer, feed: BatchFeed, transform, precision: str, st
         return clips_seen
 
     model.train()
-    fed_rate = Rate.measure(fed, config.repeat, "clips/s")
+    fed_rate = Rate.measure(fed, repeat, "clips/s")
     clips, labels, _ = (t.clone() for t in next(iter(feed)))
 
     def resident() -> float:
@@ -105,7 +129,7 @@ def train_rates(model, optimizer, feed: BatchFeed, transform, precision: str, st
         _sync(device)
         return steps * len(labels)
 
-    resident_rate = Rate.measure(resident, config.repeat, "clips/s")
+    resident_rate = Rate.measure(resident, repeat, "clips/s")
     stalls = np.array(waits[1:]) / np.array(totals[1:])  # the first epoch is Rate.measure's warm-up
     return fed_rate, float(np.median(stalls)), resident_rate
 

@@ -55,7 +55,27 @@ def write(config: BenchConfig, context: Context) -> list[Row]:
         rows.append(
             Row("store write", measures, rates[suffix], limit=rates["plain"], limit_name="plain file writes", note=note)
         )
-    return rows
+    return rows + [_creation(config, suffix, spec) for suffix in ("zarr", "h5")]
+
+
+CELEB_DF_ROWS = 6529  # Celeb-DF v2's videos: 590 real, 5,639 fake, 300 YouTube-real
+
+
+def _creation(config: BenchConfig, suffix: str, spec: StoreSpec) -> Row:
+    """Creating the store of a Celeb-DF-sized build, all rows pending: what a build does before it decodes."""
+    path, table = config.work / f"create.{suffix}", _table(CELEB_DF_ROWS)
+
+    def create() -> float:
+        remove(path)
+        create_store(path, table, spec)
+        return 1
+
+    rate = Rate.measure(create, config.repeat, "stores/s")
+    files = sum(1 for file in path.rglob("*") if file.is_file()) if path.is_dir() else 1
+    remove(path)
+    measures = f"create a store, {suffix}, {CELEB_DF_ROWS:,} rows in shards of {spec.clips_per_shard}"
+    note = f"{1 / rate.median:.2f} s each; {files:,} file{'s' * (files != 1)} written"
+    return Row("store creation", measures, rate, note=note)
 
 
 def _interleaved(

@@ -111,10 +111,10 @@ def _create_zarr(path: Path, table: pd.DataFrame, spec: StoreSpec, dataset: dict
     )
     for name, values in _initial_arrays(table, spec).items():
         dtype = str if values.dtype.kind == "U" else values.dtype
-        array = root.create_array(
-            name, shape=values.shape, dtype=dtype, chunks=(k, *values.shape[1:]), fill_value=_fill(values)
-        )
-        array[...] = values
+        fill = _fill(values)
+        array = root.create_array(name, shape=values.shape, dtype=dtype, chunks=(k, *values.shape[1:]), fill_value=fill)
+        if not (values == fill).all():  # zarr would encode every chunk of fill values to write none of them
+            array[...] = values
 
 
 def _fill(values: np.ndarray):

@@ -21,6 +21,21 @@ from ingest.demux import Packets, good_packets, read_packets, video_stream
 from ingest.frames import sample_indices
 from ingest.gpu_decoders import STAND_INS, GpuDecoder, gpu_unavailable, make_gpu_decoder
 
+# Frames of fewer pixels than 1280x720 decode in one thread (FFmpeg's slice threads: one slice under x264's
+# defaults), however many cores a worker has: frame threads give each thread a decoder context per video and hold
+# frames back in their pipeline, which small frames do not repay. Measured 2026-11-29 on 2 shared cores, decode_row
+# (16 frames to 224 px) with 2 threads over 1, alternating video by video (median, min-max of 3 rounds): 320x180
+# 1.03 (1.01-1.12), 640x360 1.01 (0.98-1.43), 942x500 of 48 frames 1.00 (0.97-1.26), of 400 frames 0.97
+# (0.92-0.97), 1280x720 1.44 (1.17-1.60), 1920x1080 1.19 (1.14-1.23); and bench rows of RESULTS.md: build-cache
+# with 1 worker and 2 threads at 0.64-0.97 of 1 worker pinned to 1 core on the 320x180 demo set.
+FRAME_THREADS_FROM_PIXELS = 1280 * 720
+
+
+def decoder_threads(cores: int, pixels: int) -> int:
+    """Threads for decoding frames of `pixels` pixels with `cores` cores to oneself (0: FFmpeg's own choice):
+    more than one only for frames large enough for frame threads to pay."""
+    return cores if pixels >= FRAME_THREADS_FROM_PIXELS else 1
+
 
 class PyAVDecoder:
     """FFmpeg through PyAV, decoding only what the sampled frames need.
@@ -45,11 +60,12 @@ class PyAVDecoder:
             if probe.frames == 0:
                 raise DecodeError("the video stream has no frames")
             indices = sample_indices(probe.frames, count)
+            threads = decoder_threads(self.threads, probe.width * probe.height)
             if packets is not None:
-                frames = self._pick_by_timestamp(path, packets, np.sort(packets.pts)[indices])
+                frames = self._pick_by_timestamp(path, packets, np.sort(packets.pts)[indices], threads)
                 if frames is not None:
                     return DecodedClip(np.stack(frames), indices, probe)
-            frames, decoded = self._pick_in_order(path, indices, self.threads)
+            frames, decoded = self._pick_in_order(path, indices, threads)
             if decoded <= indices[-1]:
                 # Fewer frames decode than the packets promised. Frame threads may drop a different
                 # number of frames near damage on each pass, so count and pick again in one thread.
@@ -71,7 +87,9 @@ class PyAVDecoder:
         stream.codec_context.thread_count = threads
         return stream
 
-    def _pick_by_timestamp(self, path: str, packets: Packets, wanted: np.ndarray) -> list[np.ndarray] | None:
+    def _pick_by_timestamp(
+        self, path: str, packets: Packets, wanted: np.ndarray, threads: int
+    ) -> list[np.ndarray] | None:
         """RGB frames with the `wanted` timestamps (repeats kept); None if one of them never decodes, or
         a group of pictures fed after a gap does not start with a real keyframe."""
         import av
@@ -82,7 +100,7 @@ class PyAVDecoder:
         last = int(packets.pts[np.flatnonzero(fed)[-1]])
         picker = _Picker(needed)
         with av.open(path) as container:
-            stream = self._open(container, self.threads)
+            stream = self._open(container, threads)
             context = stream.codec_context
             sent = gap = False
             try:

@@ -25,7 +25,8 @@ CRASHED = "the decoder crashed: its process died on this video"
 
 
 def threads_per_worker(workers: int) -> int:
-    """Decoder threads for each of `workers` processes, so that together they use every core once."""
+    """The cores each of `workers` processes may give its decoder's threads, so that together they use every core
+    once; the PyAV decoder uses them only for frames large enough (`ingest.decoders.decoder_threads`)."""
     return max(1, len(os.sched_getaffinity(0)) // max(workers, 1))
 
 

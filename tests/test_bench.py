@@ -5,6 +5,7 @@ import os
 from dataclasses import replace
 
 import pytest
+import torch
 from conftest import encode_numbered, run_cli
 
 from bench import scan as bench_scan
@@ -16,6 +17,7 @@ from bench.read import read
 from bench.results import append_markdown, latest, plot, save, table
 from bench.stores import replicate
 from bench.timing import Rate, Row, skipped
+from bench.train import train_setting
 from cache import open_store
 from ingest.layouts import find_videos
 
@@ -93,6 +95,17 @@ def test_features_stage_computes_each_backbone_once_and_times_its_head(bench_con
     assert [row.stage for row in rows] == ["feature cache", "train step from features"] * 2
     assert all(row.ours and row.ours.median > 0 for row in rows)
     assert {row.measures.split(",")[0] for row in rows[::2]} == {"resnet18", "efficientnet_b0"}
+
+
+def test_train_stage_runs_a_cpu_sized_setting_on_a_cpu_and_says_so_and_the_full_one_on_a_gpu(bench_config):
+    full = replace(bench_config, quick=False, size=224, repeat=5)
+    cpu = train_setting(full, torch.device("cpu"))
+    assert cpu.sizes == {"simple_cnn": 64, "resnet18": 224, "effnet_lstm": 64} and cpu.repeat == 1
+    assert cpu.note == "cpu-sized: resnet18 at 224px, others at 64px, fp32, 3 steps, 1 repeat"
+    gpu = train_setting(full, torch.device("cuda"))
+    assert set(gpu.sizes.values()) == {224} and gpu.repeat == 5 and gpu.precisions == ("bf16",) and not gpu.note
+    quick = train_setting(bench_config, torch.device("cpu"))
+    assert set(quick.sizes.values()) == {64} and not quick.note
 
 
 def test_faces_stage_times_detection_and_the_face_build_beside_squash(face_root, bench_config, tmp_path):

@@ -16,11 +16,13 @@ from conftest import (
 from ingest import decoders
 from ingest.decoders import (
     CPU_DECODERS,
+    FRAME_THREADS_FROM_PIXELS,
     GPU_DECODERS,
     PyAVDecoder,
     _feed_mask,
     available,
     choose,
+    decoder_threads,
     make_decoder,
     resolve,
 )
@@ -238,3 +240,10 @@ def test_keyframe_flags_that_lie_are_caught_and_decoded_frame_by_frame(tmp_path,
     monkeypatch.setattr(decoders, "read_packets", lying)
     clip = PyAVDecoder(1).decode(str(path), 16)
     assert [read_number(frame) for frame in clip.frames] == sample_indices(200, 16).tolist()
+
+
+def test_frames_smaller_than_the_crossover_decode_in_one_thread_whatever_the_cores():
+    assert decoder_threads(2, 320 * 180) == decoder_threads(16, 942 * 500) == 1
+    assert decoder_threads(8, FRAME_THREADS_FROM_PIXELS - 1) == 1
+    assert decoder_threads(2, 1920 * 1080) == 2 and decoder_threads(0, FRAME_THREADS_FROM_PIXELS) == 0
+    assert decoder_threads(1, 1920 * 1080) == 1, "a worker with one core of its own: one thread"

@@ -14,7 +14,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 
 from cache import StoreError, open_store
 from cache.dataset import ClipDataset
-from cache.schema import FAILED, OK, StoreSpec
+from cache.schema import FAILED, OK, PENDING, StoreSpec
 from cache.shards import ShardLayout, replace_file
 from cache.writer import ShardResult, StoreWriter, create_store
 
@@ -193,6 +193,28 @@ def test_zarr_reads_every_array_of_a_directly_written_store_without_warnings(wri
     assert np.signbit(values["probe/fps"]).tolist() == [False] * 4 + [True] + [False] * 2
     with open_store(path) as store:
         assert (store.read(range(7)) == clips).all()
+
+
+def test_a_new_store_has_chunk_files_only_for_arrays_of_values_other_than_their_fill(tmp_path):
+    """Creating a store writes the table's columns and nothing for the arrays every row starts at the fill value
+    of; those read as their fill, and the store's shards written afterwards verify."""
+    path = tmp_path / "new.zarr"
+    table = small_table(7).assign(label=[0, 1, 0, 1, 0, 1, 0], group=[f"g{i}" for i in range(7)])
+    create_store(path, table, StoreSpec(frames=2, size=8, clips_per_shard=3))
+    chunked = {name.rpartition("/c/")[0] for name in store_files(path) if "/c/" in name}
+    assert chunked == {"label", "path", "group"}, "split is all 0, its fill value: no file"
+    group = zarr.open_group(path, mode="r")
+    assert group["label"][...].tolist() == table["label"].tolist() and (group["split"][...] == 0).all()
+    assert group["path"][...].tolist() == table["path"].tolist()
+    assert (group["status"][...] == PENDING).all() and set(group["error"][...].tolist()) == {""}
+    assert (group["frame_index"][...] == -1).all() and group["face_box"][...].shape == (7, 2, 4)
+    assert (group["face_box"][...] == -1).all() and (group["face_detected"][...] == -1).all()
+    assert set(group["probe/codec"][...].tolist()) == {""} and not group["probe/width"][...].any()
+    clips = np.random.default_rng(2).integers(1, 256, (7, 2, 8, 8, 3), dtype=np.uint8)
+    with StoreWriter(path) as writer:
+        for shard in shards_of(clips, 3):
+            writer.write_shard(shard)
+    assert "7 ok clips read, 0 problems" in run_cli("cache", "verify", str(path)).stdout
 
 
 @pytest.mark.parametrize("checksum", [True, False])
