@@ -9,9 +9,10 @@ import textwrap
 import time
 from pathlib import Path
 
+from cache.bucket import store_location
 from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
-from cache.schema import PENDING
-from cache.store import open_store
+from cache.schema import PENDING, StoreError
+from cache.store import open_store, store_exists
 from ingest.build import BuildConfig, build_cache
 from ingest.decoders import DECODERS
 from ingest.demo import DEMO_LAYOUTS, DemoSpec, make_demo
@@ -46,7 +47,12 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_layout_arguments(build)
-    build.add_argument("--out", type=Path, required=True, help="the store to write: NAME.zarr or NAME.h5")
+    build.add_argument(
+        "--out",
+        type=store_location,
+        required=True,
+        help="the store to write: NAME.zarr, NAME.h5 or s3://BUCKET/PATH/NAME.zarr",
+    )
     build.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
     build.add_argument("--size", type=int, default=224, help="frames are resized to SIZE x SIZE (default 224)")
     build.add_argument(
@@ -192,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "scan":
             return _scan(args)
         return _build(args)
-    except UsageError as error:
+    except (UsageError, StoreError) as error:
         print(f"ingest: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:
@@ -214,7 +220,7 @@ def _kept(args: argparse.Namespace, first: str = "") -> str:
         return "nothing written" if not args.csv else f"{args.csv} may be part written: run scan again"
     if args.command == "make-demo":
         return f"{args.out} holds part of the demo set; {first}remove it and run make-demo again"
-    if not args.out.exists():
+    if not store_exists(args.out):
         return f"nothing written ({args.out} was not created yet)"
     with open_store(args.out) as store:
         stored, total = int((store.status != PENDING).sum()), len(store)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -419,3 +422,67 @@ def seed_root(tmp_path_factory, tiny_videos) -> Path:
     names = [f"Celeb-Real/id{i}_0000.mp4" for i in range(3)] + [f"Celeb-Fake/id{i}_id9_0000.mp4" for i in range(3)]
     place(root, tiny_videos, *names, "Testing/x.mp4")
     return root
+
+
+class CountingApp:
+    """The S3 server's WSGI app, counting the requests it answers by method and key."""
+
+    def __init__(self, app):
+        self.app = app
+        self.requests: list[tuple[str, str]] = []
+
+    def __call__(self, environ, start_response):
+        self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+        return self.app(environ, start_response)
+
+    def count(self, method: str, part: str = "") -> int:
+        return sum(1 for m, path in self.requests if m == method and part in path)
+
+
+AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    app: CountingApp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> S3Server:
+    """A real S3-compatible server (moto's) on 127.0.0.1 for the whole session; the AWS_* variables point every
+    client at it, in this process and in the commands it starts."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    app = CountingApp(server._server.app)  # the werkzeug server's app, wrapped to count what clients ask
+    server._server.app = app
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {name: os.environ.get(name) for name in [*AWS_TEST_ENV, "AWS_ENDPOINT_URL"]}
+    os.environ.update({**AWS_TEST_ENV, "AWS_ENDPOINT_URL": endpoint})
+    yield S3Server(endpoint, app)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server, tmp_path, monkeypatch) -> str:
+    """A new empty bucket, `s3://NAME`, and a shard cache of this test's own."""
+    import boto3
+
+    name = f"clips-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server.endpoint).create_bucket(Bucket=name)
+    monkeypatch.setenv("CLIPCACHE_CACHE_DIR", str(tmp_path / "shard-cache"))
+    return f"s3://{name}"

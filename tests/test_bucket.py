@@ -1,0 +1,161 @@
+"""Stores in a bucket: built into, resumed in and read from a real S3 server (moto's, on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+import zarr
+
+from cache.bucket import BucketLock
+from cache.lock import StoreLocked
+from cache.schema import OK, PENDING, StoreError
+from cache.store import open_store
+from tests.conftest import build_args, run_cli
+
+TINY = (  # the options of conftest's tiny_cache, a local build of the same videos
+    "--workers",
+    "1",
+    "--frames",
+    "4",
+    "--size",
+    "32",
+)
+
+
+def arrays(group: zarr.Group) -> dict[str, np.ndarray]:
+    return {name: np.asarray(array[...]) for name, array in group.arrays()} | {
+        f"probe/{name}": np.asarray(array[...]) for name, array in group["probe"].arrays()
+    }
+
+
+def test_a_store_built_into_a_bucket_equals_a_local_build(demo_root, bucket, tiny_cache):
+    url = f"{bucket}/stores/tiny.zarr"
+    result = run_cli(*build_args(demo_root, url, *TINY))
+    assert f"{url}: " in result.stdout
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        remote = zarr.open_group(zarr.storage.ObjectStore(open_store(url).files.store, read_only=True), mode="r")
+        here = zarr.open_group(tiny_cache, mode="r")
+        ours, theirs = arrays(remote), arrays(here)
+    assert sorted(ours) == sorted(theirs)
+    for name in theirs:
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+    with open_store(url) as store, open_store(tiny_cache) as twin:
+        rows = twin.rows()
+        np.testing.assert_array_equal(store.read(rows), twin.read(rows))
+
+
+def bucket_status(url: str) -> np.ndarray | None:
+    """The store's `status` as the bucket holds it now; None before the store exists."""
+    try:
+        with open_store(url) as store:
+            return store.status
+    except StoreError:
+        return None
+
+
+def assert_same_as(url: str, reference) -> None:
+    with open_store(url) as store, open_store(reference) as twin:
+        for name in ("status", "label", "split", "path", "error", "frame_index", "decoder"):
+            np.testing.assert_array_equal(getattr(store, name), getattr(twin, name), err_msg=name)
+        np.testing.assert_array_equal(store.read(twin.rows()), twin.read(twin.rows()))
+
+
+@pytest.mark.slow
+def test_a_build_killed_mid_way_into_a_bucket_resumes_to_the_same_store(demo_root, bucket, tiny_cache):
+    url = f"{bucket}/killed.zarr"
+    args = build_args(demo_root, url, *TINY, "--clips-per-shard", "2")
+    process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            status = bucket_status(url)
+            if status is not None and (status == OK).any() and (status == PENDING).any():
+                process.kill()
+                break
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, "the build ended before it could be killed"
+    pending = int((bucket_status(url) == PENDING).sum())
+    result = run_cli(*args, "--resume")
+    assert f"{pending} videos decoded" in result.stdout
+    assert f"took over the lock of {url} from process {process.pid}" in result.stdout
+    assert_same_as(url, tiny_cache)
+
+
+@pytest.mark.slow
+def test_two_ranks_build_one_store_in_a_bucket(demo_root, bucket, tiny_cache):
+    url = f"{bucket}/ranks.zarr"
+    launch = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m"]
+    result = run_cli(*launch, *build_args(demo_root, url, *TINY, "--clips-per-shard", "4"))
+    assert result.stdout.count("videos decoded") == 1
+    with open_store(url) as store:
+        assert store.spec.clips_per_shard == 4 and (store.status != PENDING).all()
+    with open_store(url) as store, open_store(tiny_cache) as twin:
+        np.testing.assert_array_equal(store.status, twin.status)
+        np.testing.assert_array_equal(store.read(twin.rows()), twin.read(twin.rows()))
+
+
+HOLD = (
+    "import sys; from cache.bucket import BucketLock; lock = BucketLock(sys.argv[1]); lock.acquire(); "
+    "print('held', flush=True); sys.stdin.read(); lock.release()"
+)
+
+
+@pytest.fixture
+def holder(bucket):
+    """Another process holding the lock of BUCKET/s.zarr until its stdin closes."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD, f"{bucket}/s.zarr"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout.readline() == "held\n"
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_the_bucket_lock_refuses_a_second_holder_and_frees_on_release(bucket, holder):
+    with pytest.raises(StoreLocked, match=f"s.zarr is being written by process {holder.pid} on "):
+        BucketLock(f"{bucket}/s.zarr").acquire()
+    holder.communicate("")
+    lock = BucketLock(f"{bucket}/s.zarr")
+    lock.acquire()
+    assert lock.taken_over is None
+    lock.release()
+
+
+def test_the_bucket_lock_of_a_killed_holder_is_taken_over_and_named(bucket, holder):
+    holder.kill()
+    holder.wait()
+    lock = BucketLock(f"{bucket}/s.zarr")
+    lock.acquire()
+    assert lock.taken_over is not None and lock.taken_over.pid == holder.pid
+    with pytest.raises(StoreLocked, match=f"by process {os.getpid()} on "):
+        BucketLock(f"{bucket}/s.zarr").acquire()
+    lock.release()
+
+
+def test_a_stale_lock_of_another_host_is_taken_over(bucket, monkeypatch):
+    """A build killed on another machine leaves a lock nobody rewrites: after STALE seconds it is free."""
+    first = BucketLock(f"{bucket}/s.zarr")
+    first.acquire()
+    first._stop.set()  # the holder's machine dies: no more heartbeats, and its lock stays
+    monkeypatch.setattr(socket, "gethostname", lambda: "another-node")
+    with pytest.raises(StoreLocked):
+        BucketLock(f"{bucket}/s.zarr").acquire()
+    monkeypatch.setattr(BucketLock, "STALE", 0.0)
+    second = BucketLock(f"{bucket}/s.zarr")
+    second.acquire()
+    assert second.taken_over.host != "another-node"
+    second.release()
