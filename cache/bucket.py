@@ -13,6 +13,7 @@ boto3). Requests that fail for the network are retried a few times; after that a
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import json
@@ -66,12 +67,28 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _UNITS[match[2].upper()])
 
 
+def add_cache_options(parser: argparse.ArgumentParser) -> None:
+    """`--cache-dir` and `--cache-limit`, for every command that reads a store (they matter for s3:// stores)."""
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help=f"local folder for the shards of s3:// stores (default ${CACHE_DIR_ENV} or {DEFAULT_CACHE_DIR})",
+    )
+    parser.add_argument(
+        "--cache-limit",
+        help=f"most bytes the shard cache keeps, least recently read out first (default ${CACHE_LIMIT_ENV} or 50G)",
+    )
+
+
 def configure_cache(folder: str | Path | None = None, limit: str | None = None) -> None:
     """Set the shard cache every store opened from now on uses, in this process and those it starts."""
     if folder is not None:
         os.environ[CACHE_DIR_ENV] = str(Path(folder).expanduser().resolve())
     if limit is not None:
-        parse_size(limit)
+        try:
+            parse_size(limit)
+        except ValueError as error:
+            raise StoreError(f"--cache-limit: {error}") from None
         os.environ[CACHE_LIMIT_ENV] = limit
 
 
@@ -200,6 +217,13 @@ class Bucket:
             obstore.delete(self.store, key)
         except FileNotFoundError:
             pass
+        except BaseError as error:
+            raise self._unreachable(error) from None
+
+    def size(self) -> int:
+        """Bytes of every object of the store."""
+        try:
+            return sum(meta["size"] for page in obstore.list(self.store) for meta in page)
         except BaseError as error:
             raise self._unreachable(error) from None
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from cache.bucket import store_location
 from cache.schema import StoreError
 from cache.store import ClipStore, open_store
 
@@ -84,7 +85,7 @@ class ClipDataset(PhasedItems, Dataset):
     def __init__(
         self, store_path: str | Path, split: str | None = None, with_rows: bool = False, clip_frames: int | None = None
     ):
-        self.store_path = Path(store_path)
+        self.store_path = store_location(store_path)
         self.split = split
         self.with_rows = with_rows
         with open_store(self.store_path) as store:

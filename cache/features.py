@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cache.bucket import store_location
 from cache.dataset import PhasedItems, Phases
 from cache.schema import StoreError
 from cache.store import StoreHandle, attr_value, open_store
@@ -117,7 +118,7 @@ class FeatureDataset(PhasedItems, Dataset):
     """
 
     def __init__(self, store_path: str | Path, entry: str, split: str | None = None, clip_frames: int | None = None):
-        self.store_path = Path(store_path)
+        self.store_path = store_location(store_path)
         with open_store(self.store_path) as store:
             entries = feature_entries(store)
             if entry not in entries:

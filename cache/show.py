@@ -6,6 +6,8 @@ same row one above the other: the before and after of a preprocessing choice.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -44,7 +46,7 @@ def _same_video(stores: list[ClipStore], row: int) -> str:
 
 def _caption(store: ClipStore, row: int) -> str:
     spec = store.spec
-    caption = f"{store.location.name}: --resize {spec.resize}, {spec.size}x{spec.size}"
+    caption = f"{Path(str(store.location)).name}: --resize {spec.resize}, {spec.size}x{spec.size}"
     if spec.resize == "face":
         detected = int(store.face_detected[row])
         caption += f", face detected in {detected} of {spec.frames} frames" if detected else ", no face: squashed"

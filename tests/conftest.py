@@ -477,12 +477,17 @@ def s3_server() -> S3Server:
     server.stop()
 
 
-@pytest.fixture
-def bucket(s3_server, tmp_path, monkeypatch) -> str:
-    """A new empty bucket, `s3://NAME`, and a shard cache of this test's own."""
+def new_bucket(server: S3Server) -> str:
+    """A new empty bucket on `server`: `s3://NAME`."""
     import boto3
 
     name = f"clips-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_server.endpoint).create_bucket(Bucket=name)
-    monkeypatch.setenv("CLIPCACHE_CACHE_DIR", str(tmp_path / "shard-cache"))
+    boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def bucket(s3_server, tmp_path, monkeypatch) -> str:
+    """A new empty bucket, `s3://NAME`, and a shard cache of this test's own."""
+    monkeypatch.setenv("CLIPCACHE_CACHE_DIR", str(tmp_path / "shard-cache"))
+    return new_bucket(s3_server)

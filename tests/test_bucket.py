@@ -9,16 +9,18 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 
 from cache.bucket import BucketLock
+from cache.cli import main as cache_main
 from cache.lock import StoreLocked
 from cache.schema import OK, PENDING, StoreError
 from cache.store import open_store
-from tests.conftest import build_args, run_cli
+from tests.conftest import build_args, new_bucket, run_cli
 
 TINY = (  # the options of conftest's tiny_cache, a local build of the same videos
     "--workers",
@@ -36,10 +38,24 @@ def arrays(group: zarr.Group) -> dict[str, np.ndarray]:
     }
 
 
-def test_a_store_built_into_a_bucket_equals_a_local_build(demo_root, bucket, tiny_cache):
-    url = f"{bucket}/stores/tiny.zarr"
+@pytest.fixture(scope="module")
+def built(s3_server, demo_root) -> str:
+    """The tiny store built into a bucket of its own, once for the module: its URL."""
+    url = f"{new_bucket(s3_server)}/stores/tiny.zarr"
     result = run_cli(*build_args(demo_root, url, *TINY))
-    assert f"{url}: " in result.stdout
+    assert f"{url}: 14 ok, 0 failed, 0 pending" in result.stdout
+    return url
+
+
+@pytest.fixture
+def shard_cache(tmp_path, monkeypatch) -> Path:
+    folder = tmp_path / "shard-cache"
+    monkeypatch.setenv("CLIPCACHE_CACHE_DIR", str(folder))
+    return folder
+
+
+def test_a_store_built_into_a_bucket_equals_a_local_build(built, shard_cache, tiny_cache):
+    url = built
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         remote = zarr.open_group(zarr.storage.ObjectStore(open_store(url).files.store, read_only=True), mode="r")
@@ -159,3 +175,22 @@ def test_a_stale_lock_of_another_host_is_taken_over(bucket, monkeypatch):
     second.acquire()
     assert second.taken_over.host != "another-node"
     second.release()
+
+
+def test_cache_info_verify_and_show_read_a_store_in_a_bucket(built, tiny_cache, tmp_path, shard_cache, capsys):
+    folder = tmp_path / "cache"
+
+    def cache(*args: str) -> str:
+        assert cache_main(list(args)) == 0
+        return capsys.readouterr().out
+
+    info, here = cache("info", built), cache("info", str(tiny_cache))
+    assert info.splitlines()[0] == f"{built} (zarr, schema clipcache/1)"
+    assert "MiB in the bucket" in info and info.splitlines()[2:] == here.splitlines()[2:]
+    assert "14 ok clips read, 0 problems" in cache("verify", built, "--cache-dir", str(folder))
+    shards = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("clips/c/*/0/0/0/0"))
+    bucket_name, _, key = built.removeprefix("s3://").partition("/")
+    assert shards == [f"{bucket_name}/{key}/clips/c/{i}/0/0/0/0" for i in range(2)], "whole shards, as in the bucket"
+    picture = tmp_path / "row.png"
+    cache("show", built, str(tiny_cache), "--row", "1", "--out", str(picture), "--cache-dir", str(folder))
+    assert picture.stat().st_size > 1000
