@@ -196,13 +196,16 @@ class Bucket:
         local = self.cache.folder / self.name / self.key / key
         if self.cache.cached(local):
             return local
-        try:
-            data = obstore.get(self.store, key).bytes()
-        except FileNotFoundError:
-            raise
-        except BaseError as error:
-            raise self._unreachable(error) from None
-        self.cache.add(local, data)
+        with _fetching(local):  # reader threads wanting one shard at once: one GET, the others wait for it
+            if self.cache.cached(local):
+                return local
+            try:
+                data = obstore.get(self.store, key).bytes()
+            except FileNotFoundError:
+                raise
+            except BaseError as error:
+                raise self._unreachable(error) from None
+            self.cache.add(local, data)
         return local
 
     def put(self, key: str, pieces: list) -> None:
@@ -236,6 +239,21 @@ class Bucket:
 
     def _unreachable(self, error: BaseError) -> BucketUnreachable:
         return BucketUnreachable(f"{self.url}: {_cause(error, self.endpoint)}")
+
+
+_FETCHES: dict[Path, threading.Lock] = {}
+_FETCHES_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _fetching(local: Path) -> Iterator[None]:
+    """One thread of this process at a time fetches `local`."""
+    with _FETCHES_LOCK:
+        lock = _FETCHES.setdefault(local, threading.Lock())
+    with lock:
+        yield
+    with _FETCHES_LOCK:
+        _FETCHES.pop(local, None)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import socket
@@ -13,14 +14,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
+from conftest import build_args, new_bucket, run_cli, train_args
 
-from cache.bucket import BucketLock
+from cache.bucket import BucketLock, ShardCache
 from cache.cli import main as cache_main
+from cache.features import FeatureDataset, feature_entries
 from cache.lock import StoreLocked
 from cache.schema import OK, PENDING, StoreError
 from cache.store import open_store
-from tests.conftest import build_args, new_bucket, run_cli
+from train.augment import ClipTransform
+from train.features import backbone_model
 
 TINY = (  # the options of conftest's tiny_cache, a local build of the same videos
     "--workers",
@@ -194,3 +199,70 @@ def test_cache_info_verify_and_show_read_a_store_in_a_bucket(built, tiny_cache, 
     picture = tmp_path / "row.png"
     cache("show", built, str(tiny_cache), "--row", "1", "--out", str(picture), "--cache-dir", str(folder))
     assert picture.stat().st_size > 1000
+
+
+def shard_gets(server, url: str) -> list[str]:
+    """The GETs of the store's clip shards that the server answered so far."""
+    prefix = "/" + url.removeprefix("s3://") + "/clips/c/"
+    return [path for method, path in server.app.requests if method == "GET" and path.startswith(prefix)]
+
+
+@pytest.mark.slow
+def test_training_reads_each_shard_from_the_bucket_once_then_from_the_local_cache(
+    built, s3_server, tiny_cache, tmp_path
+):
+    folder = tmp_path / "cache"
+    before = len(shard_gets(s3_server, built))
+    out = tmp_path / "run"
+    run_cli(*train_args(built, out, "simple_cnn", "--epochs", "2", "--cache-dir", str(folder)))
+    fetched = shard_gets(s3_server, built)[before:]
+    assert sorted(fetched) == sorted(set(fetched)) and len(fetched) == 2, "each shard once: epoch 2 reads the cache"
+    history = (out / "simple_cnn" / "history.csv").read_text().splitlines()
+    assert len(history) == 3, "two epochs trained"
+    assert sum(p.stat().st_size for p in folder.rglob("clips/c/*/0/0/0/0")) == sum(
+        p.stat().st_size for p in (tiny_cache / "clips" / "c").rglob("*") if p.is_file()
+    )
+
+
+def test_the_shard_cache_keeps_to_its_limit_least_recently_read_out_first(tmp_path):
+    cache = ShardCache(tmp_path, limit=3000)
+    files = [tmp_path / "b" / "s.zarr" / "clips" / "c" / str(i) for i in range(4)]
+    for file in files[:3]:
+        cache.add(file, b"x" * 1000)
+    assert cache.cached(files[0])  # read again: now the newest
+    os.utime(files[0], ns=(time.time_ns() + 10**9,) * 2)  # mtimes in one tick of a coarse clock must still order
+    cache.add(files[3], b"y" * 1000)
+    assert [file.exists() for file in files] == [True, False, True, True]
+    assert cache.size() == 3000 and not list(tmp_path.rglob("*.partial"))
+
+
+def fill(folder: Path, name: str) -> None:
+    cache = ShardCache(folder, 20_000)
+    for i in range(60):
+        cache.add(folder / name / str(i), bytes(1000))
+
+
+def test_processes_sharing_a_shard_cache_keep_it_under_its_limit(tmp_path):
+    fork = multiprocessing.get_context("fork")
+    fillers = [fork.Process(target=fill, args=(tmp_path, name)) for name in ("a", "b", "c")]
+    for filler in fillers:
+        filler.start()
+    for filler in fillers:
+        filler.join(timeout=120)
+    assert [filler.exitcode for filler in fillers] == [0, 0, 0]
+    assert ShardCache(tmp_path, 20_000).size() <= 20_000 and not list(tmp_path.rglob("*.partial"))
+
+
+@pytest.mark.slow
+def test_features_are_written_back_into_the_bucket(built, shard_cache):
+    """Last in the module: it adds an entry to the shared bucket store, which the tests above compare whole."""
+    result = run_cli("train.features", built, "--backbone", "resnet18", "--cache-dir", str(shard_cache))
+    with open_store(built) as store:
+        ((name, spec),) = feature_entries(store).items()
+        clips = store.read(store.rows()[:3])
+    assert f"features/{name}" in result.stdout and spec.frame_size == 32
+    values = FeatureDataset(built, name).values
+    model = backbone_model("resnet18", None, False, 42).eval()
+    with torch.no_grad():
+        expected = model.forward_features(ClipTransform(train=False)(torch.from_numpy(clips)))
+    torch.testing.assert_close(values[:3].float(), expected, atol=2e-2, rtol=2e-3)
