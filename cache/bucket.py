@@ -43,6 +43,7 @@ CACHE_LIMIT_ENV = "CLIPCACHE_CACHE_LIMIT"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "clipcache" / "shards"
 DEFAULT_CACHE_LIMIT = 50 * 2**30
 RETRIES = 3
+FAILURES = (BaseError, OSError)  # obstore raises its own errors, and the builtin ones (FileNotFoundError) for some
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -186,7 +187,7 @@ class Bucket:
             if "NoSuchBucket" in str(error):
                 raise StoreError(f"{self.url}: no such bucket {self.name!r}") from None
             return False
-        except BaseError as error:
+        except FAILURES as error:
             raise StoreError(f"{self.url}: {_cause(error, self.endpoint)}") from None
         return True
 
@@ -203,7 +204,7 @@ class Bucket:
                 data = obstore.get(self.store, key).bytes()
             except FileNotFoundError:
                 raise
-            except BaseError as error:
+            except FAILURES as error:
                 raise self._unreachable(error) from None
             self.cache.add(local, data)
         return local
@@ -212,7 +213,7 @@ class Bucket:
         """Object `key` made of `pieces`, in one PUT: there, whole, or not changed at all."""
         try:
             obstore.put(self.store, key, b"".join(pieces))
-        except BaseError as error:
+        except FAILURES as error:
             raise self._unreachable(error) from None
 
     def delete(self, key: str) -> None:
@@ -220,14 +221,14 @@ class Bucket:
             obstore.delete(self.store, key)
         except FileNotFoundError:
             pass
-        except BaseError as error:
+        except FAILURES as error:
             raise self._unreachable(error) from None
 
     def size(self) -> int:
         """Bytes of every object of the store."""
         try:
             return sum(meta["size"] for page in obstore.list(self.store) for meta in page)
-        except BaseError as error:
+        except FAILURES as error:
             raise self._unreachable(error) from None
 
     def upload(self, folder: Path) -> None:
@@ -237,7 +238,7 @@ class Bucket:
         for key in sorted(files, key=lambda key: key == "zarr.json"):
             self.put(key, [(folder / key).read_bytes()])
 
-    def _unreachable(self, error: BaseError) -> BucketUnreachable:
+    def _unreachable(self, error: Exception) -> BucketUnreachable:
         return BucketUnreachable(f"{self.url}: {_cause(error, self.endpoint)}")
 
 
@@ -290,7 +291,7 @@ def _connection(endpoint: str | None) -> dict:
     return options
 
 
-def _cause(error: BaseError, endpoint: str | None) -> str:
+def _cause(error: Exception, endpoint: str | None) -> str:
     """The one thing a person needs from an obstore error: which service answer, or that none came."""
     text = str(error)
     for code in ("NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken"):
@@ -338,7 +339,7 @@ class BucketLock:
                 self._e_tag = obstore.put(self._root, self._key, mine, mode="create")["e_tag"]
             except AlreadyExistsError:
                 self._take_over(mine)
-        except BaseError as error:
+        except FAILURES as error:
             raise StoreError(f"{self.bucket.url}: {_cause(error, self.bucket.endpoint)}") from None
         self._beat = threading.Thread(target=self._heartbeat, args=(mine,), daemon=True)
         self._beat.start()

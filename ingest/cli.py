@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from cache.bucket import store_location
-from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
+from cache.exits import exit_status, part_way, stop_on_signals
 from cache.schema import PENDING, StoreError
 from cache.store import open_store, store_exists
 from ingest.build import BuildConfig, build_cache
@@ -205,13 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest: interrupted: {_kept(args)}", file=sys.stderr)
         return exit_status(stop)
     except OSError as error:
-        if not disk_full(error):
+        stopped = part_way(error, args.out)
+        if stopped is None:
             raise
-        print(
-            f"ingest: error: no space left on the device of {args.out}: {_kept(args, 'free space, then ')}",
-            file=sys.stderr,
-        )
-        return NO_SPACE
+        print(f"ingest: error: {stopped.cause}: {_kept(args, f'{stopped.when}, ')}", file=sys.stderr)
+        return stopped.status
 
 
 def _kept(args: argparse.Namespace, first: str = "") -> str:
@@ -220,11 +218,15 @@ def _kept(args: argparse.Namespace, first: str = "") -> str:
         return "nothing written" if not args.csv else f"{args.csv} may be part written: run scan again"
     if args.command == "make-demo":
         return f"{args.out} holds part of the demo set; {first}remove it and run make-demo again"
-    if not store_exists(args.out):
-        return f"nothing written ({args.out} was not created yet)"
-    with open_store(args.out) as store:
-        stored, total = int((store.status != PENDING).sum()), len(store)
-    return f"{stored} of {total} videos stored in {args.out}; {first}run the same command with --resume to finish it"
+    again = f"{first}run the same command with --resume to finish it"
+    try:
+        if not store_exists(args.out):
+            return f"nothing written ({args.out} was not created yet)"
+        with open_store(args.out) as store:
+            stored, total = int((store.status != PENDING).sum()), len(store)
+    except (StoreError, OSError):  # a bucket that no longer answers cannot say how much it holds
+        return f"every finished shard is kept in {args.out}; {again}"
+    return f"{stored} of {total} videos stored in {args.out}; {again}"
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import build_args, new_bucket, run_cli, train_args
+from conftest import S3Server, build_args, free_port, new_bucket, one_line, run_cli, train_args
 
 from cache.bucket import BucketLock, ShardCache
 from cache.cli import main as cache_main
@@ -251,6 +251,86 @@ def test_processes_sharing_a_shard_cache_keep_it_under_its_limit(tmp_path):
         filler.join(timeout=120)
     assert [filler.exitcode for filler in fillers] == [0, 0, 0]
     assert ShardCache(tmp_path, 20_000).size() <= 20_000 and not list(tmp_path.rglob("*.partial"))
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_a_missing_bucket_is_one_line_naming_the_store_exit_2(s3_server, demo_root, tmp_path, capsys):
+    url = "s3://no-such-bucket-here/a/tiny.zarr"
+    assert cache_main(["info", url]) == 2
+    assert one_error_line(capsys.readouterr().err) == f"cache: error: {url}: no such bucket 'no-such-bucket-here'"
+    result = run_cli(*build_args(demo_root, url, *TINY), check=False)
+    assert result.returncode == 2
+    assert one_error_line(result.stderr) == f"ingest: error: {url}: no such bucket"
+
+
+def test_an_unreachable_endpoint_is_one_line_exit_2(bucket, monkeypatch, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    assert cache_main(["info", f"{bucket}/tiny.zarr"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"cache: error: {bucket}/tiny.zarr: cannot reach http://127.0.0.1:")
+
+
+def test_wrong_credentials_are_one_line_exit_2(built, s3_server, monkeypatch, capsys):
+    import requests
+
+    reset = f"{s3_server.endpoint}/moto-api/reset-auth"
+    requests.post(reset, data="0", timeout=10)  # moto checks every request's key from now on
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-key")
+        assert cache_main(["info", built]) == 2
+    finally:
+        requests.post(reset, data="inf", timeout=10)
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"cache: error: {built}: ") and "credentials" in line
+
+
+@pytest.mark.slow
+def test_a_server_gone_mid_build_ends_with_one_line_exit_5_and_resume_finishes(demo_root, tiny_cache, tmp_path):
+    """The server stops answering part way (a network gone): the build keeps its finished shards, says how to go on,
+    and the same command with --resume finishes once a server answers at that address again."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint}
+    url = f"{new_bucket(S3Server(endpoint, None))}/gone.zarr"
+    args = build_args(demo_root, url, *TINY, "--clips-per-shard", "2")
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True
+    )
+    deadline = time.monotonic() + 120
+    os.environ["AWS_ENDPOINT_URL"], saved = endpoint, os.environ["AWS_ENDPOINT_URL"]
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            status = bucket_status(url)
+            if status is not None and (status == OK).any():
+                break
+            time.sleep(0.05)
+    finally:
+        os.environ["AWS_ENDPOINT_URL"] = saved
+        server.stop()
+        server._server.server_close()
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 5, errors
+    line = one_line(errors, f"ingest: error: {url}: cannot reach {endpoint} (after 3 retries): ")
+    assert line.endswith("once the bucket answers again, run the same command with --resume to finish it")
+    again = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)  # moto keeps the buckets in memory
+    again.start()
+    try:
+        result = run_cli(*args, "--resume", env={"AWS_ENDPOINT_URL": endpoint})
+        assert "0 failed, 0 pending" in result.stdout
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+        assert_same_as(url, tiny_cache)
+    finally:
+        os.environ["AWS_ENDPOINT_URL"] = saved
+        again.stop()
 
 
 @pytest.mark.slow

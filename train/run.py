@@ -19,7 +19,7 @@ from accelerate import Accelerator
 
 from cache import StoreError
 from cache.bucket import add_cache_options, configure_cache, store_location
-from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
+from cache.exits import exit_status, part_way, stop_on_signals
 from train.checkpoint import find_last
 from train.data import BALANCE, UsageError, check_same_clips, store_names
 from train.evaluate import evaluate_models, threshold_note
@@ -277,12 +277,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"train: interrupted: {resume_line(config)}", file=sys.stderr)
         return exit_status(stop)
     except OSError as error:
-        if not disk_full(error):
+        stopped = part_way(error, args.out)
+        if stopped is None:
             raise
         if accelerator.is_main_process:
-            where = f"no space left on the device of {args.out}"
-            print(f"train: error: {where}: {resume_line(config)}, once space is freed", file=sys.stderr)
-        return NO_SPACE
+            print(f"train: error: {stopped.cause}: {resume_line(config)}, {stopped.when}", file=sys.stderr)
+        return stopped.status
     finally:
         accelerator.end_training()
     return 0
