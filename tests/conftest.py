@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from bench.remote import local_s3_server
 from ingest.demo import DemoSpec, make_demo, write_video
 
 GRID = 4  # frame numbers are drawn as a GRID x GRID block of bits, most significant first
@@ -439,42 +439,20 @@ class CountingApp:
         return sum(1 for m, path in self.requests if m == method and part in path)
 
 
-AWS_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
-
-
 @dataclass
 class S3Server:
     endpoint: str
     app: CountingApp
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server() -> S3Server:
     """A real S3-compatible server (moto's) on 127.0.0.1 for the whole session; the AWS_* variables point every
     client at it, in this process and in the commands it starts."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    app = CountingApp(server._server.app)  # the werkzeug server's app, wrapped to count what clients ask
-    server._server.app = app
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {name: os.environ.get(name) for name in [*AWS_TEST_ENV, "AWS_ENDPOINT_URL"]}
-    os.environ.update({**AWS_TEST_ENV, "AWS_ENDPOINT_URL": endpoint})
-    yield S3Server(endpoint, app)
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    server.stop()
+    with local_s3_server() as (server, endpoint):
+        app = CountingApp(server._server.app)  # the werkzeug server's app, wrapped to count what clients ask
+        server._server.app = app
+        yield S3Server(endpoint, app)
 
 
 def new_bucket(server: S3Server) -> str:

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import S3Server, build_args, free_port, new_bucket, one_line, run_cli, train_args
+from conftest import S3Server, build_args, new_bucket, one_line, run_cli, train_args
 
+from bench.remote import free_port
 from cache.bucket import BucketLock, ShardCache
 from cache.cli import main as cache_main
 from cache.features import FeatureDataset, feature_entries
