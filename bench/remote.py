@@ -113,12 +113,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_s3_server() -> Iterator[tuple[ThreadedMotoServer, str]]:
+def local_s3_server(port: int | None = None) -> Iterator[tuple[ThreadedMotoServer, str]]:
     """moto's S3 server on a free port of 127.0.0.1 and its endpoint, with the AWS_* variables pointing every client
-    at it (in this process and those it starts) for the block. The tests' server too."""
+    at it (in this process and those it starts) for the block. The tests' server too. moto keeps the buckets in this
+    process's memory: a server started again on the same `port` serves what the last one held."""
     from moto.server import ThreadedMotoServer
 
-    port = free_port()
+    port = port or free_port()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # not a line per request on the bench's stderr
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -18,7 +18,7 @@ import torch
 import zarr
 from conftest import S3Server, build_args, new_bucket, one_line, run_cli, train_args
 
-from bench.remote import free_port
+from bench.remote import free_port, local_s3_server
 from cache.bucket import BucketLock, ShardCache
 from cache.cli import main as cache_main
 from cache.features import FeatureDataset, feature_entries
@@ -290,48 +290,62 @@ def test_wrong_credentials_are_one_line_exit_2(built, s3_server, monkeypatch, ca
     assert line.startswith(f"cache: error: {built}: ") and "credentials" in line
 
 
-@pytest.mark.slow
-def test_a_server_gone_mid_build_ends_with_one_line_exit_5_and_resume_finishes(demo_root, tiny_cache, tmp_path):
-    """The server stops answering part way (a network gone): the build keeps its finished shards, says how to go on,
-    and the same command with --resume finishes once a server answers at that address again."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint}
-    url = f"{new_bucket(S3Server(endpoint, None))}/gone.zarr"
-    args = build_args(demo_root, url, *TINY, "--clips-per-shard", "2")
-    process = subprocess.Popen(
-        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True
-    )
+def stop_when(process: subprocess.Popen, server, ready) -> str:
+    """Stop `server` (its socket closed: a network gone) once `ready()`, and `process`'s stderr when it ends."""
     deadline = time.monotonic() + 120
-    os.environ["AWS_ENDPOINT_URL"], saved = endpoint, os.environ["AWS_ENDPOINT_URL"]
     try:
-        while process.poll() is None and time.monotonic() < deadline:
-            status = bucket_status(url)
-            if status is not None and (status == OK).any():
-                break
-            time.sleep(0.05)
+        while process.poll() is None and time.monotonic() < deadline and not ready():
+            time.sleep(0.02)
     finally:
-        os.environ["AWS_ENDPOINT_URL"] = saved
         server.stop()
         server._server.server_close()
-    _, errors = process.communicate(timeout=120)
+    return process.communicate(timeout=120)[1]
+
+
+@pytest.mark.slow
+def test_a_server_gone_mid_build_ends_with_one_line_exit_5_and_resume_finishes(demo_root, tiny_cache, s3_server):
+    """The server stops answering part way: the build keeps its finished shards, says how to go on, and the same
+    command with --resume finishes once a server answers at that address again."""
+    port = free_port()
+    with local_s3_server(port) as (server, endpoint):
+        url = f"{new_bucket(S3Server(endpoint, None))}/gone.zarr"
+        args = build_args(demo_root, url, *TINY, "--clips-per-shard", "2")
+        process = subprocess.Popen(
+            [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+
+        def some_ok() -> bool:
+            status = bucket_status(url)
+            return status is not None and bool((status == OK).any())
+
+        errors = stop_when(process, server, some_ok)
     assert process.returncode == 5, errors
     line = one_line(errors, f"ingest: error: {url}: cannot reach {endpoint} (after 3 retries): ")
     assert line.endswith("once the bucket answers again, run the same command with --resume to finish it")
-    again = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)  # moto keeps the buckets in memory
-    again.start()
-    try:
-        result = run_cli(*args, "--resume", env={"AWS_ENDPOINT_URL": endpoint})
-        assert "0 failed, 0 pending" in result.stdout
-        os.environ["AWS_ENDPOINT_URL"] = endpoint
+    with local_s3_server(port):
+        assert "0 failed, 0 pending" in run_cli(*args, "--resume").stdout
         assert_same_as(url, tiny_cache)
-    finally:
-        os.environ["AWS_ENDPOINT_URL"] = saved
-        again.stop()
+
+
+@pytest.mark.slow
+def test_a_server_gone_mid_training_keeps_the_last_epoch_and_resume_finishes(built, tmp_path):
+    """A cache of 1 byte keeps no shard: every epoch fetches again, so the server's going stops the second."""
+    port = free_port()
+    out = tmp_path / "run"
+    args = train_args(
+        built, out, "simple_cnn", "--epochs", "4", "--cache-dir", str(tmp_path / "c"), "--cache-limit", "1"
+    )
+    with local_s3_server(port) as (server, endpoint):
+        process = subprocess.Popen(
+            [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        errors = stop_when(process, server, lambda: any((out / "simple_cnn" / "last").rglob("progress.json")))
+    assert process.returncode == 5, errors
+    line = one_line(errors, f"train: error: {built}: cannot reach {endpoint} (after 3 retries): simple_cnn's last ")
+    assert line.endswith("run the same command with --resume to continue from it, once the bucket answers again")
+    with local_s3_server(port):
+        run_cli(*args, "--resume")
+    assert len((out / "simple_cnn" / "history.csv").read_text().splitlines()) == 5
 
 
 @pytest.mark.slow
