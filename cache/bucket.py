@@ -7,8 +7,8 @@ the small per-row arrays through obstore, as zarr-python's `ObjectStore`.
 
 Credentials and endpoints come as the AWS tools take them: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL` (MinIO, R2, a local server) or `AWS_PROFILE` (read by
-boto3). Requests that fail for the network are retried a few times; after that a read or a write raises
-`BucketUnreachable`, an OSError that every command ends on as it does on a full disk.
+boto3). Requests that fail for the network are retried a few times; after that a shard's read or write raises
+`BucketUnreachable`, an OSError that `ingest build-cache` and `train/run.py` end on as they do on a full disk.
 """
 
 from __future__ import annotations

@@ -134,8 +134,8 @@ class ClipStore(StoreHandle):
         return out
 
     def locate(self, rows) -> list[tuple[Path, int]] | None:
-        """(file, byte offset) of each clip's bytes, for tools that read or measure them directly;
-        None where the store's layout has no direct path (compressed, or not on a local disk)."""
+        """(file, byte offset) of each clip's bytes, for tools that read or measure them directly (for a store in a
+        bucket, in the local shard cache); None where the store's layout has no direct path (compressed)."""
         if self._reader is None:
             return None
         return [self._reader.locate(int(row)) for row in rows]
@@ -210,7 +210,11 @@ class _PreadReader:
                     out[i] = 0
                     continue
                 if file not in fds:
-                    fds[file] = os.open(file, os.O_RDONLY)
+                    try:
+                        fds[file] = os.open(file, os.O_RDONLY)
+                    except FileNotFoundError:  # a full shard cache let it go since `locate` fetched it: again
+                        file, offset = self.locate(int(row))
+                        fds[file] = os.open(file, os.O_RDONLY)
                 if frames is None:
                     self._read(fds[file], file, out[i], offset, self.clip_bytes)
                     continue

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -235,6 +236,17 @@ def test_the_shard_cache_keeps_to_its_limit_least_recently_read_out_first(tmp_pa
     cache.add(files[3], b"y" * 1000)
     assert [file.exists() for file in files] == [True, False, True, True]
     assert cache.size() == 3000 and not list(tmp_path.rglob("*.partial"))
+
+
+def test_reader_threads_read_right_through_a_cache_too_small_to_keep_a_shard(built, tiny_cache, tmp_path):
+    """Each thread's shard may be let go by another's fetch before it opens it: it fetches it again."""
+    with open_store(built) as store, open_store(tiny_cache) as twin:
+        store.files.cache = ShardCache(tmp_path, limit=1)
+        rows = np.tile(twin.rows(), 3)
+        with ThreadPoolExecutor(4) as pool:
+            clips = list(pool.map(lambda row: store.read([row])[0], rows))
+        np.testing.assert_array_equal(np.stack(clips), twin.read(rows))
+    assert ShardCache(tmp_path, limit=1).size() <= max(p.stat().st_size for p in tmp_path.rglob("clips/c/*/0/0/0/0"))
 
 
 def fill(folder: Path, name: str) -> None:
