@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cache.bucket import Bucket, add_cache_options, configure_cache, is_remote, store_location
-from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
+from cache.bucket import Bucket, BucketUnreachable, add_cache_options, configure_cache, is_remote, store_location
+from cache.exits import NO_SPACE, UNREACHABLE, disk_full, exit_status, stop_on_signals
 from cache.features import feature_entries
 from cache.schema import FAILED, LABEL_NAMES, OK, SPLIT_NAMES, STATUS_NAMES, StoreError
 from cache.shards import PARTIAL
@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         print("cache: interrupted: nothing was changed", file=sys.stderr)
         return exit_status(stop)
+    except BucketUnreachable as error:
+        print(f"cache: error: {error}: nothing was changed; run it again once the bucket answers", file=sys.stderr)
+        return UNREACHABLE
     except OSError as error:
         if not disk_full(error) or args.command != "show":
             raise

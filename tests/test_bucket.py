@@ -221,6 +221,10 @@ def test_training_reads_each_shard_from_the_bucket_once_then_from_the_local_cach
     assert sorted(fetched) == sorted(set(fetched)) and len(fetched) == 2, "each shard once: epoch 2 reads the cache"
     history = (out / "simple_cnn" / "history.csv").read_text().splitlines()
     assert len(history) == 3, "two epochs trained"
+    scored = run_cli(
+        "train.evaluate", "--run", str(out), "--cache", built, "--split", "all", "--cache-dir", str(folder)
+    )
+    assert "tiny" in scored.stdout and len(shard_gets(s3_server, built)) == before + 2, "scored from the cache"
     assert sum(p.stat().st_size for p in folder.rglob("clips/c/*/0/0/0/0")) == sum(
         p.stat().st_size for p in (tiny_cache / "clips" / "c").rglob("*") if p.is_file()
     )
