@@ -285,6 +285,18 @@ def test_a_missing_bucket_is_one_line_naming_the_store_exit_2(s3_server, demo_ro
     assert one_error_line(result.stderr) == f"ingest: error: {url}: no such bucket"
 
 
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("s3://clips/x.h5", "a store in a bucket is a Zarr store (NAME.zarr); HDF5 needs a filesystem"),
+        ("s3://clips", "a store in a bucket is s3://BUCKET/PATH/NAME.zarr"),
+    ],
+)
+def test_a_bucket_holds_zarr_stores_only_said_in_one_line(url, says, capsys):
+    assert cache_main(["info", url]) == 2
+    assert one_error_line(capsys.readouterr().err) == f"cache: error: {url}: {says}"
+
+
 def test_an_unreachable_endpoint_is_one_line_exit_2(bucket, monkeypatch, capsys):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     assert cache_main(["info", f"{bucket}/tiny.zarr"]) == 2
