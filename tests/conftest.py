@@ -455,12 +455,12 @@ def s3_server() -> S3Server:
         yield S3Server(endpoint, app)
 
 
-def new_bucket(server: S3Server) -> str:
-    """A new empty bucket on `server`: `s3://NAME`."""
+def new_bucket(endpoint: str) -> str:
+    """A new empty bucket on the S3 server at `endpoint`: `s3://NAME`."""
     import boto3
 
     name = f"clips-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket=name)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
     return f"s3://{name}"
 
 
@@ -468,4 +468,4 @@ def new_bucket(server: S3Server) -> str:
 def bucket(s3_server, tmp_path, monkeypatch) -> str:
     """A new empty bucket, `s3://NAME`, and a shard cache of this test's own."""
     monkeypatch.setenv("CLIPCACHE_CACHE_DIR", str(tmp_path / "shard-cache"))
-    return new_bucket(s3_server)
+    return new_bucket(s3_server.endpoint)

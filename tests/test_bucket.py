@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import S3Server, build_args, new_bucket, one_line, run_cli, train_args
+from conftest import build_args, new_bucket, one_line, run_cli, train_args
 
 from bench.remote import free_port, local_s3_server
 from cache.bucket import BucketLock, ShardCache
@@ -48,7 +48,7 @@ def arrays(group: zarr.Group) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def built(s3_server, demo_root) -> str:
     """The tiny store built into a bucket of its own, once for the module: its URL."""
-    url = f"{new_bucket(s3_server)}/stores/tiny.zarr"
+    url = f"{new_bucket(s3_server.endpoint)}/stores/tiny.zarr"
     result = run_cli(*build_args(demo_root, url, *TINY))
     assert f"{url}: 14 ok, 0 failed, 0 pending" in result.stdout
     return url
@@ -336,7 +336,7 @@ def test_a_server_gone_mid_build_ends_with_one_line_exit_5_and_resume_finishes(d
     command with --resume finishes once a server answers at that address again."""
     port = free_port()
     with local_s3_server(port) as (server, endpoint):
-        url = f"{new_bucket(S3Server(endpoint, None))}/gone.zarr"
+        url = f"{new_bucket(endpoint)}/gone.zarr"
         args = build_args(demo_root, url, *TINY, "--clips-per-shard", "2")
         process = subprocess.Popen(
             [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
