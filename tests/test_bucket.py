@@ -225,6 +225,10 @@ def test_training_reads_each_shard_from_the_bucket_once_then_from_the_local_cach
         "train.evaluate", "--run", str(out), "--cache", built, "--split", "all", "--cache-dir", str(folder)
     )
     assert "tiny" in scored.stdout and len(shard_gets(s3_server, built)) == before + 2, "scored from the cache"
+    explained = tmp_path / "explain"
+    explain = ["train.explain", "--run", str(out / "simple_cnn"), "--cache", built, "--rows", "0"]
+    run_cli(*explain, "--out", str(explained), "--cache-dir", str(folder))
+    assert len(list(explained.glob("*.png"))) == 1
     assert sum(p.stat().st_size for p in folder.rglob("clips/c/*/0/0/0/0")) == sum(
         p.stat().st_size for p in (tiny_cache / "clips" / "c").rglob("*") if p.is_file()
     )
@@ -331,7 +335,9 @@ def stop_when(process: subprocess.Popen, server, ready) -> str:
 
 
 @pytest.mark.slow
-def test_a_server_gone_mid_build_ends_with_one_line_exit_5_and_resume_finishes(demo_root, tiny_cache, s3_server):
+def test_a_server_gone_mid_build_ends_with_one_line_exit_5_and_resume_finishes(
+    demo_root, tiny_cache, s3_server, shard_cache
+):
     """The server stops answering part way: the build keeps its finished shards, says how to go on, and the same
     command with --resume finishes once a server answers at that address again."""
     port = free_port()
