@@ -10,7 +10,7 @@ import torch
 from bench.context import BenchConfig, Context
 from bench.timing import Rate, Row
 from bench.train import CPU_SMALL_SIZE, train_rates, train_setting
-from cache.features import FeatureDataset
+from cache.dataset import FeatureDataset
 from train.data import BatchFeed
 from train.features import FeatureConfig, compute_features, model_for_features
 from train.loop import as_float

@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, RandomSampler
 from bench.baselines import SeedVideoDataset
 from bench.context import BenchConfig, Context
 from bench.timing import Rate, Row
-from cache import ClipDataset, open_store
+from cache import open_store
+from cache.dataset import ClipDataset
 from train.data import BatchFeed
 from train.loop import TrainConfig
 

@@ -12,7 +12,8 @@ from bench.context import BenchConfig, Context
 from bench.feed import FEED_BATCH, TRAINER_THREADS, feed_rate
 from bench.stores import replicate
 from bench.timing import MB, Rate, Row
-from cache import ClipDataset, open_store
+from cache import open_store
+from cache.dataset import ClipDataset
 from train.data import BatchFeed
 
 

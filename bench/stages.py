@@ -14,6 +14,7 @@ from bench.feed import feed
 from bench.h2d import h2d
 from bench.ingest import ingest
 from bench.read import read
+from bench.remote import remote
 from bench.resize import resize
 from bench.scan import scan
 from bench.timing import Row
@@ -27,6 +28,7 @@ RUNNERS = {
     "ingest": ingest,
     "faces": faces,
     "read": read,
+    "remote": remote,
     "feed": feed,
     "h2d": h2d,
     "train": train,

@@ -15,7 +15,7 @@ from torch.utils.data import RandomSampler
 from bench.context import BenchConfig, Context
 from bench.feed import TRAINER_THREADS
 from bench.timing import Rate, Row
-from cache import ClipDataset
+from cache.dataset import ClipDataset
 from train.augment import ClipTransform
 from train.data import BatchFeed, TimedBatches
 from train.models import MODEL_NAMES, ModelConfig, build_model

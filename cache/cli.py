@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
+from cache.bucket import Bucket, BucketUnreachable, add_cache_options, configure_cache, is_remote, store_location
+from cache.exits import NO_SPACE, UNREACHABLE, disk_full, exit_status, stop_on_signals
 from cache.features import feature_entries
 from cache.schema import FAILED, LABEL_NAMES, OK, SPLIT_NAMES, STATUS_NAMES, StoreError
 from cache.shards import PARTIAL
@@ -26,14 +27,15 @@ def parser() -> argparse.ArgumentParser:
         help="counts, shapes, size and failures",
         description="Counts by split, label and status; clip shape; size on disk; every failed video with its reason.",
     )
-    info.add_argument("store", type=Path)
+    info.add_argument("store", type=store_location)
     verify = commands.add_parser(
         "verify",
         help="read every ok clip and flag bad ones",
         description="Read every ok clip; flag clips that cannot be read, have the wrong shape or are one "
         "constant colour. Exit status 1 when any clip is flagged.",
     )
-    verify.add_argument("store", type=Path)
+    verify.add_argument("store", type=store_location)
+    add_cache_options(verify)
     verify.add_argument("--batch", type=int, default=16, help="clips read at a time (default 16)")
     show = commands.add_parser(
         "show",
@@ -42,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
         "built from the same videos with other settings (--resize squash, face) show the same video one above the "
         "other. Exit status 2 when the row is not an ok clip of the same video in every store.",
     )
-    show.add_argument("stores", type=Path, nargs="+", metavar="store")
+    show.add_argument("stores", type=store_location, nargs="+", metavar="store")
+    add_cache_options(show)
     show.add_argument("--row", type=int, default=0, help="the store row to draw (default 0)")
     show.add_argument("--frames", type=int, default=8, help="frames drawn of the clip (default 8)")
     show.add_argument("--out", type=Path, required=True, help="the PNG to write")
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_signals()
     args = parser().parse_args(argv)
     try:
+        if args.command != "info":
+            configure_cache(args.cache_dir, args.cache_limit)
         if args.command == "show":
             return show(args)
         with open_store(args.store) as store:
@@ -63,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         print("cache: interrupted: nothing was changed", file=sys.stderr)
         return exit_status(stop)
+    except BucketUnreachable as error:
+        print(f"cache: error: {error}: nothing was changed; run it again once the bucket answers", file=sys.stderr)
+        return UNREACHABLE
     except OSError as error:
         if not disk_full(error) or args.command != "show":
             raise
@@ -84,8 +92,10 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
-def disk_size(path: Path) -> int:
+def disk_size(path: Path | str) -> int:
     """The store's bytes, less the temporary files a killed writer left (the next `--resume` removes them)."""
+    if is_remote(path):
+        return Bucket(path).size()
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.suffix != PARTIAL)
@@ -109,7 +119,7 @@ def info(store: ClipStore) -> int:
     print(
         f"  {len(store)} videos; clips {tuple(store.clips.shape)} uint8; {spec.frames} frames at "
         f"{spec.size}x{spec.size} ({spec.resize}); decoder {spec.decoder}; "
-        f"{disk_size(store.location) / 2**20:.1f} MiB on disk"
+        f"{disk_size(store.location) / 2**20:.1f} MiB {'in the bucket' if is_remote(store.location) else 'on disk'}"
     )
     print(f"  data root {spec.data_root}")
     if "dataset" in store.attrs:  # stores built before it lack it

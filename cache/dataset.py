@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from cache.bucket import store_location
 from cache.features import FEATURES, feature_entries, read_rows
 from cache.schema import StoreError
 from cache.store import ClipStore, open_store
@@ -85,7 +86,7 @@ class ClipDataset(PhasedItems, Dataset):
     def __init__(
         self, store_path: str | Path, split: str | None = None, with_rows: bool = False, clip_frames: int | None = None
     ):
-        self.store_path = Path(store_path)
+        self.store_path = store_location(store_path)
         self.split = split
         self.with_rows = with_rows
         with open_store(self.store_path) as store:
@@ -178,7 +179,7 @@ class FeatureDataset(PhasedItems, Dataset):
     """
 
     def __init__(self, store_path: str | Path, entry: str, split: str | None = None, clip_frames: int | None = None):
-        self.store_path = Path(store_path)
+        self.store_path = store_location(store_path)
         with open_store(self.store_path) as store:
             entries = feature_entries(store)
             if entry not in entries:

@@ -1,7 +1,8 @@
 """How every clipcache command ends when it cannot finish: what is done stays, one line says what and how to go on.
 
 Exit statuses shared by all commands: 0 done, 2 bad input, 3 (`build-cache --strict`) a video failed,
-4 no space left on the device, 130 after Ctrl-C, 143 after SIGTERM.
+4 no space left on the device, 5 the object store of an s3:// store stopped answering (after retries), 130 after
+Ctrl-C, 143 after SIGTERM.
 
 Cluster schedulers send SIGTERM before SIGKILL, so SIGTERM is treated as Ctrl-C is: it raises `Interrupted`
 (a KeyboardInterrupt) in the main thread, each command's `main` turns it into its line and exit status, and a
@@ -16,9 +17,33 @@ import errno
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cache.bucket import BucketUnreachable
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 NO_SPACE = 4
+UNREACHABLE = 5
+
+
+@dataclass(frozen=True)
+class PartWay:
+    """Why a command stopped part way with its finished work kept: its exit status, the cause, and what to do
+    before running it again."""
+
+    status: int
+    cause: str
+    when: str  # when to run it again
+
+
+def part_way(error: BaseException, where) -> PartWay | None:
+    """A full disk, or a bucket that stopped answering: the two failures a command ends on as it ends on Ctrl-C,
+    keeping what is finished; None for any other error."""
+    if disk_full(error):
+        return PartWay(NO_SPACE, f"no space left on the device of {where}", "once space is freed")
+    if isinstance(error, BucketUnreachable):
+        return PartWay(UNREACHABLE, str(error), "once the bucket answers again")
+    return None
 
 
 def disk_full(error: BaseException) -> bool:

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import google_crc32c
 import numpy as np
@@ -24,24 +25,55 @@ import zarr
 from numcodecs import VLenUTF8, Zstd
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, VLenUTF8Codec, ZstdCodec
 from zarr.codecs.bytes import Endian
-from zarr.storage import LocalStore
 
 MISSING = 2**64 - 1
 CRC_BYTES = 4
 PARTIAL = ".partial"
 
 
+class Files(Protocol):
+    """Where a store's files live, by key (`clips/c/0/0/0/0/0`): a local folder, or a bucket (`cache.bucket`)."""
+
+    def path(self, key: str) -> Path:
+        """A local file holding `key`'s bytes, to read; FileNotFoundError where there is none."""
+
+    def put(self, key: str, pieces: list) -> None:
+        """Replace `key` with `pieces` whole: a reader sees the old bytes or the new, never part."""
+
+    def delete(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class LocalFiles:
+    """A store in a local folder: keys are its files."""
+
+    root: Path
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def put(self, key: str, pieces: list) -> None:
+        replace_file(self.root / key, pieces)
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
+
+
 @dataclass(frozen=True)
 class ShardFiles:
-    """An array on a local disk with one file per shard of `per_shard` rows."""
+    """An array with one file per shard of `per_shard` rows, in `files` under the array's own `prefix`."""
 
-    folder: Path
+    files: Files
+    prefix: str
     array: zarr.Array
     per_shard: int
 
+    def key(self, shard: int) -> str:
+        return f"{self.prefix}/{self.array.metadata.encode_chunk_key((shard,) + (0,) * (self.array.ndim - 1))}"
+
     def file(self, shard: int) -> Path:
-        key = self.array.metadata.encode_chunk_key((shard,) + (0,) * (self.array.ndim - 1))
-        return self.folder / key
+        """The shard's local file (fetched first from a bucket); FileNotFoundError may come for a bucket's."""
+        return self.files.path(self.key(shard))
 
     def whole_shard(self, start: int, rows: int) -> bool:
         """Whether rows start..start+rows are one shard entire, so writing it needs nothing already on disk."""
@@ -72,11 +104,11 @@ class ShardLayout(ShardFiles):
     checksum: bool
 
     @classmethod
-    def of(cls, array: zarr.Array) -> ShardLayout | None:
-        """The layout of `array`, or None where its shards are not the ones described above."""
+    def of(cls, array: zarr.Array, files: Files | None) -> ShardLayout | None:
+        """The layout of `array`, whose files are `files`, or None where its shards are not the ones described
+        above (or `files` is None: no direct access)."""
         codecs = array.metadata.codecs
-        store = array.store_path.store
-        if not (len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) and isinstance(store, LocalStore)):
+        if not (len(codecs) == 1 and isinstance(codecs[0], ShardingCodec) and files is not None):
             return None
         sharding = codecs[0]
         shard_shape = tuple(array.metadata.chunk_grid.chunk_shape)
@@ -87,7 +119,7 @@ class ShardLayout(ShardFiles):
         if not (one_row and _plain(sharding.codecs[0], array.dtype)) or _nan(array.fill_value):
             return None
         chunk_bytes = int(np.prod(shard_shape[1:])) * array.dtype.itemsize
-        return cls(Path(store.root) / array.path, array, shard_shape[0], chunk_bytes, checksum)
+        return cls(files, array.path, array, shard_shape[0], chunk_bytes, checksum)
 
     @property
     def index_bytes(self) -> int:
@@ -109,9 +141,9 @@ class ShardLayout(ShardFiles):
         values = np.ascontiguousarray(values, dtype=self.array.dtype.newbyteorder("<"))
         rows = values.reshape(len(values), -1)
         stored = ~self.empty(rows)
-        file = self.file(start // self.per_shard)
+        key = self.key(start // self.per_shard)
         if not stored.any():
-            file.unlink(missing_ok=True)
+            self.files.delete(key)
             return
         present = np.flatnonzero(stored)
         index = np.full((self.per_shard, 2), MISSING, dtype="<u8")
@@ -120,7 +152,7 @@ class ShardLayout(ShardFiles):
         pieces = [memoryview(rows[i]).cast("B") for i in present] + [index.tobytes()]
         if self.checksum:
             pieces.append(google_crc32c.value(pieces[-1]).to_bytes(CRC_BYTES, "little"))
-        replace_file(file, pieces)
+        self.files.put(key, pieces)
 
 
 @dataclass(frozen=True)
@@ -128,29 +160,28 @@ class ChunkLayout(ShardFiles):
     """A small per-row array stored as one chunk per shard, encoded as bytes or vlen-utf8, then zstd or nothing."""
 
     @classmethod
-    def of(cls, array: zarr.Array) -> ChunkLayout | None:
-        """The layout of `array`, or None where it is chunked or encoded otherwise."""
-        store = array.store_path.store
+    def of(cls, array: zarr.Array, files: Files | None) -> ChunkLayout | None:
+        """The layout of `array`, whose files are `files`, or None where it is chunked or encoded otherwise."""
         chunks = tuple(array.metadata.chunk_grid.chunk_shape)
-        if not isinstance(store, LocalStore) or chunks[1:] != tuple(array.shape[1:]):
+        if files is None or chunks[1:] != tuple(array.shape[1:]):
             return None
         if _nan(array.fill_value) or _encoder(array.metadata.codecs, array.dtype) is None:
             return None
-        return cls(Path(store.root) / array.path, array, chunks[0])
+        return cls(files, array.path, array, chunks[0])
 
     def write(self, start: int, values: np.ndarray) -> None:
         """Write the chunk of the whole shard beginning at row `start` as zarr would: rows past the array's end
         hold the fill value, and a chunk of fill values only has no file."""
         chunk = np.full((self.per_shard, *self.array.shape[1:]), self.array.fill_value, dtype=self.array.dtype)
         chunk[: len(values)] = values
-        file = self.file(start // self.per_shard)
+        key = self.key(start // self.per_shard)
         if self.empty(chunk).all():
-            file.unlink(missing_ok=True)
+            self.files.delete(key)
             return
         data = _encoder(self.array.metadata.codecs, self.array.dtype)(chunk)
         for codec in self.array.metadata.codecs[1:]:
             data = Zstd(level=codec.level, checksum=codec.checksum).encode(data)
-        replace_file(file, [data])
+        self.files.put(key, [data])
 
 
 def _encoder(codecs: tuple, dtype: np.dtype) -> Callable[[np.ndarray], bytes] | None:
@@ -174,9 +205,10 @@ def partial_name(path: Path) -> Path:
     return path.with_suffix(f".{uuid.uuid4().hex}{PARTIAL}")
 
 
-def partial_files(store: Path) -> list[Path]:
-    """The temporary files that writers killed mid-write (ours or zarr's) left in a Zarr store; none in HDF5."""
-    return sorted(store.rglob(f"*{PARTIAL}")) if store.is_dir() else []
+def partial_files(store: Path | str) -> list[Path]:
+    """The temporary files that writers killed mid-write (ours or zarr's) left in a Zarr store; none in HDF5, nor
+    in a bucket (a PUT leaves the old object or the new)."""
+    return sorted(store.rglob(f"*{PARTIAL}")) if isinstance(store, Path) and store.is_dir() else []
 
 
 def replace_file(path: Path, pieces: list) -> None:

@@ -6,6 +6,7 @@ same row one above the other: the before and after of a preprocessing choice.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,7 +51,7 @@ def _same_video(stores: list[ClipStore], row: int) -> str:
 
 def _caption(store: ClipStore, row: int) -> str:
     spec = store.spec
-    caption = f"{store.location.name}: --resize {spec.resize}, {spec.size}x{spec.size}"
+    caption = f"{Path(str(store.location)).name}: --resize {spec.resize}, {spec.size}x{spec.size}"
     if spec.resize == "face":
         detected = int(store.face_detected[row])
         caption += f", face found in {detected} of {spec.frames} frames" if detected else ", no face: squashed"

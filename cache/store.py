@@ -17,18 +17,25 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from cache.bucket import Bucket, is_remote, store_location
 from cache.schema import OK, PROBE_FIELDS, ROW_ARRAYS, SPLIT_CODES, ClipSettings, StoreError, StoreSpec, store_format
-from cache.shards import MISSING, ShardLayout
+from cache.shards import MISSING, Files, LocalFiles, ShardLayout
 
 
 class StoreHandle:
     """An open store: a zarr group, or an HDF5 file, which needs closing."""
 
     def __init__(self, path: str | Path, writable: bool = False):
-        self.location = Path(path)
+        self.location = store_location(path)
         self.format = store_format(self.location)
         mode = "r+" if writable else "r"
-        if self.format == "zarr":
+        self.files: Files | None = None  # a Zarr store's files, for the direct shard reads and writes
+        if is_remote(self.location):
+            bucket = Bucket(self.location)
+            self.files = bucket
+            self._root = zarr.open_group(bucket.zarr_store(writable), mode=mode, zarr_format=3)
+        elif self.format == "zarr":
+            self.files = LocalFiles(self.location)
             self._root = zarr.open_group(self.location, mode=mode, zarr_format=3)
         else:
             self._root = h5py.File(self.location, mode)
@@ -53,7 +60,7 @@ class ClipStore(StoreHandle):
     """A read-only store: the per-row arrays in memory, the clips on disk."""
 
     def __init__(self, path: str | Path):
-        if not Path(path).exists():
+        if not store_exists(path):
             raise StoreError(f"{path}: no such store")
         try:
             super().__init__(path)
@@ -127,8 +134,8 @@ class ClipStore(StoreHandle):
         return out
 
     def locate(self, rows) -> list[tuple[Path, int]] | None:
-        """(file, byte offset) of each clip's bytes, for tools that read or measure them directly;
-        None where the store's layout has no direct path (compressed, or not on a local disk)."""
+        """(file, byte offset) of each clip's bytes, for tools that read or measure them directly (for a store in a
+        bucket, in the local shard cache); None where the store's layout has no direct path (compressed)."""
         if self._reader is None:
             return None
         return [self._reader.locate(int(row)) for row in rows]
@@ -153,6 +160,12 @@ class ClipStore(StoreHandle):
 
 def open_store(path: str | Path) -> ClipStore:
     return ClipStore(path)
+
+
+def store_exists(path: str | Path) -> bool:
+    """Whether a store is at `path`; for a bucket, StoreError where the bucket cannot be read (missing, refused,
+    unreachable)."""
+    return Bucket(str(path)).check() if is_remote(path) else Path(path).exists()
 
 
 def clip_settings(path: str | Path) -> ClipSettings:
@@ -197,7 +210,11 @@ class _PreadReader:
                     out[i] = 0
                     continue
                 if file not in fds:
-                    fds[file] = os.open(file, os.O_RDONLY)
+                    try:
+                        fds[file] = os.open(file, os.O_RDONLY)
+                    except FileNotFoundError:  # a full shard cache let it go since `locate` fetched it: again
+                        file, offset = self.locate(int(row))
+                        fds[file] = os.open(file, os.O_RDONLY)
                 if frames is None:
                     self._read(fds[file], file, out[i], offset, self.clip_bytes)
                     continue
@@ -221,7 +238,7 @@ def _fast_reader(store: ClipStore) -> _PreadReader | None:
         if offset is None or store.clips.compression is not None:
             return None
         return _PreadReader(clip_bytes, frame_bytes, lambda row: (store.location, offset + row * clip_bytes))
-    shards = _ShardIndex.for_array(store.clips, store.spec)
+    shards = _ShardIndex.for_array(store.clips, store.spec, store.files)
     return None if shards is None else _PreadReader(clip_bytes, frame_bytes, shards.locate)
 
 
@@ -233,8 +250,8 @@ class _ShardIndex:
         self._entries: dict[int, np.ndarray | None] = {}
 
     @classmethod
-    def for_array(cls, array: zarr.Array, spec: StoreSpec) -> _ShardIndex | None:
-        layout = ShardLayout.of(array)
+    def for_array(cls, array: zarr.Array, spec: StoreSpec, files: Files | None) -> _ShardIndex | None:
+        layout = ShardLayout.of(array, files)
         if layout is None or tuple(array.metadata.chunk_grid.chunk_shape[1:]) != spec.clip_shape():
             return None
         return cls(layout)

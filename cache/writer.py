@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from cache.bucket import Bucket, is_remote, staging
 from cache.schema import PROBE_FIELDS, StoreSpec, store_format
 from cache.shards import ChunkLayout, ShardFiles, ShardLayout
 from cache.store import StoreHandle
@@ -53,8 +54,13 @@ def create_store(path: str | Path, table: pd.DataFrame, spec: StoreSpec, dataset
     set's name, options and split source) becomes the `dataset` attribute.
 
     The store is built under a temporary name and renamed into place, so a store either exists
-    whole or not at all.
+    whole or not at all; a store in a bucket is built in a local folder and uploaded, its root metadata last.
     """
+    if is_remote(path):
+        with staging(str(path)) as local:
+            _create_zarr(local, table, spec, dataset)
+            Bucket(str(path)).upload(local)
+        return
     path = Path(path)
     tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
     _remove(tmp)
@@ -201,7 +207,7 @@ class StoreWriter(StoreHandle):
         if name not in self._layouts:
             layout = None
             if self.format == "zarr":
-                layout = (ShardLayout if name == "clips" else ChunkLayout).of(self._array(name))
+                layout = (ShardLayout if name == "clips" else ChunkLayout).of(self._array(name), self.files)
             self._layouts[name] = layout
         return self._layouts[name]
 

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from cache.bucket import Bucket, BucketLock, is_remote
 from cache.exits import deferred_stop
 from cache.lock import StoreLock, StoreLocked
 from cache.schema import (
@@ -34,7 +35,7 @@ from cache.schema import (
     store_format,
 )
 from cache.shards import partial_files
-from cache.store import open_store
+from cache.store import open_store, store_exists
 from cache.writer import ShardResult, StoreWriter, create_store
 from ingest.clips import RowJob, RowOutcome, fallback_of
 from ingest.decoders import GPU_DECODERS, choose
@@ -51,7 +52,7 @@ from ingest.splits import assign_splits
 @dataclass(frozen=True)
 class BuildConfig:
     data_root: Path
-    out: Path
+    out: Path | str  # a local path, or an s3:// URL
     frames: int = 16
     size: int = 224
     resize: str = "squash"
@@ -148,9 +149,9 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
 
 
 @contextlib.contextmanager
-def _locked(out: Path, ranks: Ranks, log: Callable[[str], None]) -> Iterator[None]:
+def _locked(out: Path | str, ranks: Ranks, log: Callable[[str], None]) -> Iterator[None]:
     """Rank 0 holds the store's lock for the whole launch; a second build is refused on every rank."""
-    lock = StoreLock(out)
+    lock = BucketLock(out) if is_remote(out) else StoreLock(out)
     refused = None
     if ranks.main:
         try:
@@ -189,7 +190,7 @@ def _build(
             dynamic_ncols=True,
         )
         ranks.barrier()
-        if not config.out.exists() and ranks.main:
+        if ranks.main and not store_exists(config.out):
             create_store(config.out, table, spec, dataset)
         ranks.barrier()
         # The writer opens first: HDF5 lets a file open for writing be opened again for reading, not the reverse.
@@ -218,7 +219,7 @@ def _discover(
         log(line)
     table = assign_splits(found.table, config.val_fraction, config.seed, found.test_fraction)
     dataset = layout.attrs(found)
-    if not config.out.exists():
+    if not store_exists(config.out):
         return table, np.full(len(table), PENDING, np.int8), dataset
     if not config.resume:
         raise UsageError(f"{config.out} exists: pass --resume to finish it, or choose another --out")
@@ -307,7 +308,9 @@ def _check(config: BuildConfig, ranks: Ranks) -> tuple[StoreSpec, str]:
     for name in ("frames", "size", "workers", "clips_per_shard"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if not config.out.parent.is_dir():
+    if is_remote(config.out):
+        Bucket(str(config.out))  # a malformed URL or an HDF5 name is refused here, before anything is decoded
+    elif not config.out.parent.is_dir():
         raise UsageError(f"--out {config.out}: folder {config.out.parent} does not exist")
     spec = StoreSpec(
         frames=config.frames,

@@ -9,9 +9,10 @@ import textwrap
 import time
 from pathlib import Path
 
-from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
-from cache.schema import PENDING
-from cache.store import open_store
+from cache.bucket import store_location
+from cache.exits import exit_status, part_way, stop_on_signals
+from cache.schema import PENDING, StoreError
+from cache.store import open_store, store_exists
 from ingest.build import BuildConfig, build_cache
 from ingest.decoders import DECODERS
 from ingest.demo import DEMO_LAYOUTS, DemoSpec, make_demo
@@ -46,7 +47,12 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_layout_arguments(build)
-    build.add_argument("--out", type=Path, required=True, help="the store to write: NAME.zarr or NAME.h5")
+    build.add_argument(
+        "--out",
+        type=store_location,
+        required=True,
+        help="the store to write: NAME.zarr, NAME.h5 or s3://BUCKET/PATH/NAME.zarr",
+    )
     build.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
     build.add_argument("--size", type=int, default=224, help="frames are resized to SIZE x SIZE (default 224)")
     build.add_argument(
@@ -192,20 +198,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "scan":
             return _scan(args)
         return _build(args)
-    except UsageError as error:
+    except (UsageError, StoreError) as error:
         print(f"ingest: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:
         print(f"ingest: interrupted: {_kept(args)}", file=sys.stderr)
         return exit_status(stop)
     except OSError as error:
-        if not disk_full(error):
+        stopped = part_way(error, args.out)
+        if stopped is None:
             raise
-        print(
-            f"ingest: error: no space left on the device of {args.out}: {_kept(args, 'free space, then ')}",
-            file=sys.stderr,
-        )
-        return NO_SPACE
+        print(f"ingest: error: {stopped.cause}: {_kept(args, f'{stopped.when}, ')}", file=sys.stderr)
+        return stopped.status
 
 
 def _kept(args: argparse.Namespace, first: str = "") -> str:
@@ -214,11 +218,15 @@ def _kept(args: argparse.Namespace, first: str = "") -> str:
         return "nothing written" if not args.csv else f"{args.csv} may be part written: run scan again"
     if args.command == "make-demo":
         return f"{args.out} holds part of the demo set; {first}remove it and run make-demo again"
-    if not args.out.exists():
-        return f"nothing written ({args.out} was not created yet)"
-    with open_store(args.out) as store:
-        stored, total = int((store.status != PENDING).sum()), len(store)
-    return f"{stored} of {total} videos stored in {args.out}; {first}run the same command with --resume to finish it"
+    again = f"{first}run the same command with --resume to finish it"
+    try:
+        if not store_exists(args.out):
+            return f"nothing written ({args.out} was not created yet)"
+        with open_store(args.out) as store:
+            stored, total = int((store.status != PENDING).sum()), len(store)
+    except (StoreError, OSError):  # a bucket that no longer answers cannot say how much it holds
+        return f"every finished shard is kept in {args.out}; {again}"
+    return f"{stored} of {total} videos stored in {args.out}; {again}"
 
 
 def _build(args: argparse.Namespace) -> int:

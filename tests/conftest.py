@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from bench.remote import local_s3_server
 from ingest.demo import DemoSpec, make_demo, write_video
 
 GRID = 4  # frame numbers are drawn as a GRID x GRID block of bits, most significant first
@@ -444,3 +447,50 @@ def seed_root(tmp_path_factory, tiny_videos) -> Path:
     names = [f"Celeb-Real/id{i}_0000.mp4" for i in range(3)] + [f"Celeb-Fake/id{i}_id9_0000.mp4" for i in range(3)]
     place(root, tiny_videos, *names, "Testing/x.mp4")
     return root
+
+
+class CountingApp:
+    """The S3 server's WSGI app, counting the requests it answers by method and key."""
+
+    def __init__(self, app):
+        self.app = app
+        self.requests: list[tuple[str, str]] = []
+
+    def __call__(self, environ, start_response):
+        self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+        return self.app(environ, start_response)
+
+    def count(self, method: str, part: str = "") -> int:
+        return sum(1 for m, path in self.requests if m == method and part in path)
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    app: CountingApp
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> S3Server:
+    """A real S3-compatible server (moto's) on 127.0.0.1 for the whole session; the AWS_* variables point every
+    client at it, in this process and in the commands it starts."""
+    with local_s3_server() as (server, endpoint):
+        app = CountingApp(server._server.app)  # the werkzeug server's app, wrapped to count what clients ask
+        server._server.app = app
+        yield S3Server(endpoint, app)
+
+
+def new_bucket(endpoint: str) -> str:
+    """A new empty bucket on the S3 server at `endpoint`: `s3://NAME`."""
+    import boto3
+
+    name = f"clips-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def bucket(s3_server, tmp_path, monkeypatch) -> str:
+    """A new empty bucket, `s3://NAME`, and a shard cache of this test's own."""
+    monkeypatch.setenv("CLIPCACHE_CACHE_DIR", str(tmp_path / "shard-cache"))
+    return new_bucket(s3_server.endpoint)

@@ -14,6 +14,7 @@ from bench.decode import decode
 from bench.faces import faces
 from bench.features import features
 from bench.read import read
+from bench.remote import remote
 from bench.results import append_markdown, latest, plot, save, table
 from bench.stores import replicate
 from bench.timing import Rate, Row, skipped
@@ -158,3 +159,10 @@ def test_scan_stage_times_ingest_scan_on_a_dfdc_shaped_tree_beside_os_walk(bench
     (row,) = bench_scan.scan(replace(bench_config, work=tmp_path), Context())
     assert row.stage == "scan" and "72 empty videos in 3 parts" in row.measures
     assert row.ours.median > 0 and row.baseline.median > 0
+
+
+def test_remote_stage_reads_an_epoch_from_a_local_s3_server_beside_local_disk(bench_config):
+    rows = remote(bench_config, Context())
+    assert [row.stage for row in rows] == ["store in a bucket"] * 2
+    assert all(row.ours and row.limit and row.ours.median > 0 for row in rows)
+    assert "127.0.0.1" in rows[0].note and "20 clips" in rows[0].measures

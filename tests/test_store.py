@@ -15,7 +15,7 @@ from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from cache import StoreError, open_store
 from cache.dataset import ClipDataset
 from cache.schema import FAILED, OK, PENDING, StoreSpec
-from cache.shards import ShardLayout, replace_file
+from cache.shards import LocalFiles, ShardLayout, replace_file
 from cache.writer import ShardResult, StoreWriter, create_store
 
 
@@ -229,7 +229,7 @@ def test_a_shard_index_without_a_checksum_is_written_as_zarr_writes_it(tmp_path,
         array = group.create_array(
             "a", shape=(5, 4), dtype="uint8", chunks=(3, 4), serializer=sharding, compressors=None, fill_value=0
         )
-        layout = ShardLayout.of(array)
+        layout = ShardLayout.of(array, LocalFiles(tmp_path / f"{way}.zarr"))
         assert layout is not None and layout.checksum == checksum and layout.index_bytes == 3 * 16 + 4 * checksum
         for start in (0, 3):
             if way == "zarr":
@@ -250,9 +250,9 @@ def test_other_shard_layouts_are_left_to_zarr(tmp_path):
         array = group.create_array(
             name, shape=(5, 4), dtype="uint8", chunks=(4, 4), serializer=sharding, compressors=None, fill_value=0
         )
-        assert ShardLayout.of(array) is None, name
+        assert ShardLayout.of(array, LocalFiles(tmp_path / "other.zarr")) is None, name
     unsharded = group.create_array("plain", shape=(5, 4), dtype="uint8", chunks=(3, 4), compressors=None)
-    assert ShardLayout.of(unsharded) is None
+    assert ShardLayout.of(unsharded, LocalFiles(tmp_path / "other.zarr")) is None
 
 
 def test_a_failed_shard_write_leaves_the_old_file_and_no_partial_one(tmp_path):

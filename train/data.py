@@ -16,6 +16,7 @@ from accelerate import Accelerator
 from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler, RandomSampler, WeightedRandomSampler
 
+from cache.bucket import store_location
 from cache.dataset import ClipDataset, Phases, StoreUnion
 from cache.schema import FAKE, REAL
 from cache.store import clip_settings
@@ -54,8 +55,8 @@ def store_names(caches: Sequence[Path]) -> dict[str, Path]:
     where two stores share a name."""
     stems = [Path(cache).stem for cache in caches]
     if len(set(stems)) == len(stems):
-        return dict(zip(stems, map(Path, caches), strict=True))
-    return {str(cache): Path(cache) for cache in caches}
+        return dict(zip(stems, map(store_location, caches), strict=True))
+    return {str(cache): store_location(cache) for cache in caches}
 
 
 def check_classes(cache: str | Path, split: str, labels: np.ndarray) -> None:

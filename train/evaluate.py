@@ -17,6 +17,7 @@ import torch
 from accelerate import Accelerator
 
 from cache import StoreError
+from cache.bucket import add_cache_options, configure_cache, store_location
 from cache.store import clip_settings
 from train.data import UsageError, shard_feed, split_dataset, store_names
 from train.inference import TrainedModel
@@ -104,7 +105,8 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     main.add_argument("--run", type=Path, required=True, help="RUN_DIR of train/run.py, or one model's RUN_DIR/MODEL")
-    main.add_argument("--cache", type=Path, nargs="+", required=True, help="the stores to score on")
+    main.add_argument("--cache", type=store_location, nargs="+", required=True, help="the stores to score on")
+    add_cache_options(main)
     main.add_argument(
         "--split", choices=EVAL_SPLITS, default="test", help="score the stores' test split (default) or all videos"
     )
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     try:
+        configure_cache(args.cache_dir, args.cache_limit)
         if args.batch_size < 1 or args.workers < 0:
             raise UsageError("--batch-size must be at least 1, --workers at least 0")
         models = load_models(args.run, accelerator.device)

@@ -25,6 +25,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from cache import StoreError, open_store
+from cache.bucket import add_cache_options, configure_cache, store_location
 from cache.schema import FAKE, LABEL_NAMES, OK, UNKNOWN, ClipSettings
 from ingest.decoders import make_decoder
 from ingest.decoding import DecodeError
@@ -240,7 +241,10 @@ def parser() -> argparse.ArgumentParser:
     )
     main.add_argument("--run", type=Path, required=True, help="a trained model's folder, RUN_DIR/MODEL")
     source = main.add_mutually_exclusive_group(required=True)
-    source.add_argument("--cache", type=Path, help="explain clips of this store (its clips must match the run's)")
+    source.add_argument(
+        "--cache", type=store_location, help="explain clips of this store (its clips must match the run's)"
+    )
+    add_cache_options(main)
     source.add_argument("--video", type=Path, nargs="+", help="explain these videos, decoded as the run's store was")
     main.add_argument("--rows", type=int, nargs="+", help="with --cache: the store rows to explain")
     main.add_argument("--out", type=Path, required=True, help="folder for the PNGs (created)")
@@ -256,6 +260,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        configure_cache(args.cache_dir, args.cache_limit)
         if (args.cache is None) != (args.rows is None):
             raise UsageError("--rows goes with --cache, and --cache needs --rows")
         if args.workers < 1:

@@ -22,6 +22,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
+from cache.bucket import add_cache_options, configure_cache, store_location
 from cache.dataset import FeatureDataset
 from cache.exits import NO_SPACE, deferred_stop, disk_full, exit_status, stop_on_signals
 from cache.features import FeatureSpec, FeatureWriter, feature_entries
@@ -207,7 +208,10 @@ def parser() -> argparse.ArgumentParser:
             "the disk is full, 130 after Ctrl-C and 143 after SIGTERM; finished shards are kept in all three."
         ),
     )
-    main.add_argument("store", type=Path, help="a store built by `ingest build-cache` (.zarr, .h5)")
+    main.add_argument(
+        "store", type=store_location, help="a store built by `ingest build-cache` (.zarr, .h5, s3://.../NAME.zarr)"
+    )
+    add_cache_options(main)
     main.add_argument("--backbone", choices=tuple(BACKBONE_MODELS), required=True, help="timm backbone")
     source = main.add_mutually_exclusive_group()
     source.add_argument("--weights", type=Path, help="backbone weights from a local safetensors file")
@@ -229,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     kept = "every finished shard's features are kept"
     try:
-        compute_features(FeatureConfig(**vars(args)))
+        options = vars(args)
+        configure_cache(options.pop("cache_dir"), options.pop("cache_limit"))
+        compute_features(FeatureConfig(**options))
     except (UsageError, StoreError) as error:
         print(f"features: error: {error}", file=sys.stderr)
         return 2

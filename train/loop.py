@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from cache.bucket import is_remote, store_location
 from cache.store import clip_settings
 from train.augment import ClipTransform
 from train.checkpoint import find_last, load_last, load_weights, save_last, save_weights, write_json
@@ -72,7 +73,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         caches = (self.cache,) if isinstance(self.cache, (str, Path)) else self.cache
-        object.__setattr__(self, "cache", tuple(Path(cache) for cache in caches))
+        object.__setattr__(self, "cache", tuple(store_location(cache) for cache in caches))
 
     @property
     def learning_rate(self) -> float:
@@ -95,7 +96,7 @@ class TrainConfig:
             raise UsageError("--from-features reads one store's features: give one --cache")
         if not self.cache:
             raise UsageError("--cache: give at least one store")
-        if len({cache.resolve() for cache in self.cache}) < len(self.cache):
+        if len({cache if is_remote(cache) else cache.resolve() for cache in self.cache}) < len(self.cache):
             raise UsageError("--cache: a store is given twice")
         if self.clip_frames is not None and self.clip_frames < 1:
             raise UsageError("--clip-frames must be at least 1")

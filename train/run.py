@@ -18,7 +18,8 @@ import torch
 from accelerate import Accelerator
 
 from cache import StoreError
-from cache.exits import NO_SPACE, disk_full, exit_status, stop_on_signals
+from cache.bucket import add_cache_options, configure_cache, store_location
+from cache.exits import exit_status, part_way, stop_on_signals
 from train.checkpoint import find_last
 from train.data import BALANCE, UsageError, check_same_clips, store_names
 from train.evaluate import evaluate_models, threshold_note
@@ -40,13 +41,14 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     """The options train/run.py and train/tune.py share; their dests are TrainConfig fields (see `train_config`)."""
     parser.add_argument(
         "--cache",
-        type=Path,
+        type=store_location,
         action="append",
         required=True,
         help="a store built by `ingest build-cache`; repeat it to train on the union of several stores' train "
         "splits, choose on the union of their val splits and score each store's test split apart (their frames, "
         "size and resize must agree)",
     )
+    add_cache_options(parser)
     parser.add_argument(
         "--clip-frames",
         type=int,
@@ -118,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument("--resume", action="store_true", help="continue from RUN_DIR/MODEL/last")
     main.add_argument(
         "--eval-cache",
-        type=Path,
+        type=store_location,
         nargs="+",
         default=[],
         help="after training, score the chosen weights on these stores' test splits too (never choosing anything "
@@ -233,10 +235,10 @@ def cross_dataset(
     table = {}
     for metrics in results:
         tests = metrics["final"]["test_by_store"].values()
-        table[metrics["model"]] = {name_of[Path(c)]: test for c, test in zip(args.cache, tests, strict=True)}
+        table[metrics["model"]] = {name_of[c]: test for c, test in zip(args.cache, tests, strict=True)}
     models = [TrainedModel.load(args.out / name, accelerator.device) for name in table]
     if args.eval_cache:
-        stores = {name_of[Path(cache)]: Path(cache) for cache in args.eval_cache}
+        stores = {name_of[cache]: cache for cache in args.eval_cache}
         scored = evaluate_models(models, stores, "test", accelerator, args.batch_size, args.workers)
         for name, by_store in scored.items():
             table[name] |= by_store
@@ -251,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = make_accelerator(args)
     config = None
     try:
+        configure_cache(args.cache_dir, args.cache_limit)
         if args.model == "all" and (args.weights is not None or args.from_features):
             raise UsageError("--weights and --from-features fit one backbone: train one --model at a time with them")
         check_same_clips([*args.cache, *args.eval_cache])
@@ -274,12 +277,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"train: interrupted: {resume_line(config)}", file=sys.stderr)
         return exit_status(stop)
     except OSError as error:
-        if not disk_full(error):
+        stopped = part_way(error, args.out)
+        if stopped is None:
             raise
         if accelerator.is_main_process:
-            where = f"no space left on the device of {args.out}"
-            print(f"train: error: {where}: {resume_line(config)}, once space is freed", file=sys.stderr)
-        return NO_SPACE
+            print(f"train: error: {stopped.cause}: {resume_line(config)}, {stopped.when}", file=sys.stderr)
+        return stopped.status
     finally:
         accelerator.end_training()
     return 0

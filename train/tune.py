@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
 from cache import StoreError
+from cache.bucket import configure_cache
 from cache.exits import exit_status, stop_on_signals
 from train.checkpoint import write_json
 from train.data import UsageError, split_dataset
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("run tune as one process (python, not a multi-process accelerate launch)")
         if args.trials < 1:
             raise UsageError("--trials must be at least 1")
+        configure_cache(args.cache_dir, args.cache_limit)
         base = train_config(args)
         base.check()
         split_dataset(base.cache, "val", need_both_classes=True)
