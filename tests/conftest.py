@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from bench.remote import local_s3_server
+from bench.remote import free_port, local_s3_server
 from ingest.demo import DemoSpec, make_demo, write_video
 
 GRID = 4  # frame numbers are drawn as a GRID x GRID block of bits, most significant first
@@ -122,12 +121,6 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None, **kwargs) -
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def launch_two(*command: str) -> list[str]:
