@@ -11,7 +11,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import timm
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -150,6 +149,8 @@ def build_model(config: ModelConfig) -> ClipClassifier:
         feature_dim = 256
         head: nn.Module = FrameVoteHead(feature_dim, config.dropout)
     else:
+        import timm  # here: simple_cnn's runs, and every command that stops at a bad argument, start without it
+
         backbone = timm.create_model(TIMM_BACKBONES[config.name], pretrained=config.pretrained, num_classes=0)
         feature_dim = backbone.num_features
         if config.name == "resnet18":
