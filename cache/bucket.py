@@ -238,6 +238,15 @@ class Bucket:
         for key in sorted(files, key=lambda key: key == "zarr.json"):
             self.put(key, [(folder / key).read_bytes()])
 
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        """Zarr's own requests (metadata, small arrays) as this store's: an obstore error raised through zarr
+        ends as `BucketUnreachable`, as the store's own GETs and PUTs do."""
+        try:
+            yield
+        except BaseError as error:
+            raise self._unreachable(error) from None
+
     def _unreachable(self, error: Exception) -> BucketUnreachable:
         return BucketUnreachable(f"{self.url}: {_cause(error, self.endpoint)}")
 

@@ -8,6 +8,7 @@ other layout falls back to the library's own reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -49,6 +50,10 @@ class StoreHandle:
     def close(self) -> None:
         if self.format == "hdf5":
             self._root.close()
+
+    def answering(self) -> contextlib.AbstractContextManager:
+        """Where zarr itself talks to a bucket: its errors end as the bucket's own do (nothing for a local store)."""
+        return self.files.answering() if isinstance(self.files, Bucket) else contextlib.nullcontext()
 
     def flush(self) -> None:
         """Put what was written on disk before what comes next (Zarr's local store writes each chunk at once)."""

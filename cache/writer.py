@@ -176,6 +176,10 @@ class StoreWriter(StoreHandle):
         self._layouts: dict[str, ShardFiles | None] = {}
 
     def write_shard(self, shard: ShardResult) -> None:
+        with self.answering():
+            self._write_shard(shard)
+
+    def _write_shard(self, shard: ShardResult) -> None:
         rows = shard.rows
         self._set("clips", rows, shard.clips)
         self.flush()
@@ -223,8 +227,9 @@ class StoreWriter(StoreHandle):
 
     def update_attrs(self, attrs: dict) -> None:
         """Nested values become JSON strings in HDF5, which has no nested attributes."""
-        for name, value in attrs.items():
-            if self.format == "hdf5" and isinstance(value, dict | list):
-                value = json.dumps(value)
-            self._root.attrs[name] = value
+        with self.answering():
+            for name, value in attrs.items():
+                if self.format == "hdf5" and isinstance(value, dict | list):
+                    value = json.dumps(value)
+                self._root.attrs[name] = value
         self.flush()
