@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from cache.bucket import add_cache_options, configure_cache, store_location
 from cache.dataset import FeatureDataset
-from cache.exits import NO_SPACE, deferred_stop, disk_full, exit_status, stop_on_signals
+from cache.exits import deferred_stop, exit_status, part_way, stop_on_signals
 from cache.features import FeatureSpec, FeatureWriter, feature_entries
 from cache.schema import OK, StoreError, shard_count, shard_slice
 from cache.store import open_store
@@ -243,14 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"features: interrupted: {kept}; run the same command to compute the rest", file=sys.stderr)
         return exit_status(stop)
     except OSError as error:
-        if not disk_full(error):
+        stopped = part_way(error, args.store)
+        if stopped is None:
             raise
         print(
-            f"features: error: no space left on the device of {args.store}: {kept}; free space, then run the same "
-            "command to compute the rest",
+            f"features: error: {stopped.cause}: {kept}; {stopped.when}, run the same command to compute the rest",
             file=sys.stderr,
         )
-        return NO_SPACE
+        return stopped.status
     return 0
 
 
