@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import traceback
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +21,7 @@ import av
 import cv2
 import numpy as np
 import pytest
+import torch
 from skimage import data
 
 from bench.remote import free_port, local_s3_server
@@ -23,6 +29,7 @@ from ingest.demo import DemoSpec, make_demo, write_video
 
 GRID = 4  # frame numbers are drawn as a GRID x GRID block of bits, most significant first
 SIZE = 64  # stored frame size in tests: 16 px per bit cell
+TORCH_THREADS = torch.get_num_threads()  # what a new process starts with
 
 
 def numbered_frame(number: int, width: int, height: int) -> np.ndarray:
@@ -114,13 +121,68 @@ def demo_root(tmp_path_factory) -> Path:
     return root
 
 
-def run_cli(*args: str, check: bool = True, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    """Run a console command of ours (`ingest`, `cache`) as a real process."""
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command of ours (`ingest ...`, `train.run ...`) to its end as `python -m` would, in this process.
+
+    Its exit status, output and files are a process's; what it changes of this process (signal handlers,
+    environment, torch's threads, accelerate's state) is put back, so that each call starts as a new process
+    does, without the 3-4 s a new one spends importing torch. What only a process of its own shows (a launch,
+    a variable read at start-up, CUDA, which a later fork of this process would not survive) goes through
+    `run_process`; a kill, through `subprocess.Popen`.
+    """
+    main = _entry_point(args[0])
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with _as_a_new_process(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            status = main(list(args[1:]))
+        except SystemExit as exit:  # argparse's errors and --help
+            status = exit.code
+            if isinstance(status, str):
+                print(status, file=sys.stderr)
+                status = 1
+        except Exception:
+            traceback.print_exc()
+            status = 1
+    result = subprocess.CompletedProcess(["python", "-m", *args], status or 0, stdout.getvalue(), stderr.getvalue())
+    return _checked(result, check)
+
+
+def run_process(*args: str, check: bool = True, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command of ours as a real process, `python -m` with `args`, and `env` added to the environment."""
     command = [sys.executable, "-m", *args]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
+    return _checked(result, check)
+
+
+def _checked(result: subprocess.CompletedProcess, check: bool) -> subprocess.CompletedProcess:
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(f"{' '.join(result.args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def _entry_point(module: str) -> Callable[[list[str]], int | None]:
+    """The `main` that `python -m module` calls: the module's own, or its package's command line's."""
+    found = importlib.import_module(module)
+    return found.main if hasattr(found, "main") else importlib.import_module(f"{module}.cli").main
+
+
+@contextlib.contextmanager
+def _as_a_new_process() -> Iterator[None]:
+    from accelerate.state import AcceleratorState
+
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    environment = dict(os.environ)
+    torch.set_num_threads(TORCH_THREADS)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        yield
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        torch.set_num_threads(TORCH_THREADS)
+        os.environ.clear()
+        os.environ.update(environment)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 def launch_two(*command: str) -> list[str]:

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import encode_numbered, run_cli
+from conftest import encode_numbered, run_cli, run_process
 
 from bench import scan as bench_scan
 from bench.context import BenchConfig, Context
@@ -127,7 +127,7 @@ def test_faces_stage_times_detection_and_the_face_build_beside_squash(face_root,
 def test_bench_run_command_writes_results(demo_root, tmp_path):
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    result = run_cli(
+    result = run_process(  # a process of its own: TMPDIR is read once a process
         "bench",
         "run",
         "--data",

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import build_args, new_bucket, one_line, run_cli, train_args
+from conftest import build_args, launch_two, new_bucket, one_line, run_cli, run_process, train_args
 
 from bench.remote import free_port, local_s3_server
 from cache.bucket import BucketLock, ShardCache
@@ -120,9 +120,7 @@ def test_a_build_killed_mid_way_into_a_bucket_resumes_to_the_same_store(demo_roo
 @pytest.mark.slow
 def test_two_ranks_build_one_store_in_a_bucket(demo_root, bucket, tiny_cache):
     url = f"{bucket}/ranks.zarr"
-    launch = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m"]
-    result = run_cli(*launch, *build_args(demo_root, url, *TINY, "--clips-per-shard", "4"))
+    result = run_process(*launch_two("-m", *build_args(demo_root, url, *TINY, "--clips-per-shard", "4")))
     assert result.stdout.count("videos decoded") == 1
     with open_store(url) as store:
         assert store.spec.clips_per_shard == 4 and (store.status != PENDING).all()

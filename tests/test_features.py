@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import build_args, launch_two, one_line, run_cli, stop_mid_run, train_args
+from conftest import build_args, launch_two, one_line, run_cli, run_process, stop_mid_run, train_args
 
 from cache import open_store
 from cache.dataset import FeatureDataset
@@ -170,7 +170,7 @@ def test_a_split_reads_only_its_own_rows(demo_root, tmp_path):
 
 def test_two_processes_store_what_one_process_stores(demo_root, computed, tmp_path):
     store = build_store(demo_root, tmp_path)
-    assert "by 2 process(es)" in run_cli(*launch_two("-m", *features_args(store))).stdout
+    assert "by 2 process(es)" in run_process(*launch_two("-m", *features_args(store))).stdout
     name = only_entry(store).name  # the same backbone and weights as `computed`'s first entry
     values, done = stored_values(store, name)
     whole, _ = stored_values(computed, name)

@@ -1,11 +1,12 @@
-"""The GPU decoders and the GPU feed, held to the CPU decoders' frame-number checks; skipped without a GPU."""
+"""The GPU decoders and the GPU feed, held to the CPU decoders' frame-number checks; skipped without a GPU. Each
+command runs as a process of its own (`run_process`): CUDA would not survive a fork of the test's process."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import build_args, numbered_frame, read_number, run_cli
+from conftest import build_args, numbered_frame, read_number, run_process
 
 from cache import open_store
 from cache.dataset import ClipDataset
@@ -106,7 +107,7 @@ def test_gpu_build_stores_what_the_pyav_build_stores(celebdf_root, tmp_path, gpu
     for decoder in ("pyav", gpu_decoder):
         stores[decoder] = tmp_path / f"{decoder}.zarr"
         extra = ("--decoder", decoder, "--resize", resize, "--workers", "4", "--clips-per-shard", "3")
-        result = run_cli(*build_args(celebdf_root, stores[decoder], *extra))
+        result = run_process(*build_args(celebdf_root, stores[decoder], *extra))
         assert f"decoder {decoder}" in result.stdout
     with open_store(stores["pyav"]) as cpu, open_store(stores[gpu_decoder]) as gpu:
         assert gpu.spec.decoder == gpu_decoder
@@ -130,7 +131,7 @@ def test_gpu_face_build_finds_the_faces_the_pyav_build_finds(face_root, tmp_path
     for decoder in ("pyav", gpu_decoder):
         stores[decoder] = tmp_path / f"{decoder}.zarr"
         extra = ("--decoder", decoder, "--resize", "face", "--manifest", str(face_root / "manifest.csv"))
-        run_cli(*build_args(face_root, stores[decoder], *extra, "--workers", "4"))
+        run_process(*build_args(face_root, stores[decoder], *extra, "--workers", "4"))
     with open_store(stores["pyav"]) as cpu, open_store(stores[gpu_decoder]) as gpu:
         assert (cpu.status == gpu.status).all() and len(gpu.fell_back()) == 0
         assert ((cpu.face_detected > 0) == (gpu.face_detected > 0)).all()

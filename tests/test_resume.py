@@ -1,5 +1,6 @@
 """A build killed with SIGKILL resumes to exactly what an uninterrupted build writes; ranks share one store."""
 
+import fcntl
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ import numpy as np
 import psutil
 import pytest
 import zarr
-from conftest import build_args, build_both_formats, encode_numbered, launch_two, one_line, run_cli
+from conftest import build_args, build_both_formats, encode_numbered, launch_two, one_line, run_cli, run_process
 from test_build import assert_same_store, one_line_error
 
 from cache import open_store
@@ -89,7 +90,22 @@ def kill_mid_build(args, store, stop: int = signal.SIGKILL) -> str:
             process.wait()
     expected = -signal.SIGKILL if stop == signal.SIGKILL else 128 + stop
     assert process.returncode == expected, f"the build ended before it could be stopped:\n{errors.read_text()}"
+    wait_for_the_lock(store)
     return errors.read_text()
+
+
+def wait_for_the_lock(store: Path) -> None:
+    """Until the last process of a killed build is gone: its decode workers share the lock, and die a moment
+    after the process the test waited for, as a user's next command finds them gone."""
+    path = store.with_name(f"{store.name}.lock")
+    deadline = time.monotonic() + 30
+    while path.exists() and time.monotonic() < deadline:
+        with path.open() as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                time.sleep(0.01)
 
 
 @pytest.mark.parametrize(
@@ -176,7 +192,7 @@ def test_a_second_build_of_the_same_store_is_refused_while_the_first_runs(many_v
 
 def test_two_ranks_build_the_same_store_as_one_process(many_videos, reference, tmp_path):
     store = tmp_path / "ranks.zarr"
-    result = run_cli(*launch_two("-m", *build_args(many_videos, store, "--workers", "1", "--clips-per-shard", "2")))
+    result = run_process(*launch_two("-m", *build_args(many_videos, store, "--workers", "1", "--clips-per-shard", "2")))
     assert result.stdout.count("videos decoded") == 1, "rank 0 alone writes the summary"
     assert f"{len(status_of(store))} videos decoded" in result.stdout
     assert_same_store(store, reference["zarr"])
@@ -184,7 +200,7 @@ def test_two_ranks_build_the_same_store_as_one_process(many_videos, reference, t
 
 
 def test_hdf5_refuses_several_ranks(many_videos, tmp_path):
-    result = run_cli(*launch_two("-m", *build_args(many_videos, tmp_path / "r.h5")), check=False)
+    result = run_process(*launch_two("-m", *build_args(many_videos, tmp_path / "r.h5")), check=False)
     assert result.returncode != 0 and "HDF5 store has one writer" in result.stderr
     assert not (tmp_path / "r.h5").exists()
 
@@ -314,7 +330,7 @@ def test_a_decoder_that_crashes_its_process_fails_its_row_and_the_build_goes_on(
     (tmp_path / "site" / "sitecustomize.py").write_text(CRASHING_DECODER)
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *sys.path])}
     store = tmp_path / "crash.zarr"
-    result = run_cli(*build_args(root, store, "--workers", str(workers), "--decoder", "pyav"), env=env)
+    result = run_process(*build_args(root, store, "--workers", str(workers), "--decoder", "pyav"), env=env)
     assert "1 failed, 0 pending" in result.stdout
     with open_store(store) as built:
         failed = np.flatnonzero(built.status != OK)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import build_args, encode_numbered, launch_two, one_line, run_cli, stop_mid_run, train_args
+from conftest import build_args, encode_numbered, launch_two, one_line, run_cli, run_process, stop_mid_run, train_args
 
 import train
 from cache import open_store
@@ -86,7 +86,7 @@ def evaluate_alone(cache: Path, folder: Path, split: str, threshold: float) -> d
 @pytest.mark.slow
 def test_two_processes_see_each_clip_once_and_report_what_one_process_does(tiny_cache, tmp_path):
     # 15 training clips in batches of 3: one rank gets 3 batches, the other 2, so DDP's join is needed.
-    result = run_cli(
+    result = run_process(
         *launch_two(
             RUN_SCRIPT, *train_args(tiny_cache, tmp_path, "simple_cnn", "--epochs", "2", "--batch-size", "3")[1:]
         )
