@@ -25,7 +25,8 @@ def parser() -> argparse.ArgumentParser:
         "run",
         help="time the stages",
         description=(
-            "Time each stage over repeats after a warm-up (median, min-max), beside the baseline a user would "
+            "Time each stage over repeats after a warm-up (median, min-max; whole builds and the seed's OpenCV "
+            "seeks, seconds a run, over half as many), beside the baseline a user would "
             "run and the hardware's limit, measured in the same run. Writes results/<time>-<host>.json, prints a "
             "table and appends it to bench/RESULTS.md. Exit status 2 on bad input, 130 after Ctrl-C and 143 after "
             "SIGTERM (nothing written then)."

@@ -23,6 +23,12 @@ class BenchConfig:
     demo_set: Path | None = None  # many small videos, built beside `data_root` by the ingest stage
     hd_faces: Path | None = None  # 1080p videos with small faces, for the faces stage
 
+    @property
+    def rounds(self) -> int:
+        """Timed runs of what takes seconds a run (whole builds, the seed's OpenCV seeks): half the repeats, at
+        least two, which keeps a full bench on 2 cores under 15 minutes."""
+        return max(2, -(-self.repeat // 2))
+
 
 @dataclass
 class Context:

@@ -27,8 +27,9 @@ def ingest(config: BenchConfig, context: Context) -> list[Row]:
     """`build-cache` end to end on the bench's videos and on the demo set, with the scaling ratio of its workers,
     then with each GPU decoder."""
     # A real set has thousands of videos, over which a build's fixed costs (discovery, forks, store creation,
-    # summary: about 0.2 s) vanish; six would be mostly fixed costs, so the build reads eight links to each.
-    rows = _ingest_scaling(config, linked_root(config, 8 * len(config.videos)), _ingest_limit(config, context))
+    # summary: about 0.2 s) vanish; six would be mostly fixed costs, so the build reads four links to each (24
+    # videos: 8 s a build on one core, of which the fixed costs are 3%).
+    rows = _ingest_scaling(config, linked_root(config, 4 * len(config.videos)), _ingest_limit(config, context))
     if config.demo_set is not None:
         rows += _ingest_scaling(config, config.demo_set, None)
     return rows + gpu_ingest(config)
@@ -40,7 +41,7 @@ def _ingest_scaling(config: BenchConfig, root: Path, one_process: Rate | None) -
 
     How `build-cache` scales with cores is the last's rate over the one-core rate times the workers: a single
     worker's decoder threads already use more than one core, so its own rate is no measure of one core.
-    The builds take turns, repeat after repeat, so that other work on the machine disturbs each alike.
+    The builds take turns, round after round, so that other work on the machine disturbs each alike.
     """
     cores = len(os.sched_getaffinity(0))
     builds: dict[str, Callable[[], float]] = {"one core": lambda: _one_core(lambda: build_store(config, root, 1))}
@@ -48,7 +49,7 @@ def _ingest_scaling(config: BenchConfig, root: Path, one_process: Rate | None) -
         builds["one worker"] = lambda: build_store(config, root, 1)
     if config.workers > 1:
         builds["workers"] = lambda: build_store(config, root, config.workers)
-    rates = taking_turns(builds, config.repeat, "videos/s")
+    rates = taking_turns(builds, config.rounds, "videos/s")
     videos = videos_of(root)
     rows = [
         Row(
