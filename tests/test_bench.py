@@ -113,7 +113,8 @@ def test_faces_stage_times_detection_and_the_face_build_beside_squash(face_root,
     videos = [face_root / "Celeb-real/id0_0000.mp4", face_root / "Celeb-synthesis/id0_id1_0000.mp4"]
     hd = tmp_path / "hd"
     (hd / "Celeb-real").mkdir(parents=True)
-    (hd / "Celeb-real/id0_0000.mp4").symlink_to(face_root / "Celeb-real/id3_0000.mp4")  # 1920x1080, an 87 px face
+    for name in ("id0_0000", "id1_0000"):  # 1920x1080, an 87 px face
+        (hd / f"Celeb-real/{name}.mp4").symlink_to(face_root / "Celeb-real/id3_0000.mp4")
     config = replace(bench_config, videos=videos, data_root=face_root, work=tmp_path, hd_faces=hd)
     detection, build, hd_detection, hd_build = faces(config, Context())
     assert detection.measures == "dlib HOG face detection as a build does, 480x320 frames, 1 thread"
