@@ -2,7 +2,9 @@
 models scored on stores they never saw."""
 
 import csv
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import build_both_formats, run_cli, train_args
+from conftest import build_both_formats, one_line, run_cli, train_args
 
 from cache import open_store
 from cache.dataset import ClipDataset, StoreUnion
@@ -155,6 +157,37 @@ def test_evaluate_writes_the_cross_dataset_table_at_the_runs_threshold(phased, t
     assert "simple_cnn" in result.stdout and "threshold each model chose" in table["note"]
     header = (tmp_path / "cross_dataset.csv").read_text().splitlines()[0].split(",")
     assert header[:6] == ["model", "phased AUC", "phased AP", "phased EER", "phased bal. acc", "phased videos"]
+
+
+@pytest.mark.slow
+def test_evaluate_on_a_full_disk_ends_with_one_line_and_writes_the_table_once_space_is_freed(
+    phased, phased_run, small_disk
+):
+    run, _ = phased_run
+    filler = small_disk.path / "filler"
+    fill(filler)
+    out = small_disk.path / "table"
+    args = ("train.evaluate", "--run", str(run), "--cache", str(phased["zarr"]), "--out", str(out))
+    result = run_cli(*args, check=False)
+    assert result.returncode == 4
+    line = one_line(result.stderr, f"evaluate: error: no space left on the device of {out}: ")
+    assert line.endswith("no complete table was written; run the same command again once space is freed")
+    filler.unlink()
+    run_cli(*args)
+    assert all((out / f"cross_dataset.{suffix}").stat().st_size for suffix in ("md", "csv", "png"))
+    assert json.loads((out / "cross_dataset.json").read_text())["models"]["simple_cnn"]["phased"]["n"] > 0
+
+
+def fill(path: Path) -> None:
+    """Write `path` until its filesystem has no block left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, bytes(2**16)):
+            pass
+    except OSError as error:
+        assert error.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from accelerate import Accelerator
 
 from cache import StoreError
 from cache.bucket import add_cache_options, configure_cache, store_location
+from cache.exits import exit_status, part_way, stop_on_signals
 from cache.store import clip_settings
 from train.data import UsageError, shard_feed, split_dataset, store_names
 from train.inference import TrainedModel
@@ -101,7 +102,8 @@ def parser() -> argparse.ArgumentParser:
             "threshold chosen on the run's own validation split, and write the cross-dataset table "
             "OUT/cross_dataset.{md,csv,json,png}: a row per model and, per store, the video-level ROC AUC, "
             "average precision, EER, balanced accuracy and number of videos. A store whose preprocessing differs "
-            "from the run's (frames, size, resize mode, face margin) is refused. Exit status 2 on bad input."
+            "from the run's (frames, size, resize mode, face margin) is refused. Exit status 2 on bad input, 4 on "
+            "a full disk, 5 when an s3:// store's bucket stops answering, 130 after Ctrl-C, 143 after SIGTERM."
         ),
     )
     main.add_argument("--run", type=Path, required=True, help="RUN_DIR of train/run.py, or one model's RUN_DIR/MODEL")
@@ -117,8 +119,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop_on_signals()
     args = parser().parse_args(argv)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    out = args.out or args.run
+    again = "no complete table was written; run the same command again"
     try:
         configure_cache(args.cache_dir, args.cache_limit)
         if args.batch_size < 1 or args.workers < 0:
@@ -126,15 +131,25 @@ def main(argv: list[str] | None = None) -> int:
         models = load_models(args.run, accelerator.device)
         stores = store_names(args.cache)
         table = evaluate_models(models, stores, args.split, accelerator, args.batch_size, args.workers)
+        if accelerator.is_main_process:
+            what = "each store's test split" if args.split == "test" else "every labelled video of each store"
+            write_cross_dataset(out, table, threshold_note(models, what))
+            print(f"{format_cross_dataset(cross_dataset_frame(table))}\n\ntable in {out}/cross_dataset.md")
     except (UsageError, StoreError) as error:
         if accelerator.is_main_process:
             print(f"evaluate: error: {error}", file=sys.stderr)
         return 2
-    if accelerator.is_main_process:
-        out = args.out or args.run
-        what = "each store's test split" if args.split == "test" else "every labelled video of each store"
-        write_cross_dataset(out, table, threshold_note(models, what))
-        print(f"{format_cross_dataset(cross_dataset_frame(table))}\n\ntable in {out}/cross_dataset.md")
+    except KeyboardInterrupt as stop:
+        if accelerator.is_main_process:
+            print(f"evaluate: interrupted: {again}", file=sys.stderr)
+        return exit_status(stop)
+    except OSError as error:
+        stopped = part_way(error, out)
+        if stopped is None:
+            raise
+        if accelerator.is_main_process:
+            print(f"evaluate: error: {stopped.cause}: {again} {stopped.when}", file=sys.stderr)
+        return stopped.status
     return 0
 
 
