@@ -185,6 +185,31 @@ def _as_a_new_process() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+HOLD = """
+import importlib, sys
+module, name, store = sys.argv[1:]
+lock = getattr(importlib.import_module(module), name)(store)
+lock.acquire()
+print("held", flush=True)
+sys.stdin.read()
+lock.release()
+"""
+
+
+@contextlib.contextmanager
+def lock_holder(lock: type, store: str) -> Iterator[subprocess.Popen]:
+    """Another process holding `lock`'s lock (StoreLock, BucketLock) of `store` until its stdin closes; killed
+    after the block."""
+    command = [sys.executable, "-c", HOLD, lock.__module__, lock.__name__, store]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline() == "held\n"
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
 def launch_two(*command: str) -> list[str]:
     """`accelerate launch` of `command` as two gloo ranks on this CPU, on a port of their own: tests run in
     parallel (pytest-xdist), and two launches on accelerate's default port would meet."""

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import build_args, launch_two, new_bucket, one_line, run_cli, run_process, train_args
+from conftest import build_args, launch_two, lock_holder, new_bucket, one_line, run_cli, run_process, train_args
 
 from bench.remote import free_port, local_s3_server
 from cache.bucket import BucketLock, ShardCache
@@ -129,22 +129,11 @@ def test_two_ranks_build_one_store_in_a_bucket(demo_root, bucket, tiny_cache):
         np.testing.assert_array_equal(store.read(twin.rows()), twin.read(twin.rows()))
 
 
-HOLD = (
-    "import sys; from cache.bucket import BucketLock; lock = BucketLock(sys.argv[1]); lock.acquire(); "
-    "print('held', flush=True); sys.stdin.read(); lock.release()"
-)
-
-
 @pytest.fixture
 def holder(bucket):
     """Another process holding the lock of BUCKET/s.zarr until its stdin closes."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", HOLD, f"{bucket}/s.zarr"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert process.stdout.readline() == "held\n"
-    yield process
-    process.kill()
-    process.wait()
+    with lock_holder(BucketLock, f"{bucket}/s.zarr") as process:
+        yield process
 
 
 def test_the_bucket_lock_refuses_a_second_holder_and_frees_on_release(bucket, holder):

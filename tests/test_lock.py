@@ -2,29 +2,18 @@
 
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
+from conftest import lock_holder
 
 from cache.lock import StoreLock, StoreLocked
-
-HOLD = (
-    "import sys; from cache.lock import StoreLock; lock = StoreLock(sys.argv[1]); lock.acquire(); "
-    "print('held', flush=True); sys.stdin.read()"
-)
 
 
 @pytest.fixture
 def holder(tmp_path):
     """Another process holding the lock of tmp_path/s.zarr until its stdin closes."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(tmp_path / "s.zarr")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert process.stdout.readline() == "held\n"
-    yield process
-    process.kill()
-    process.wait()
+    with lock_holder(StoreLock, str(tmp_path / "s.zarr")) as process:
+        yield process
 
 
 def test_a_second_process_is_refused_with_the_holders_pid(tmp_path, holder):
