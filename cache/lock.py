@@ -3,7 +3,8 @@
 A build takes `STORE.lock`, beside the store, before it creates or resumes the store, so two builds started
 at once cannot both create it. The lock is the kernel's (`flock`), so it dies with its holder: a build killed
 with SIGKILL leaves the file, with its owner written in it, but not the lock, and the next build takes it
-over and says whose it was.
+over and says whose it was. A forked child (a decode worker) closes its copy of the lock, so that workers
+orphaned by a killed build, still finishing a video, do not keep the lock of a process that is gone.
 """
 
 from __future__ import annotations
@@ -15,6 +16,17 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+_HELD: set[int] = set()  # this process's lock descriptors, which a forked child closes
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
 
 
 class StoreLocked(Exception):
@@ -75,11 +87,13 @@ class StoreLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(asdict(LockOwner.me())).encode(), 0)
         self._fd = fd
+        _HELD.add(fd)
 
     def release(self) -> None:
         if self._fd is None:
             return
         self.path.unlink(missing_ok=True)
+        _HELD.discard(self._fd)
         os.close(self._fd)
         self._fd = None
 

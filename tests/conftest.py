@@ -186,10 +186,13 @@ def _as_a_new_process() -> Iterator[None]:
 
 
 HOLD = """
-import importlib, sys
-module, name, store = sys.argv[1:]
+import importlib, os, sys, time
+module, name, store, fork = sys.argv[1:]
 lock = getattr(importlib.import_module(module), name)(store)
 lock.acquire()
+if fork == "fork" and os.fork() == 0:  # a child, as a build's decode worker is, that outlives its parent
+    time.sleep(120)
+    os._exit(0)
 print("held", flush=True)
 sys.stdin.read()
 lock.release()
@@ -197,10 +200,10 @@ lock.release()
 
 
 @contextlib.contextmanager
-def lock_holder(lock: type, store: str) -> Iterator[subprocess.Popen]:
-    """Another process holding `lock`'s lock (StoreLock, BucketLock) of `store` until its stdin closes; killed
-    after the block."""
-    command = [sys.executable, "-c", HOLD, lock.__module__, lock.__name__, store]
+def lock_holder(lock: type, store: str, fork: bool = False) -> Iterator[subprocess.Popen]:
+    """Another process holding `lock`'s lock (StoreLock, BucketLock) of `store` until its stdin closes, after
+    forking a child that sleeps where `fork`; killed after the block."""
+    command = [sys.executable, "-c", HOLD, lock.__module__, lock.__name__, store, "fork" if fork else "-"]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline() == "held\n"

@@ -3,6 +3,7 @@
 import os
 import signal
 
+import psutil
 import pytest
 from conftest import lock_holder
 
@@ -28,6 +29,20 @@ def test_a_lock_left_by_a_killed_holder_is_taken_over_and_named(tmp_path, holder
     with StoreLock(tmp_path / "s.zarr") as lock:
         assert lock.taken_over is not None and lock.taken_over.pid == holder.pid
     assert not (tmp_path / "s.zarr.lock").exists()
+
+
+def test_a_killed_holders_forked_child_does_not_keep_its_lock(tmp_path):
+    """A build's decode workers, orphaned by a kill and still finishing a video, leave the lock free."""
+    with lock_holder(StoreLock, str(tmp_path / "s.zarr"), fork=True) as holder:
+        (child,) = psutil.Process(holder.pid).children()
+        try:
+            holder.kill()
+            holder.wait()
+            assert child.is_running()
+            with StoreLock(tmp_path / "s.zarr") as lock:
+                assert lock.taken_over.pid == holder.pid
+        finally:
+            child.kill()
 
 
 def test_a_released_lock_is_free_and_names_no_previous_holder(tmp_path):

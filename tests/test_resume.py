@@ -1,6 +1,5 @@
 """A build killed with SIGKILL resumes to exactly what an uninterrupted build writes; ranks share one store."""
 
-import fcntl
 import os
 import re
 import shutil
@@ -90,22 +89,7 @@ def kill_mid_build(args, store, stop: int = signal.SIGKILL) -> str:
             process.wait()
     expected = -signal.SIGKILL if stop == signal.SIGKILL else 128 + stop
     assert process.returncode == expected, f"the build ended before it could be stopped:\n{errors.read_text()}"
-    wait_for_the_lock(store)
     return errors.read_text()
-
-
-def wait_for_the_lock(store: Path) -> None:
-    """Until the last process of a killed build is gone: its decode workers share the lock, and die a moment
-    after the process the test waited for, as a user's next command finds them gone."""
-    path = store.with_name(f"{store.name}.lock")
-    deadline = time.monotonic() + 30
-    while path.exists() and time.monotonic() < deadline:
-        with path.open() as file:
-            try:
-                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                time.sleep(0.01)
 
 
 @pytest.mark.parametrize(
