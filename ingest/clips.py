@@ -69,7 +69,7 @@ def settled(outcome: RowOutcome, job: RowJob) -> RowOutcome:
 def _decode(job: RowJob) -> RowOutcome:
     try:
         decoded = make_decoder(job.decoder, job.threads).decode(job.path, job.frames)
-        clip, face = make_clip(decoded.frames, job.size, job.resize, job.face)
+        clip, face = make_clip(decoded.frames, decoded.indices, job.size, job.resize, job.face)
         indices = decoded.indices.astype(np.int32)
         whole = None
         if job.whole and face is not None and face.detected:  # one frame, copied: it is sent back whole

@@ -3,11 +3,13 @@
 The field crops the face before training (FaceForensics++: dlib's frontal face detector, box enlarged 1.3
 times), because in a whole Celeb-DF frame the face, and the blending seams that give a fake away, shrink
 to a few dozen pixels at 224x224. Here it happens on the sampled frames of the decode pass itself:
-dlib's HOG detector on small grey copies of the frames (the whole frame until a face shows, then the part
-around the face, shrunk to where it is just large enough), one face track per video (the largest face that
-persists, linked frame to frame by how near its boxes lie for their size), gaps filled from the nearest
-detections, centre and size smoothed so the crop does not jitter, and a square of `margin` times the box's
-longer side, which `ingest.frames.resize_windows` cuts and resizes.
+dlib's HOG detector on small grey copies of the frames (the whole frame until a face shows, then, in every
+frame, the part around the face, shrunk by whole steps of dlib's own pyramid to where the face is just large
+enough), one face track per video (the largest face that persists, linked frame to frame by how near its boxes
+lie for their size), gaps filled from the nearest detections, the size averaged over neighbouring frames (dlib's
+boxes come in 20% steps), the centre smoothed only over frames close in time (frames far apart are each where
+their face is), and a square of `margin` times the box's longer side, which `ingest.frames.resize_windows`
+cuts and resizes.
 """
 
 from __future__ import annotations
@@ -26,15 +28,20 @@ NO_FACE = "no face in any sampled frame"  # the reason a row fails with under `-
 # boxes are linked by how near they are for their size rather than by their overlap.
 LINK_DISTANCE = 1.5  # centres at most this many face sides apart (the mean of both) are one face...
 LINK_SIZE_RATIO = 2.0  # ...if neither box is this much larger than the other
-SMOOTH_RADIUS = 2  # frames on each side in the local linear fit of the box's centre and size
-# dlib's HOG detector scans an 80 px window over a pyramid of the image shrunk by 5/6 a step: it reports faces
-# from about 73 px, and its cost follows the pixels it looks at.
-FOUND_SIDE = 80  # a face is looked at this size or larger
-SMALLEST_FACE = 80  # a search finds every face whose box is this large in the source frame, at any frame size
-SEARCH_SIDE = 3 * FOUND_SIDE  # a search looks first at the frame shrunk to this shorter side, where large faces show
-FOLLOW_REACH = 0.5  # a followed face is looked for this many of its sides around where it should be
-STRIDE = 2  # the frames looked at first: a face's track between them is often straight enough to pass over...
-STILL = 0.05  # ...where it strays from a straight line by less than this share of the face's side
+# Sampled frames close in time show the face nearly still, and their mean removes the detector's jitter; frames
+# further apart (16 of a 10 s video lie 0.6 s apart) are each located on their own.
+SMOOTH_REACH = 6  # source frames: neighbours this close enter a frame's local linear fit of its box's centre...
+SMOOTH_RADIUS = 2  # ...at most this many sampled frames on each side
+# dlib's box comes in steps of 6/5, more than a face's size changes between sampled frames: its size is averaged
+# (in log) over this many sampled frames on each side, however far apart.
+SIZE_RADIUS = 3
+# dlib's HOG detector scans an 80 px window over a pyramid of the image, each level 5/6 the size of the last: its
+# boxes come in steps of 6/5 (73, 88, 105, 127, 152, 182, 219 px ...) at a frame's own size, and its cost follows
+# the pixels it looks at.
+LEVEL = 6 / 5
+FOLLOW_BOX = 88  # a followed face is looked at where its box is this size, a level above the smallest...
+FOLLOW_REACH = 0.5  # ...this many of its sides around where it should be
+SEARCH_SIDE = 240  # a search looks first at the frame halved to about this shorter side, where large faces show
 
 
 @dataclass(frozen=True)
@@ -65,27 +72,16 @@ def _detector():
 def detect(frames: np.ndarray | torch.Tensor) -> list[np.ndarray]:
     """Face boxes (k, 4) float x0, y0, x1, y1 in source pixels, for each RGB frame of (T, H, W, 3).
 
-    Every other frame (and the last) is looked at first, in order. Until one shows a face, each is searched
-    whole, at a size where every face of SMALLEST_FACE px is found. After, the largest face found is followed:
-    looked for only around where its last two detections put it, at one scale for the whole track where it
-    is about FOUND_SIDE px, which costs little whatever the frame's size and keeps its box from jumping
-    between the detector's scales; where it is not there, the whole frame is looked at at that scale. Then
-    the frames between: one where the face's track bends so little that its neighbours' mean strays less than
-    STILL of a side from it takes that mean, unlooked at; any other is looked at around it. Without a face in
-    the first frames, all are searched.
+    Every frame is looked at. Until one shows a face, each is searched whole (`_search`). After, the face
+    followed is looked for around where its last two detections put it, at a size on dlib's own pyramid where
+    its box is about FOLLOW_BOX px: the look costs little whatever the frame's size, and the box comes in the
+    steps a detection in the whole frame at full size gives. Where it is not there, the whole frame is looked
+    at at that size.
     """
     follower = Follower(frames)
-    count = len(frames)
-    first = sorted({*range(0, count, STRIDE), count - 1})
-    between = [t for t in range(count) if t not in first]
-    for t in first:
+    for t in range(len(frames)):
         follower.look(t)
-    for t in between:
-        if follower.followed:
-            follower.between(t)
-        else:
-            follower.look(t)
-    return [follower.found.get(t, np.empty((0, 4))) for t in range(count)]
+    return follower.found
 
 
 @dataclass
@@ -93,53 +89,51 @@ class Follower:
     """What the frames of one clip have shown so far: the faces found, and the face followed."""
 
     frames: np.ndarray | torch.Tensor
-    found: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> its face boxes
+    found: list[np.ndarray] = field(default_factory=list)  # each frame's face boxes, in order
     followed: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> the followed face's box
-    scale: float = 1.0  # the followed face is looked at this many times the frame's size
 
     def look(self, t: int) -> None:
         """Frame `t` searched whole, or, once a face is followed, looked at around where it should be."""
         frame = self.frames[t]
         seen = sorted(self.followed)[-2:]
-        if seen:
-            boxes = _around(frame, self._predict(seen, t), self.scale)
-            boxes = boxes if len(boxes) else _find(frame, self.scale, _whole(frame))
-        else:
+        if not seen:
             boxes = _search(frame)
-            if len(boxes):  # measured again at the scale the face will be followed at
-                self.scale = min(1.0, FOUND_SIDE / max(_side(box) for box in boxes))
-                boxes = np.stack([_nearest(_around(frame, box, self.scale), box) for box in boxes])
-        self._keep(t, boxes)
-
-    def between(self, t: int) -> None:
-        """Frame `t`, between two looked at: their mean where the track runs straight, else looked at around it."""
-        near = [self.followed[n] for n in (t - 1, t + 1) if n in self.followed]
-        if not near:
+            if len(boxes):  # measured again where a followed face is, so that its box comes in the same steps
+                boxes = np.stack([_nearest(_around(frame, box), box) for box in boxes])
+            self._keep(boxes, max(boxes, key=_side) if len(boxes) else None)
             return
-        box = np.mean(near, axis=0)
-        self._keep(t, box[None] if self._straight(t) else _around(self.frames[t], box, self.scale))
-
-    def _straight(self, t: int) -> bool:
-        """Whether the followed face's track bends so little around frame `t` (its second difference over the
-        looked-at frames nearest) that the mean of its neighbours lies within STILL of its side of it."""
-        for points in ((t - 3, t - 1, t + 1), (t - 1, t + 1, t + 3)):
-            if all(n in self.followed for n in points):
-                before, middle, after = (self.followed[n] for n in points)
-                return np.abs(before - 2 * middle + after).max() / 8 <= STILL * _side(middle)
-        return False
+        expected = self._predict(seen, t)
+        boxes = _around(frame, expected)
+        boxes = boxes if len(boxes) else _find(frame, follow_scale(_side(expected)), _whole(frame))
+        self._keep(boxes, _nearest(boxes, expected) if len(boxes) else None)
 
     def _predict(self, seen: list[int], t: int) -> np.ndarray:
-        """The followed face's box in frame `t`, moved on from its last detection as it moved before."""
+        """The followed face's box in frame `t`: its centre moved on from its last detection as it moved
+        before, its size that of the last detection (the detector's steps would make a trend of its size)."""
         last = self.followed[seen[-1]]
         if len(seen) == 1:
             return last
         first = self.followed[seen[0]]
-        return last + (last - first) * (t - seen[-1]) / (seen[-1] - seen[0])
+        shift = (_centre(last) - _centre(first)) * (t - seen[-1]) / (seen[-1] - seen[0])
+        return last + np.tile(shift, 2)
 
-    def _keep(self, t: int, boxes: np.ndarray) -> None:
-        self.found[t] = boxes
-        if len(boxes):
-            self.followed[t] = max(boxes, key=_side)
+    def _keep(self, boxes: np.ndarray, followed: np.ndarray | None) -> None:
+        if followed is not None:
+            self.followed[len(self.found)] = followed
+        self.found.append(boxes)
+
+
+def follow_scale(side: float) -> float:
+    """The size, whole steps of dlib's pyramid below the frame's, at which a face boxed `side` px in the frame
+    is boxed about FOLLOW_BOX px: a level above the smallest box, so that the face shows there if it shrank a
+    step, and on the pyramid, so that its box comes in the same steps as a full-size detection's."""
+    return LEVEL ** -max(0, round(np.log(side / FOLLOW_BOX) / np.log(LEVEL)))
+
+
+def full_size_faces(frame: np.ndarray | torch.Tensor) -> np.ndarray:
+    """dlib's faces in a whole frame at its own size, as FaceForensics++'s preprocessing finds them: the
+    yardstick the followed face is measured against (bench, tests), which a build cannot afford per frame."""
+    return _find(frame, 1.0, _whole(frame))
 
 
 def _whole(frame: np.ndarray | torch.Tensor) -> tuple[int, int, int, int]:
@@ -147,19 +141,22 @@ def _whole(frame: np.ndarray | torch.Tensor) -> tuple[int, int, int, int]:
 
 
 def _search(frame: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Faces in a whole frame: first shrunk to SEARCH_SIDE (cheap, and enough for the large faces most videos
-    show), then where none shows there, at the size that finds faces of SMALLEST_FACE px."""
-    height, width = frame.shape[:2]
-    scales = {min(1.0, SEARCH_SIDE / min(height, width)), min(1.0, FOUND_SIDE / SMALLEST_FACE)}
-    for scale in sorted(scales):
+    """Faces in a whole frame, looked at smallest first: halved from its own size while its shorter side stays
+    SEARCH_SIDE or more (cheap, and enough for the large faces most videos show), then at each larger size
+    until a face shows, at last at its own, where dlib finds faces from about 80 px."""
+    scales = [1.0]
+    while min(frame.shape[:2]) * scales[0] / 2 >= SEARCH_SIDE:
+        scales.insert(0, scales[0] / 2)
+    for scale in scales:
         boxes = _find(frame, scale, _whole(frame))
         if len(boxes):
             break
     return boxes
 
 
-def _around(frame: np.ndarray | torch.Tensor, box: np.ndarray, scale: float) -> np.ndarray:
-    """Faces within FOLLOW_REACH sides of `box`, the frame looked at `scale` times its size."""
+def _around(frame: np.ndarray | torch.Tensor, box: np.ndarray, again: bool = True) -> np.ndarray:
+    """Faces within FOLLOW_REACH sides of `box`, looked at at `follow_scale`. A face the look's edge cuts (it
+    moved further than expected) is boxed wrong by dlib, so it is looked at again around where it was seen."""
     height, width = frame.shape[:2]
     reach = (0.5 + FOLLOW_REACH) * _side(box)
     centre = _centre(box)
@@ -167,7 +164,21 @@ def _around(frame: np.ndarray | torch.Tensor, box: np.ndarray, scale: float) -> 
     x1, y1 = np.clip(np.round(centre + reach), 0, [width, height]).astype(int).tolist()
     if x1 <= x0 or y1 <= y0:
         return np.empty((0, 4))
-    return _find(frame, scale, (x0, y0, x1, y1))
+    region = (x0, y0, x1, y1)
+    boxes = _find(frame, follow_scale(_side(box)), region)
+    inner = np.array([x0 > 0, y0 > 0, x1 < width, y1 < height])  # the look's edges that are not the frame's
+    for i, found in enumerate(boxes):
+        if again and _cut(found, region, inner):
+            boxes[i] = _nearest(_around(frame, found, again=False), found)
+    return boxes
+
+
+def _cut(box: np.ndarray, region: tuple[int, int, int, int], inner: np.ndarray) -> bool:
+    """Whether `box` reaches within a tenth of its side of one of the region's `inner` edges."""
+    near = 0.1 * _side(box)
+    x0, y0, x1, y1 = region
+    reaches = np.array([box[0] < x0 + near, box[1] < y0 + near, box[2] > x1 - near, box[3] > y1 - near])
+    return bool((reaches & inner).any())
 
 
 def _nearest(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -254,34 +265,34 @@ def track(detections: list[np.ndarray]) -> np.ndarray | None:
     return out
 
 
-def fill_gaps(boxes: np.ndarray) -> np.ndarray:
-    """Frames without a detection take their neighbours' boxes: interpolated between, or the nearest at the ends."""
+def fill_gaps(boxes: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Frames without a detection take their neighbours' boxes: interpolated between (by source frame number),
+    or the nearest at the ends."""
     seen = np.flatnonzero(~np.isnan(boxes[:, 0]))
-    frames = np.arange(len(boxes))
-    return np.stack([np.interp(frames, seen, boxes[seen, k]) for k in range(4)], axis=1)
+    return np.stack([np.interp(indices, indices[seen], boxes[seen, k]) for k in range(4)], axis=1)
 
 
-def smooth(values: np.ndarray, radius: int = SMOOTH_RADIUS) -> np.ndarray:
-    """A local linear fit over 2*radius+1 frames: removes the detector's jitter, keeps steady motion unbent."""
-    n = len(values)
-    out = np.empty_like(values, dtype=np.float64)
-    for t in range(n):
-        lo, hi = max(0, t - radius), min(n, t + radius + 1)
-        x = np.arange(lo, hi)
-        if len(x) < 2:
-            out[t] = values[t]
-            continue
-        slope, intercept = np.polyfit(x, values[lo:hi], 1)
-        out[t] = slope * t + intercept
+def smooth(values: np.ndarray, indices: np.ndarray, radius: int, reach: float = np.inf, degree: int = 1) -> np.ndarray:
+    """A local polynomial fit (a line: steady motion stays unbent; a constant: the mean) over the sampled frames
+    within `radius` samples and `reach` source frames of each; a frame with no neighbour that close stays as it
+    was located."""
+    out = np.asarray(values, dtype=np.float64).copy()
+    for t in range(len(values)):
+        near = np.arange(max(0, t - radius), min(len(values), t + radius + 1))
+        near = near[np.abs(indices[near] - indices[t]) <= reach]
+        if len(np.unique(indices[near])) > degree:
+            out[t] = np.polyval(np.polyfit(indices[near], values[near], degree), indices[t])
     return out
 
 
-def crop_windows(boxes: np.ndarray, margin: float, height: int, width: int) -> np.ndarray:
-    """Squares of side margin x the longer side, centred on the smoothed boxes, moved inside the frame where
-    they fit; (T, 4) int x0, y0, x1, y1."""
-    centre_x = smooth((boxes[:, 0] + boxes[:, 2]) / 2)
-    centre_y = smooth((boxes[:, 1] + boxes[:, 3]) / 2)
-    side = np.maximum(smooth(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * margin), 2)
+def crop_windows(boxes: np.ndarray, indices: np.ndarray, margin: float, height: int, width: int) -> np.ndarray:
+    """Squares of margin x the box's longer side (averaged in log over SIZE_RADIUS frames a side), centred on
+    the box (smoothed where frames lie within SMOOTH_REACH), moved inside the frame where they fit; (T, 4) int
+    x0, y0, x1, y1."""
+    centre_x = smooth((boxes[:, 0] + boxes[:, 2]) / 2, indices, SMOOTH_RADIUS, SMOOTH_REACH)
+    centre_y = smooth((boxes[:, 1] + boxes[:, 3]) / 2, indices, SMOOTH_RADIUS, SMOOTH_REACH)
+    longer = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * margin
+    side = np.exp(smooth(np.log(np.maximum(longer, 2)), indices, SIZE_RADIUS, degree=0))
     side = np.round(side).astype(np.int64)
     x0 = _inside(np.round(centre_x - side / 2).astype(np.int64), side, width)
     y0 = _inside(np.round(centre_y - side / 2).astype(np.int64), side, height)
@@ -294,11 +305,13 @@ def _inside(start: np.ndarray, side: np.ndarray, limit: int) -> np.ndarray:
     return np.where(fits, np.clip(start, 0, np.maximum(limit - side, 0)), (limit - side) // 2)
 
 
-def face_crops(frames: np.ndarray | torch.Tensor, settings: FaceSettings) -> FaceCrops | None:
-    """The crop window of each frame of (T, H, W, 3) RGB, or None where no frame shows a face."""
+def face_crops(frames: np.ndarray | torch.Tensor, indices: np.ndarray, settings: FaceSettings) -> FaceCrops | None:
+    """The crop window of each frame of (T, H, W, 3) RGB, source frames `indices`, or None where no frame shows
+    a face."""
     boxes = track(detect(frames))
     if boxes is None:
         return None
     detected = int((~np.isnan(boxes[:, 0])).sum())
     height, width = frames.shape[1:3]
-    return FaceCrops(crop_windows(fill_gaps(boxes), settings.margin, height, width), detected)
+    indices = np.asarray(indices, dtype=np.float64)
+    return FaceCrops(crop_windows(fill_gaps(boxes, indices), indices, settings.margin, height, width), detected)

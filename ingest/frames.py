@@ -52,15 +52,20 @@ def _interpolate(nchw: torch.Tensor, size: int, in_float: bool) -> torch.Tensor:
 
 
 def make_clip(
-    frames: np.ndarray | torch.Tensor, size: int, mode: str, face: FaceSettings = FACE_DEFAULTS
+    frames: np.ndarray | torch.Tensor,
+    indices: np.ndarray,
+    size: int,
+    mode: str,
+    face: FaceSettings = FACE_DEFAULTS,
 ) -> tuple[torch.Tensor, FaceCrops | None]:
-    """The clip of sampled frames (T, H, W, 3) uint8 on any device, as `mode` makes it, and for `face` its crops.
+    """The clip of sampled frames (T, H, W, 3) uint8 on any device, source frames `indices`, as `mode` makes it,
+    and for `face` its crops.
 
     A face clip where no sampled frame shows a face is the squashed frames, with crops that detected none.
     """
     if mode != "face":
         return resize_clip(frames, size, mode), None
-    crops = face_crops(frames, face)
+    crops = face_crops(frames, indices, face)
     if crops is None:
         empty = np.full((len(frames), 4), -1, np.int64)
         return resize_clip(frames, size, "squash"), FaceCrops(empty, 0)

@@ -217,7 +217,7 @@ class NvdecDecoder:
                 frames = frames[torch.from_numpy(positions).to(self.device)]
                 crops = None
                 if size is not None:
-                    frames, crops = make_clip(frames, size, resize, face)
+                    frames, crops = make_clip(frames, indices, size, resize, face)
                 host = frames.cpu().numpy()
             stream.synchronize()  # the decoder's surfaces stay alive until every copy out of them is done
             del surfaces
@@ -301,8 +301,8 @@ class DaliDecoder:
         if not faces:
             return [(np.asarray(clip)[positions], None) for clip, (_, positions) in zip(clips, unique, strict=True)]
         made = [
-            make_clip(clip[torch.from_numpy(p).to(self.device)], size, resize, face)
-            for clip, (_, p) in zip(clips, unique, strict=True)
+            make_clip(clip[torch.from_numpy(p).to(self.device)], picked, size, resize, face)
+            for clip, (_, p), picked in zip(clips, unique, indices, strict=True)
         ]
         return [(clip.cpu().numpy(), crops) for clip, crops in made]
 

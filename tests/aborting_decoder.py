@@ -32,5 +32,5 @@ class AbortingDecoder:
             except DecodeError as error:
                 yield job, error
                 continue
-            clip, face = make_clip(decoded.frames, job.size, job.resize, job.face)
+            clip, face = make_clip(decoded.frames, decoded.indices, job.size, job.resize, job.face)
             yield job, DecodedClip(clip.numpy(), decoded.indices, decoded.probe, face)
