@@ -116,13 +116,19 @@ def test_faces_stage_times_detection_and_the_face_build_beside_squash(face_root,
     for name in ("id0_0000", "id1_0000"):  # 1920x1080, an 87 px face
         (hd / f"Celeb-real/{name}.mp4").symlink_to(face_root / "Celeb-real/id3_0000.mp4")
     config = replace(bench_config, videos=videos, data_root=face_root, work=tmp_path, hd_faces=hd)
-    detection, build, hd_detection, hd_build = faces(config, Context())
+    detection, build, accuracy, hd_detection, hd_build, hd_accuracy = faces(config, Context())
     assert detection.measures == "dlib HOG face detection as a build does, 480x320 frames, 1 thread"
     assert detection.ours.median > 0 and "a face in 16 of 16 sampled frames" in detection.note
     assert build.ours and build.baseline and "--resize squash" in build.baseline_name
     assert build.note.startswith("8 of 8 clips with a face") and build.measures.endswith("at 480x320")
     assert hd_detection.measures.startswith("dlib HOG face detection as a build does, 1920x1080 frames")
     assert hd_build.note.startswith("4 of 4 clips with a face") and hd_build.measures.endswith("at 1920x1080")
+    assert accuracy.measures.endswith("2 videos at 480x320") and accuracy.ours.unit == "% of frames centred"
+    assert (
+        accuracy.note.startswith("32 of 32 frames centred")
+        and "2 of 2 videos' median crop side within" in accuracy.note
+    )
+    assert hd_accuracy.measures.endswith("1 video at 1920x1080") and hd_accuracy.note.startswith("16 of 16 frames")
 
 
 def test_bench_run_command_writes_results(demo_root, tmp_path):
