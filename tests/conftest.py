@@ -327,7 +327,8 @@ def encode_numbered_with(path: Path, frames: int, codec: str, options: dict[str,
 
 
 PATCH = (40, 240, 120, 320)  # rows and columns of the astronaut photograph around her face
-FACE_CENTRE = np.array([(179 + 266) / 2 - 120, (83 + 170) / 2 - 40])  # dlib's box on the photograph, in the patch
+FACE_BOX = np.array([179.0, 83.0, 267.0, 171.0]) - [120, 40, 120, 40]  # dlib's box on the photograph, in the patch
+FACE_CENTRE = (FACE_BOX[:2] + FACE_BOX[2:]) / 2
 
 
 def face_patch(scale: float = 1.0, mirror: bool = False) -> np.ndarray:
@@ -362,6 +363,77 @@ def moving(width: int, height: int, count: int = 16, side: int = 200) -> list[tu
 
 
 FACE_FRAMES = 32
+
+
+@dataclass(frozen=True)
+class KnownFace:
+    """A video whose face's box (the photograph's, scaled) is known in every sampled frame: it jumps to a new place
+    and size at each of the `count` frames a build samples and holds still until the next, so that the sampled
+    frames lie `frames / count` apart as in a long video, each showing the face somewhere else."""
+
+    width: int
+    height: int
+    sides: tuple[float, ...]  # the face box's side in each sampled frame
+    seed: int
+    frames: int = 128
+
+    @property
+    def indices(self) -> np.ndarray:
+        return np.linspace(0, self.frames - 1, len(self.sides)).astype(int)
+
+    def places(self) -> list[tuple[int, int]]:
+        """Each sampled frame's top-left corner of the patch: jumps of up to 0.6 of a side from the last."""
+        rng = np.random.default_rng(self.seed)
+        x, y, places = self.width / 2, self.height / 2, []
+        for side in self.sides:
+            patch = round(200 * side / 88)
+            x = float(np.clip(x + rng.uniform(-0.6, 0.6) * side, 0, self.width - patch))
+            y = float(np.clip(y + rng.uniform(-0.6, 0.6) * side, 0, self.height - patch))
+            places.append((round(x), round(y)))
+        return places
+
+    def boxes(self) -> np.ndarray:
+        """(count, 4) the known face box in each sampled frame, source pixels."""
+        scales = [round(200 * side / 88) / 200 for side in self.sides]
+        return np.array([FACE_BOX * s + [x, y, x, y] for s, (x, y) in zip(scales, self.places(), strict=True)])
+
+    def write(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        background = rng.integers(60, 120, (self.height, self.width, 3), dtype=np.uint8)
+        shown = np.searchsorted(self.indices, np.arange(self.frames), side="right") - 1
+        places = self.places()
+        patches = [face_patch(side / 88) for side in self.sides]
+
+        def frame(i: int) -> np.ndarray:
+            (x, y), patch = places[shown[i]], patches[shown[i]]
+            out = background.copy()
+            out[y : y + patch.shape[0], x : x + patch.shape[1]] = patch
+            return out
+
+        frames = (frame(i) for i in range(self.frames))
+        write_video(path, frames, self.width, self.height, options={"preset": "ultrafast"})
+        return path
+
+
+KNOWN_FACES = {  # DFDC's and Celeb-DF's frame sizes; faces of 80-200 px that grow, shrink, and jump
+    "Celeb-real/id0_0000.mp4": KnownFace(942, 500, tuple(np.geomspace(80, 200, 16)), seed=1),
+    "Celeb-real/id1_0000.mp4": KnownFace(942, 500, tuple(np.geomspace(200, 80, 16)), seed=2),
+    "Celeb-synthesis/id0_id1_0000.mp4": KnownFace(1920, 1080, tuple(np.geomspace(80, 200, 16)), seed=3),
+    "Celeb-synthesis/id1_id0_0000.mp4": KnownFace(1920, 1080, tuple(np.geomspace(200, 90, 16)), seed=4),
+}
+
+
+@pytest.fixture(scope="session")
+def known_face_root(tmp_path_factory) -> Path:
+    """`KNOWN_FACES`'s videos, with a manifest that splits them."""
+    root = tmp_path_factory.mktemp("known-faces")
+    lines = ["path,label,split"]
+    for i, (name, face) in enumerate(KNOWN_FACES.items()):
+        face.write(root / name)
+        lines.append(f"{name},{int('synthesis' in name)},{('train', 'val')[i % 2]}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
 
 
 def write_face_video(path: Path, places: list[tuple[int, int]], width: int, height: int, **kwargs) -> Path:

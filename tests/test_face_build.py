@@ -5,17 +5,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FACE_CENTRE, FACE_VIDEOS, build_args, run_cli, train_args
+from conftest import FACE_CENTRE, FACE_VIDEOS, KNOWN_FACES, build_args, run_cli, train_args
 from matplotlib.image import imread
 from matplotlib.patches import Rectangle
 from test_build import assert_same_store
 from test_resume import assert_same_files, kill_mid_build
 
+from bench.faces import agreement, reference_faces
 from cache import open_store
 from cache.schema import FAILED, OK
 from cache.store import clip_settings
 from ingest.decoders import make_decoder
-from ingest.faces import NO_FACE
+from ingest.faces import FACE_DEFAULTS, NO_FACE
 from ingest.frames import resize_clip, resize_windows
 from train import explain
 from train.inference import TrainedModel, decode_videos, decoder_for
@@ -49,6 +50,40 @@ def test_the_known_face_is_centred_in_every_stored_frame(face_store):
                 assert abs(cx - (x0 + x1) / 2) <= side / 10 and abs(cy - (y0 + y1) / 2) <= side / 10, path
                 if side <= min(width, height):
                     assert x0 >= 0 and y0 >= 0 and x1 <= width and y1 <= height, path
+
+
+@pytest.fixture(scope="module")
+def known_store(known_face_root, tmp_path_factory):
+    store = tmp_path_factory.mktemp("known") / "known.zarr"
+    run_cli(*face_args(known_face_root, store, "--workers", "2"))
+    return store
+
+
+def test_every_stored_crop_follows_its_own_frames_face(known_store, known_face_root):
+    """Faces of 80-200 px that jump and grow or shrink between sampled frames far apart, in Celeb-DF's and DFDC's
+    frame sizes: every crop centred on its frame's known face within a tenth of its side and holding the whole
+    face, and each video's crops as large as margin x the face dlib finds in each whole frame at full size, within
+    8% (median over the frames)."""
+    with open_store(known_store) as built:
+        assert len(built.rows()) == len(KNOWN_FACES)
+        for row, path in enumerate(built.path):
+            face = KNOWN_FACES[path]
+            np.testing.assert_array_equal(built.frame_index[row], face.indices)
+            windows = built.face_box[row]
+            known = agreement(windows, face.boxes(), face.height, face.width, FACE_DEFAULTS.margin)
+            assert known.centred == known.holding == known.frames == len(face.sides), (path, known)
+            frames = make_decoder("pyav", 1).decode(str(known_face_root / path), built.spec.frames).frames
+            measured = agreement(windows, reference_faces(frames), face.height, face.width, FACE_DEFAULTS.margin)
+            assert measured.frames == len(face.sides) and measured.sized, (path, measured)
+
+
+def test_prediction_crops_the_known_faces_as_the_store_did(known_store, known_face_root):
+    with open_store(known_store) as built:
+        rows = built.rows()
+        paths = [known_face_root / built.path[row] for row in rows]
+        outcomes = sorted(decode_videos(paths, clip_settings(known_store), workers=2), key=lambda o: o.row)
+        for outcome, row in zip(outcomes, rows, strict=True):
+            np.testing.assert_array_equal(outcome.face.boxes, built.face_box[row])
 
 
 def test_each_stored_clip_is_its_decoded_frames_cut_at_its_stored_boxes(face_store, face_root):
