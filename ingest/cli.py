@@ -205,11 +205,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest: interrupted: {_kept(args)}", file=sys.stderr)
         return exit_status(stop)
     except OSError as error:
-        stopped = part_way(error, args.out)
+        stopped = part_way(error, _written(args))
         if stopped is None:
             raise
         print(f"ingest: error: {stopped.cause}: {_kept(args, f'{stopped.when}, ')}", file=sys.stderr)
         return stopped.status
+
+
+def _written(args: argparse.Namespace) -> Path | str:
+    """What the command writes, named in the line of a full disk: scan writes only its --csv (else nothing, so
+    its data root is named)."""
+    if args.command == "scan":
+        return args.csv or args.data_root
+    return args.out
 
 
 def _kept(args: argparse.Namespace, first: str = "") -> str:

@@ -271,3 +271,10 @@ def test_an_unparsable_dataset_json_names_its_line(tmp_path):
     (tmp_path / "dataset.json").write_text('{\n  "a": 1,\n  oops\n}')
     (tmp_path / "method_A").mkdir()
     assert f"{tmp_path / 'dataset.json'}:3:" in scan("--data-root", str(tmp_path), code=2)[1]
+
+
+def test_scan_that_cannot_write_its_csv_ends_in_one_line(celebdf_small_root):
+    """/dev/full fails every write with ENOSPC, as a full disk does: scan, which has no --out, names its --csv."""
+    err = scan("--data-root", str(celebdf_small_root), "--csv", "/dev/full", code=4)[1]
+    line = one_line(err, "ingest: error: no space left on the device of /dev/full:")
+    assert line.endswith("/dev/full may be part written: run scan again")
