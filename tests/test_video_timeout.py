@@ -2,6 +2,8 @@
 replaced. Tested with a stand-in decoder (tests/stalling_decoder.py) that blocks for ever in a read on one chosen
 video, as a read on a hung network mount does, in the CPU workers and in the GPU decoding process."""
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +107,19 @@ def test_a_video_that_never_decodes_on_the_gpu_falls_back_as_if_its_process_died
         assert after and all(store.decoder[row] == "stalling" for row in after), "no new GPU process decoded the rest"
         assert_every_clip_is_its_frames(store)
     assert f"fell back {STALLED}: stalling: the GPU decoder's process died (killed: {TOO_LONG})" in result.stdout
+
+
+@pytest.mark.slow
+def test_prediction_gives_a_video_that_never_decodes_its_error_and_scores_the_rest(all_run, demo_root, tmp_path):
+    """A run whose store a stalling decoder built: prediction decodes new videos with that decoder, in a pool."""
+    run = tmp_path / "run"
+    shutil.copytree(all_run[0] / "simple_cnn", run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["clip"]["decoder"] = "stalling"
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    stalled, other = demo_root / "Celeb-synthesis/id0_id1_0000.mp4", demo_root / "Celeb-real/id0_0000.mp4"
+    args = ["--run", str(run), str(stalled), str(other), "--workers", "1"]
+    lines = run_stalling("cpu", stalled.name, "train.predict", *args).stdout.splitlines()
+    assert f"{'-':>6}  error  {stalled}: {TOO_LONG}" in lines
+    assert any(line.endswith(f"  {other}") and line.split()[0] != "-" for line in lines)
+    assert lines[-1].endswith(" 1 error")
