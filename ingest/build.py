@@ -45,7 +45,7 @@ from ingest.faces import NO_FACE_CHOICES, FaceCrops, FaceSettings
 from ingest.frames import RESIZE_MODES
 from ingest.layouts import Chosen, LayoutOptions
 from ingest.layouts import choose as choose_layout
-from ingest.pool import DecodePool, threads_per_worker
+from ingest.pool import VIDEO_TIMEOUT, DecodePool, threads_per_worker
 from ingest.splits import assign_splits
 
 
@@ -60,6 +60,7 @@ class BuildConfig:
     no_face: str = "squash"
     decoder: str = "auto"
     workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    video_timeout: float = VIDEO_TIMEOUT  # seconds a video may take to decode (0: no limit)
     val_fraction: float = 0.2
     seed: int = 42
     manifest: Path | None = None
@@ -172,7 +173,8 @@ def _locked(out: Path | str, ranks: Ranks, log: Callable[[str], None]) -> Iterat
 def _build(
     config: BuildConfig, layout: Chosen, spec: StoreSpec, ranks: Ranks, started: float, log: Callable[[str], None]
 ) -> BuildSummary:
-    with DecodePool(spec.decoder, config.workers, spec.clip_shape()) as pool:  # workers start while videos are found
+    # The workers start while the videos are found.
+    with DecodePool(spec.decoder, config.workers, spec.clip_shape(), config.video_timeout) as pool:
         table, status, dataset = _discover(config, layout, spec, log if ranks.main else lambda _: None)
         if ranks.main:  # before any rank writes: no other writer is running, the lock says so
             _remove_partial_files(config.out, log)
@@ -303,6 +305,8 @@ def _check(config: BuildConfig, ranks: Ranks) -> tuple[StoreSpec, str]:
         raise UsageError(f"--resize must be one of {', '.join(RESIZE_MODES)}")
     if config.no_face not in NO_FACE_CHOICES:
         raise UsageError(f"--no-face must be one of {', '.join(NO_FACE_CHOICES)}")
+    if config.video_timeout < 0:
+        raise UsageError("--video-timeout must be 0 (no limit) or more seconds")
     if config.face_margin < 1:
         raise UsageError("--face-margin must be at least 1: the crop holds the whole face box")
     for name in ("frames", "size", "workers", "clips_per_shard"):

@@ -20,6 +20,7 @@ from ingest.discover import UsageError
 from ingest.faces import NO_FACE_CHOICES
 from ingest.frames import RESIZE_MODES
 from ingest.layouts import ALL_FFPP_METHODS, COMPRESSIONS, FFPP_METHODS, LAYOUTS, LayoutOptions
+from ingest.pool import add_timeout_option
 from ingest.scan import report, scan, write_csv
 
 
@@ -93,6 +94,7 @@ def parser() -> argparse.ArgumentParser:
         default=len(os.sched_getaffinity(0)),
         help="decoding processes, or videos in flight with a GPU decoder (default: one per core)",
     )
+    add_timeout_option(build)
     build.add_argument("--val-fraction", type=float, default=0.2, help="share of train/val videos in val (default 0.2)")
     build.add_argument("--seed", type=int, default=42, help="seed of the train/val split (default 42)")
     build.add_argument("--clips-per-shard", type=int, default=8, help="clips per shard file and per write (default 8)")
@@ -205,11 +207,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingest: interrupted: {_kept(args)}", file=sys.stderr)
         return exit_status(stop)
     except OSError as error:
-        stopped = part_way(error, args.out)
+        stopped = part_way(error, _written(args))
         if stopped is None:
             raise
         print(f"ingest: error: {stopped.cause}: {_kept(args, f'{stopped.when}, ')}", file=sys.stderr)
         return stopped.status
+
+
+def _written(args: argparse.Namespace) -> Path | str:
+    """What the command writes, named in the line of a full disk: scan writes only its --csv (else nothing, so
+    its data root is named)."""
+    if args.command == "scan":
+        return args.csv or args.data_root
+    return args.out
 
 
 def _kept(args: argparse.Namespace, first: str = "") -> str:
@@ -240,6 +250,7 @@ def _build(args: argparse.Namespace) -> int:
         no_face=args.no_face,
         decoder=args.decoder,
         workers=args.workers,
+        video_timeout=args.video_timeout,
         val_fraction=args.val_fraction,
         seed=args.seed,
         manifest=args.manifest,

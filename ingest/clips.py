@@ -95,6 +95,16 @@ def failed_row(row: int, error: Exception, source: str = "") -> RowOutcome:
     return RowOutcome(row, None, None, Probe(), f"{source}{reason}"[:200])
 
 
+def too_long(seconds: float) -> str:
+    """Why a video whose decoding was ended has no clip."""
+    return f"decoding took longer than --video-timeout {seconds:g} s"
+
+
+def timed_out(job: RowJob, seconds: float) -> RowOutcome:
+    """The failed row of a video whose decoding did not end within `seconds`."""
+    return RowOutcome(job.row, None, None, Probe(), too_long(seconds))
+
+
 def gpu_rows(jobs: list[RowJob], in_flight: int) -> Iterator[RowOutcome]:
     """Outcomes of `jobs` (one GPU decoder, named in the jobs), `in_flight` videos at a time, PyAV retrying
     the videos the GPU decoder fails on, one decoder thread each. Nothing of the GPU path raises past this."""

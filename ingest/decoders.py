@@ -240,19 +240,23 @@ class DecordDecoder:
             raise DecodeError(error_line(error)) from error
 
 
-CPU_DECODERS: dict[str, type] = {"pyav": PyAVDecoder, "decord": DecordDecoder}
+CPU_DECODERS: dict[str, Callable[..., Decoder]] = {"pyav": PyAVDecoder, "decord": DecordDecoder}  # made (threads=N)
 GPU_DECODERS = ["nvdec", "dali"]  # in ingest.gpu_decoders; their libraries are imported only where a GPU is used
 # `auto` takes the first that works here: a GPU decoder where there is a GPU, else the fastest CPU one.
 DECODERS = [*GPU_DECODERS, *CPU_DECODERS]
 MODULES = {"pyav": "av", "decord": "decord", "nvdec": "PyNvVideoCodec", "dali": "nvidia.dali"}
 
 
-def stand_in(name: str, make: Callable[[], GpuDecoder]) -> None:
-    """Decode as GPU decoder `name` with `make()`, which needs no GPU, in the GPU decoding process where nvdec and
-    dali run: how a machine without a GPU tests that a GPU decoder crashing its process costs rows, not the build."""
+def stand_in(name: str, make: Callable[[], GpuDecoder], gpu: bool = True) -> None:
+    """Decode as decoder `name` with `make()`, which needs no GPU: as a GPU decoder, in the GPU decoding process
+    where nvdec and dali run, or (not `gpu`) as a CPU decoder, in the forked workers. How a machine without a GPU
+    tests that a decoder that crashes its process, or never returns, costs rows, not the build."""
     STAND_INS[name] = make
-    GPU_DECODERS.append(name)
     DECODERS.append(name)
+    if gpu:
+        GPU_DECODERS.append(name)
+    else:
+        CPU_DECODERS[name] = lambda threads=0: make()
 
 
 def unavailable(name: str) -> str | None:

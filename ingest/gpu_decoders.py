@@ -69,7 +69,7 @@ class GpuDecoder(Decoder, Protocol):
     def clips(self, jobs: list[Job], in_flight: int) -> Iterator[tuple[Job, Result]]: ...
 
 
-STAND_INS: dict[str, Callable[[], GpuDecoder]] = {}  # GPU decoder names made without a GPU (`decoders.stand_in`)
+STAND_INS: dict[str, Callable[[], GpuDecoder]] = {}  # decoder names made without a GPU (`decoders.stand_in`)
 
 
 def make_gpu_decoder(name: str) -> GpuDecoder:

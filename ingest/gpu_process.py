@@ -13,13 +13,14 @@ from multiprocessing.connection import Connection
 import numpy as np
 
 from ingest.children import follow_parent
-from ingest.clips import FALLBACK, RowJob, RowOutcome, after_gpu_crash, gpu_rows
+from ingest.clips import FALLBACK, RowJob, RowOutcome, after_gpu_crash, gpu_rows, too_long
 from ingest.decoders import stand_in
 from ingest.gpu_decoders import STAND_INS, GpuDecoder
 
 SPAWN = multiprocessing.get_context("spawn")  # CUDA does not survive a fork: a fresh interpreter initialises it
 DIED = "the GPU decoder's process died ({how}) with this video among the {count} it may have been decoding"
 GAVE_UP = "GPU decoding stopped: its process died twice in a row before it decoded a video"
+BEGUN = "begun"  # the process's answer to a list of jobs: its start is over, their decoding begins
 Decode = Callable[[list[RowJob]], Iterator[RowOutcome]]
 
 
@@ -34,10 +35,15 @@ class GpuProcess:
     reason kept as the GPU's failure; a new process decodes the rest, so that one bad video does not cost the GPU
     for the rest of the build, only a restart (seconds). Two processes in a row that die before sending back a
     video mean the GPU path itself is broken here (a driver, a GPU out of memory): the rest decode on the CPU.
+
+    A process that sends back no video for `timeout` seconds (0: no limit) has a video past the time limit: the
+    decoders send theirs back in order, so the next one has been decoding at least that long (a read that blocks
+    for ever, a hung decode engine). It is killed (SIGKILL), and that is a death like any other. Its start (a fresh
+    interpreter importing torch) is not counted: the clock starts when it takes a list of jobs.
     """
 
-    def __init__(self, decoder: str, in_flight: int, clip_shape: tuple[int, ...], cpu: Decode) -> None:
-        self.decoder, self.in_flight, self._cpu = decoder, in_flight, cpu
+    def __init__(self, decoder: str, in_flight: int, clip_shape: tuple[int, ...], cpu: Decode, timeout: float) -> None:
+        self.decoder, self.in_flight, self._cpu, self.timeout = decoder, in_flight, cpu, timeout
         slots = 2 * in_flight
         self._memory = SPAWN.RawArray("B", slots * int(np.prod(clip_shape)))
         self._slots = np.frombuffer(self._memory, np.uint8).reshape(slots, *clip_shape)
@@ -89,7 +95,10 @@ class GpuProcess:
         self._busy = True
         try:
             self._conn.send(jobs)
+            self._conn.recv()  # BEGUN
             while len(done) < len(jobs):
+                if not self._conn.poll(self.timeout or None):
+                    return done, self._end()
                 outcome = self._receive()
                 done.add(outcome.row)
                 yield outcome
@@ -105,6 +114,13 @@ class GpuProcess:
             with contextlib.suppress(OSError):  # a process that died is found at the next receive
                 self._conn.send(slot)
         return outcome
+
+    def _end(self) -> str:
+        """Kill the process, which has sent back no video within the time limit; why, as its death's cause."""
+        self._process.kill()
+        self._process.join()
+        self._conn.close()
+        return f"killed: {too_long(self.timeout)}"
 
     def _death(self) -> str:
         """How the process ended: the signal that killed it, or its exit status."""
@@ -141,6 +157,7 @@ def _serve(
         if isinstance(jobs, int):  # a slot handed back after the last outcome of a list
             free.append(jobs)
             continue
+        conn.send(BEGUN)
         for outcome in gpu_rows(jobs, in_flight):
             slot = None
             if outcome.clip is not None:

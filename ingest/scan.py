@@ -24,7 +24,7 @@ def scan(
 
 def report(chosen: Chosen, found: Found, log: Callable[[str], None] = print) -> None:
     """The layout line, the split source, the counts by split and label (and by method or part), what was left
-    out, and every problem: each listed video that is missing, each video on no list."""
+    out, and every problem: each listed video that is missing, each video on no list, each folder link that loops."""
     log(chosen.line())
     present = found.table[found.table["error"] == ""]
     unsplit = present["split"] == NO_SPLIT
@@ -46,6 +46,8 @@ def report(chosen: Chosen, found: Found, log: Callable[[str], None] = print) -> 
         log(f"  missing {row['path']}: {row['error']}")
     for path in found.unlisted:
         log(f"  on no list {path}")
+    for folder in found.loops:
+        log(f"  not walked again {folder}")
 
 
 def write_csv(found: Found, out: Path) -> int:

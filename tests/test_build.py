@@ -59,6 +59,23 @@ def test_every_video_file_is_a_row_and_each_good_one_holds_exactly_its_frames(ce
         assert (store.status != PENDING).all()
 
 
+def test_a_folder_link_back_to_the_root_is_walked_once_and_a_linked_video_is_a_row(celebdf_root, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(celebdf_root, root)
+    (root / "Celeb-real/loop").mkdir()
+    (root / "Celeb-real/loop/back").symlink_to("../..")
+    (root / "Celeb-real/loop/id5_0000.mp4").symlink_to(root / "Celeb-real/id1_0000.mp4")
+    out = tmp_path / "looped.zarr"
+    built = run_cli(*build_args(root, out, "--workers", "1", "--frames", "4"))
+    assert "e.g. Celeb-real/loop/back -> ../.." in built.stdout.splitlines()[2]
+    with open_store(out) as store:
+        assert store.path.tolist() == video_files(root) and "Celeb-real/loop/id5_0000.mp4" in store.path
+        ok = store.rows()
+        assert len(ok) == len(store) - 4  # the broken files
+        for row, clip in zip(ok, store.read(ok), strict=True):
+            assert [read_number(frame) for frame in clip] == store.frame_index[row].tolist(), store.path[row]
+
+
 def test_broken_files_are_failed_rows_with_a_reason(stores):
     with open_store(stores["zarr"]) as store:
         failed = {store.path[r]: store.error[r] for r in np.flatnonzero(store.status == FAILED)}

@@ -271,3 +271,39 @@ def test_an_unparsable_dataset_json_names_its_line(tmp_path):
     (tmp_path / "dataset.json").write_text('{\n  "a": 1,\n  oops\n}')
     (tmp_path / "method_A").mkdir()
     assert f"{tmp_path / 'dataset.json'}:3:" in scan("--data-root", str(tmp_path), code=2)[1]
+
+
+def test_scan_that_cannot_write_its_csv_ends_in_one_line(celebdf_small_root):
+    """/dev/full fails every write with ENOSPC, as a full disk does: scan, which has no --out, names its --csv."""
+    err = scan("--data-root", str(celebdf_small_root), "--csv", "/dev/full", code=4)[1]
+    line = one_line(err, "ingest: error: no space left on the device of /dev/full:")
+    assert line.endswith("/dev/full may be part written: run scan again")
+
+
+@pytest.mark.parametrize(
+    "fixture, folder",
+    [
+        ("ffpp_root", "original_sequences/youtube/c23/videos"),
+        ("dfd_root", "manipulated_sequences/DeepFakeDetection/c23/videos"),
+        ("dfdc_root", "test/videos"),
+        ("dfdcp_root", "method_A"),
+        ("celebdf_small_root", "Celeb-real"),
+        ("uadfv_root", "real"),
+        ("seed_root", "Celeb-Fake"),
+    ],
+)
+def test_folder_links_that_loop_are_walked_once_and_scan_names_them(fixture, folder, request, tmp_path):
+    """As on shared filesystems: links back to a parent and to the root, and a second way into a folder."""
+    root = request.getfixturevalue(fixture)
+    looped = tmp_path / "root"
+    shutil.copytree(root, looped)
+    (looped / folder / "loop").mkdir()
+    (looped / folder / "loop" / "back").symlink_to("../..")
+    (looped / folder / "loop" / "top").symlink_to(looped)
+    (looped / folder / "alias").symlink_to("loop")
+    out = scan("--data-root", str(looped))[0]
+    found = read(looped)
+    assert found.table.equals(read(root).table)
+    assert found.loops == [f"{folder}/alias -> loop", f"{folder}/loop/back -> ../..", f"{folder}/loop/top -> {looped}"]
+    assert "3 folders lead back to one already walked (a link that loops) and were not walked again" in out
+    assert all(f"  not walked again {loop}" in out for loop in found.loops)

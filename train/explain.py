@@ -29,6 +29,7 @@ from cache.bucket import add_cache_options, configure_cache, store_location
 from cache.schema import FAKE, LABEL_NAMES, OK, UNKNOWN, ClipSettings
 from ingest.decoders import make_decoder
 from ingest.decoding import DecodeError
+from ingest.pool import VIDEO_TIMEOUT, add_timeout_option
 from train.data import UsageError
 from train.inference import TrainedModel, decode_videos, decoder_for
 from train.models import ClipClassifier
@@ -210,12 +211,14 @@ def store_clips(cache: Path, rows: list[int], settings: ClipSettings) -> list[Cl
         ]
 
 
-def video_clips(paths: list[Path], settings: ClipSettings, workers: int) -> tuple[list[Clip], list[str]]:
+def video_clips(
+    paths: list[Path], settings: ClipSettings, workers: int, timeout: float = VIDEO_TIMEOUT
+) -> tuple[list[Clip], list[str]]:
     """Clips of videos, decoded as the model's store was, a face clip's whole middle frame from the same decode;
-    and a line for each video that would not decode."""
+    and a line for each video that would not decode (or not within `timeout` seconds)."""
     clips, failures = [], []
     stems = [path.stem for path in paths]
-    for outcome in decode_videos(paths, settings, workers, whole=settings.resize == "face"):
+    for outcome in decode_videos(paths, settings, workers, whole=settings.resize == "face", timeout=timeout):
         path = paths[outcome.row]
         if outcome.clip is None:
             failures.append(f"{path}: {outcome.error}")
@@ -254,6 +257,7 @@ def parser() -> argparse.ArgumentParser:
         default=len(os.sched_getaffinity(0)),
         help="with --video: decoding processes (default: one per CPU core)",
     )
+    add_timeout_option(main)
     return main
 
 
@@ -265,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--rows goes with --cache, and --cache needs --rows")
         if args.workers < 1:
             raise UsageError("--workers must be at least 1")
+        if args.video_timeout < 0:
+            raise UsageError("--video-timeout must be 0 (no limit) or more seconds")
         for video in args.video or []:
             if not video.is_file():
                 raise UsageError(f"--video {video}: no such file")
@@ -272,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cache is not None:
             clips, failures = store_clips(args.cache, args.rows, trained.clip), []
         else:
-            clips, failures = video_clips(args.video, trained.clip, args.workers)
+            clips, failures = video_clips(args.video, trained.clip, args.workers, args.video_timeout)
     except (UsageError, StoreError) as error:
         print(f"explain: error: {error}", file=sys.stderr)
         return 2

@@ -23,16 +23,19 @@ from cache.store import clip_settings
 from ingest.clips import RowJob, RowOutcome
 from ingest.decoders import available, resolve
 from ingest.faces import FaceSettings
-from ingest.pool import decode_rows, threads_per_worker
+from ingest.pool import VIDEO_TIMEOUT, decode_rows, threads_per_worker
 from train.augment import ClipTransform
 from train.checkpoint import load_weights
 from train.data import UsageError
 from train.models import ClipClassifier, ModelConfig, build_model
 
 
-def decode_videos(paths: list[Path], clip: ClipSettings, workers: int, whole: bool = False) -> Iterator[RowOutcome]:
+def decode_videos(
+    paths: list[Path], clip: ClipSettings, workers: int, whole: bool = False, timeout: float = VIDEO_TIMEOUT
+) -> Iterator[RowOutcome]:
     """Clips of `paths` made as the store's were, in parallel; outcome `row` is the index into `paths`; with
-    `whole`, a face clip's outcome also holds its middle frame uncropped, from the same decode (CPU decoders).
+    `whole`, a face clip's outcome also holds its middle frame uncropped, from the same decode (CPU decoders);
+    a video not decoded within `timeout` seconds fails (0: no limit; `ingest.pool.DecodePool`).
 
     Where the store's decoder cannot run (a GPU decoder on a machine without one), `auto` stands in: every
     decoder samples the same frames and gives them within a few grey levels.
@@ -44,7 +47,7 @@ def decode_videos(paths: list[Path], clip: ClipSettings, workers: int, whole: bo
         RowJob(i, str(path), decoder, threads, clip.frames, clip.size, clip.resize, face, whole)
         for i, path in enumerate(paths)
     ]
-    return decode_rows(jobs, workers)
+    return decode_rows(jobs, workers, timeout)
 
 
 def decoder_for(clip: ClipSettings) -> str:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from cache.exits import exit_status, stop_on_signals
 from ingest.clips import RowOutcome
 from ingest.discover import VIDEO_SUFFIXES, is_video
+from ingest.pool import add_timeout_option
 from train.data import UsageError
 from train.inference import TrainedModel, decode_videos
 
@@ -64,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
         default=len(os.sched_getaffinity(0)),
         help="decoding processes (default: one per CPU core)",
     )
+    add_timeout_option(main)
     main.add_argument("--batch-size", type=int, default=16, help="clips per forward pass of the model (default 16)")
     return main
 
@@ -82,6 +84,8 @@ def _predict(args: argparse.Namespace) -> int:
     try:
         if args.workers < 1 or args.batch_size < 1:
             raise UsageError("--workers and --batch-size must be at least 1")
+        if args.video_timeout < 0:
+            raise UsageError("--video-timeout must be 0 (no limit) or more seconds")
         if args.csv is not None and not args.csv.parent.is_dir():
             raise UsageError(f"--csv {args.csv}: folder {args.csv.parent} does not exist")
         paths = find_videos(args.videos)
@@ -90,7 +94,7 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"predict: error: {error}", file=sys.stderr)
         return 2
     outcomes = tqdm(
-        decode_videos(paths, trained.clip, args.workers),
+        decode_videos(paths, trained.clip, args.workers, timeout=args.video_timeout),
         total=len(paths),
         unit="video",
         desc="predict",

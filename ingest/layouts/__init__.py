@@ -1,7 +1,9 @@
 """Data set layouts: which one a root is, and its videos' labels, splits and groups from its own files.
 
 One module per layout, each with NAME, HELP, OPTIONS (the `LayoutOptions` fields it reads), `matches(root)` and
-`read(root, options) -> Found`. Adding a data set means adding its module to `MODULES` (and a test).
+`read(tree, options) -> Found`, which finds the root's videos through `tree` (`Tree.videos`): every layout's walks
+enter a folder once, and the folder links that loop are reported with what it found. Adding a data set means adding
+its module to `MODULES` (and a test).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ingest.layouts.common import (
     FFPP_METHODS,
     Found,
     LayoutOptions,
-    walk_videos,
+    Tree,
 )
 
 __all__ = [
@@ -36,7 +38,6 @@ __all__ = [
     "choose",
     "detect",
     "find_videos",
-    "walk_videos",
 ]
 
 MANIFEST = "manifest"
@@ -48,7 +49,7 @@ class Layout:
     help: str
     options: tuple[str, ...]
     matches: Callable[[Path], bool]
-    read: Callable[[Path, LayoutOptions], Found]
+    read: Callable[[Tree, LayoutOptions], Found]
 
 
 # In the order `detect` tries them: FF++ before DFD (one download holds both), Celeb-DF before the seed's.
@@ -112,7 +113,15 @@ def choose(
         shown["splits"] = str(root / "splits")
     if "test_list" in shown and options.test_list is None:
         shown["test_list"] = str(celebdf.default_test_list(root) or "none")
-    return Chosen(root, layout.name, shown, how, lambda: layout.read(root, options))
+    return Chosen(root, layout.name, shown, how, lambda: _read(layout, root, options))
+
+
+def _read(layout: Layout, root: Path, options: LayoutOptions) -> Found:
+    """What `layout` finds in `root`, with the folder links its walks did not follow round."""
+    tree = Tree(root)
+    found = layout.read(tree, options)
+    found.loops = sorted(set(tree.loops))
+    return found
 
 
 def _manifest(root: Path, manifest: Path) -> Found:

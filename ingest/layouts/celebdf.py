@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cache.schema import FAKE, REAL, SPLIT_CODES
 from ingest.discover import NO_SPLIT, TEST_LIST, read_test_list, source_group
-from ingest.layouts.common import Found, LayoutOptions, missing, row, rows_table, subfolders, walk_videos
+from ingest.layouts.common import Found, LayoutOptions, Tree, missing, row, rows_table, subfolders
 
 NAME = "celebdf"
 HELP = "Celeb-DF v1/v2: Celeb-real/, YouTube-real/, Celeb-synthesis/, List_of_testing_videos.txt"
@@ -31,15 +31,15 @@ def default_test_list(root: Path) -> Path | None:
     return matches[0] if matches else None
 
 
-def folder_rows(root: Path, labels: dict[str, int], split_of: dict[int, int] | None = None) -> list[tuple]:
+def folder_rows(tree: Tree, labels: dict[str, int], split_of: dict[int, int] | None = None) -> list[tuple]:
     """Every video under the root's folders named in `labels` (lower case), labelled by its folder; split
     by label through `split_of` (none given: to be split)."""
     rows = []
-    for folder, lower in sorted(subfolders(root).items()):
+    for folder, lower in sorted(subfolders(tree.root).items()):
         if lower in labels:
             label = labels[lower]
             split = (split_of or {}).get(label, NO_SPLIT)
-            rows += [row(p, label, source_group(p), split) for p in walk_videos(root, folder)]
+            rows += [row(p, label, source_group(p), split) for p in tree.videos(folder)]
     return rows
 
 
@@ -60,8 +60,9 @@ def with_test_list(root: Path, rows: list[tuple], test_list: Path | None) -> tup
     return marked, True
 
 
-def read(root: Path, options: LayoutOptions) -> Found:
-    rows, listed = with_test_list(root, folder_rows(root, FOLDERS), options.test_list)
+def read(tree: Tree, options: LayoutOptions) -> Found:
+    root = tree.root
+    rows, listed = with_test_list(root, folder_rows(tree, FOLDERS), options.test_list)
     found = Found(rows_table(rows), "list" if listed else "grouped")
     if not listed:
         found.notes.append(f"no {TEST_LIST} in {root}: the videos are split train/val by identity, none is test")

@@ -6,7 +6,7 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
@@ -55,6 +55,7 @@ class Found:
     left_out: Counter = field(default_factory=Counter)  # videos not stored by choice: what -> how many
     unlisted: list[str] = field(default_factory=list)  # videos on no list of the data set's own files: not stored
     test_fraction: float = 0.0  # the share of the split-free videos to split off as test, by group
+    loops: list[str] = field(default_factory=list)  # folders not walked again (`Tree.loops`): a link that loops
 
     @property
     def missing(self) -> pd.DataFrame:
@@ -70,6 +71,11 @@ class Found:
             lines.append(
                 f"{len(self.unlisted)} videos are on no list of the data set's files and are not stored, "
                 f"e.g. {self.unlisted[0]}"
+            )
+        if self.loops:
+            lines.append(
+                f"{len(self.loops)} folders lead back to one already walked (a link that loops) and were not walked "
+                f"again, e.g. {self.loops[0]}"
             )
         absent = self.missing
         if len(absent):
@@ -102,28 +108,69 @@ def file_name(path: str) -> str:
     return path.rpartition("/")[2]
 
 
-def walk_videos(root: Path, folder: str, recursive: bool = True) -> list[str]:
-    """The video files under `root / folder` (below it too, where `recursive`), as paths relative to `root`.
+@dataclass
+class Tree:
+    """A data root, walked for video files. A walk enters each real folder once, known by (st_dev, st_ino): a
+    folder link back to a parent (`loop/back -> ../..`, common on shared filesystems) was otherwise walked round
+    until the path was too long. `loops` keeps each folder a walk did not enter again, as `FOLDER -> TARGET`.
+    Links to video files are taken as any file (the bench builds folders of linked videos)."""
 
-    `os.scandir` gives each entry's type from the directory listing itself: no stat per file, which on a tree of
-    a hundred thousand videos is the difference between a second and a minute.
-    """
-    found: list[str] = []
-    pending = [folder]
-    while pending:
-        relative = pending.pop()
-        try:
-            entries = list(os.scandir(root / relative))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        prefix = f"{relative}/" if relative else ""
-        for entry in entries:
-            if entry.is_dir():
-                if recursive:
-                    pending.append(prefix + entry.name)
-            elif is_video_name(entry.name) and entry.is_file():
-                found.append(prefix + entry.name)
-    return found
+    root: Path
+    loops: list[str] = field(default_factory=list)
+
+    def videos(self, folder: str, recursive: bool = True) -> list[str]:
+        """The video files under `root / folder` (below it too, where `recursive`), as paths relative to `root`.
+
+        `os.scandir` gives each entry's type from the directory listing itself: no stat per file, which on a tree
+        of a hundred thousand videos is the difference between a second and a minute; only folders are stat'ed.
+        """
+        walked = self._parents(folder)
+        found: list[str] = []
+        pending = [folder]
+        while pending:
+            relative = pending.pop()
+            try:
+                entries = list(os.scandir(self.root / relative))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            prefix = f"{relative}/" if relative else ""
+            folders = []
+            for entry in entries:
+                if entry.is_dir():
+                    folders.append(entry)
+                elif is_video_name(entry.name) and entry.is_file():
+                    found.append(prefix + entry.name)
+            if recursive:
+                pending += reversed(self._first_visits(folders, walked, prefix))  # the first is walked first
+        return found
+
+    def _parents(self, folder: str) -> set[tuple[int, int]]:
+        """The keys of the root and of each folder down to `folder`: a link to any of them loops."""
+        keys, path = set(), self.root
+        for part in ("", *PurePosixPath(folder).parts):
+            path = path / part
+            try:
+                keys.add(_key(path.stat()))
+            except OSError:
+                break
+        return keys
+
+    def _first_visits(self, folders: list[os.DirEntry], walked: set[tuple[int, int]], prefix: str) -> list[str]:
+        """The `folders` not walked yet, now marked walked, by name, real folders before links, so that a folder
+        reached both ways is walked where it really is; the others are kept in `loops`."""
+        first = []
+        for entry in sorted(folders, key=lambda entry: (entry.is_symlink(), entry.name)):
+            key = _key(entry.stat())
+            if key in walked:
+                self.loops.append(f"{prefix}{entry.name}" + (f" -> {os.readlink(entry)}" if entry.is_symlink() else ""))
+            else:
+                walked.add(key)
+                first.append(prefix + entry.name)
+        return first
+
+
+def _key(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
 
 
 def subfolders(folder: Path) -> dict[str, str]:

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from cache.schema import FAKE, REAL, SPLIT_CODES
 from ingest.discover import NO_SPLIT
-from ingest.layouts.common import GROUPED_TEST_FRACTION, Found, LayoutOptions, row, rows_table
+from ingest.layouts.common import GROUPED_TEST_FRACTION, Found, LayoutOptions, Tree, row, rows_table
 from ingest.layouts.ffpp import FAKE_FOLDER, compressed
 
 NAME = "dfd"
@@ -32,12 +32,12 @@ def actors(path: str) -> str:
     return PurePosixPath(path).stem.split("__")[0]
 
 
-def read(root: Path, options: LayoutOptions) -> Found:
+def read(tree: Tree, options: LayoutOptions) -> Found:
     left_out: Counter = Counter()
     split = NO_SPLIT if options.grouped_split else SPLIT_CODES["test"]
     rows = []
     for base, label in ((REAL_FOLDER, REAL), (FAKE_METHOD, FAKE)):
-        rows += [row(p, label, actors(p), split) for p in compressed(root, base, options.compression, left_out)]
+        rows += [row(p, label, actors(p), split) for p in compressed(tree, base, options.compression, left_out)]
     if options.grouped_split:
         return Found(rows_table(rows), "grouped", left_out=left_out, test_fraction=GROUPED_TEST_FRACTION)
     return Found(rows_table(rows), "all-test", left_out=left_out)

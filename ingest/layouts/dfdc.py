@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cache.schema import FAKE, REAL, SPLIT_CODES
 from ingest.discover import UsageError
-from ingest.layouts.common import Found, LayoutOptions, file_name, load_json, missing, row, rows_table, walk_videos
+from ingest.layouts.common import Found, LayoutOptions, Tree, file_name, load_json, missing, row, rows_table
 
 NAME = "dfdc"
 HELP = "DFDC: dfdc_train_part_N/ with metadata.json beside the videos; a test folder with labels.csv"
@@ -49,30 +49,31 @@ def matches(root: Path) -> bool:
     return bool(_parts(_folders(root)))
 
 
-def read(root: Path, options: LayoutOptions) -> Found:
+def read(tree: Tree, options: LayoutOptions) -> Found:
+    root = tree.root
     folders = _folders(root)
     rows: list[tuple] = []
     unlisted: list[str] = []
     parts = _parts(folders)
     for part in parts:
-        _read_part(root, part, rows, unlisted)
+        _read_part(tree, part, rows, unlisted)
     for folder in folders:
         if (
             folder not in parts
             and not any(folder.startswith(f"{p}/") for p in parts)
             and ((root / folder / LABELS).is_file())
         ):
-            _read_test(root, folder, rows, unlisted)
+            _read_test(tree, folder, rows, unlisted)
     return Found(rows_table(rows), "folder", unlisted=sorted(unlisted))
 
 
-def _read_part(root: Path, part: str, rows: list[tuple], unlisted: list[str]) -> None:
-    metadata_path = root / part / METADATA
+def _read_part(tree: Tree, part: str, rows: list[tuple], unlisted: list[str]) -> None:
+    metadata_path = tree.root / part / METADATA
     if not metadata_path.is_file():
-        raise UsageError(f"{root / part}: no {METADATA} beside its videos")
+        raise UsageError(f"{tree.root / part}: no {METADATA} beside its videos")
     metadata = load_json(metadata_path)
     kind = file_name(part)
-    on_disk = {file_name(p): p for p in walk_videos(root, part, recursive=False)}
+    on_disk = {file_name(p): p for p in tree.videos(part, recursive=False)}
     for name, entry in metadata.items():
         label = LABEL_OF.get(str(entry.get("label", "")).upper()) if isinstance(entry, dict) else None
         if label is None:
@@ -86,9 +87,9 @@ def _read_part(root: Path, part: str, rows: list[tuple], unlisted: list[str]) ->
     unlisted += on_disk.values()
 
 
-def _read_test(root: Path, folder: str, rows: list[tuple], unlisted: list[str]) -> None:
-    labels_path = root / folder / LABELS
-    on_disk = {file_name(p): p for p in walk_videos(root, folder)}
+def _read_test(tree: Tree, folder: str, rows: list[tuple], unlisted: list[str]) -> None:
+    labels_path = tree.root / folder / LABELS
+    on_disk = {file_name(p): p for p in tree.videos(folder)}
     kind = folder
     with labels_path.open(newline="") as file:
         reader = csv.DictReader(file)
@@ -102,9 +103,7 @@ def _read_test(root: Path, folder: str, rows: list[tuple], unlisted: list[str]) 
             path = on_disk.pop(name, None)
             test = SPLIT_CODES["test"]
             if path is None:
-                rows.append(
-                    row(f"{folder}/{name}", label, name, test, kind, missing(labels_path.relative_to(root).as_posix()))
-                )
+                rows.append(row(f"{folder}/{name}", label, name, test, kind, missing(f"{folder}/{LABELS}")))
             else:
                 rows.append(row(path, label, name, test, kind))
     unlisted += on_disk.values()

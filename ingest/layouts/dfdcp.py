@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 from cache.schema import FAKE, REAL, SPLIT_CODES
 from ingest.discover import NO_SPLIT, UsageError
-from ingest.layouts.common import Found, LayoutOptions, load_json, missing, row, rows_table, walk_videos
+from ingest.layouts.common import Found, LayoutOptions, Tree, load_json, missing, row, rows_table
 
 NAME = "dfdcp"
 HELP = "DFDC preview: method_A/, method_B/, original_videos/ and dataset.json"
@@ -35,9 +35,10 @@ def source(path: str) -> str:
     return parts[1] if len(parts) > 2 else path
 
 
-def read(root: Path, options: LayoutOptions) -> Found:
+def read(tree: Tree, options: LayoutOptions) -> Found:
+    root = tree.root
     listed = load_json(root / DATASET)
-    on_disk = {p for folder in FOLDERS for p in walk_videos(root, folder)}
+    on_disk = {p for folder in FOLDERS for p in tree.videos(folder)}
     rows = []
     for path, entry in listed.items():
         label = LABEL_OF.get(str(entry.get("label", "")).lower()) if isinstance(entry, dict) else None

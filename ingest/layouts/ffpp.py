@@ -20,12 +20,12 @@ from ingest.layouts.common import (
     COMPRESSIONS,
     Found,
     LayoutOptions,
+    Tree,
     load_json,
     missing,
     row,
     rows_table,
     subfolders,
-    walk_videos,
 )
 
 NAME = "ffpp"
@@ -40,25 +40,26 @@ def matches(root: Path) -> bool:
     return (root / REAL_FOLDER).is_dir() or any((root / FAKE_FOLDER / m).is_dir() for m in ALL_FFPP_METHODS)
 
 
-def compressed(root: Path, base: str, compression: str, left_out: Counter) -> list[str]:
+def compressed(tree: Tree, base: str, compression: str, left_out: Counter) -> list[str]:
     """The videos of `base/<compression>/videos`, counting those of the other compressions in `left_out`."""
     for other in COMPRESSIONS:
         if other != compression:
-            count = len(walk_videos(root, f"{base}/{other}/videos"))
+            count = len(tree.videos(f"{base}/{other}/videos"))
             if count:
                 left_out[f"{other} (not --compression {compression})"] += count
-    return walk_videos(root, f"{base}/{compression}/videos")
+    return tree.videos(f"{base}/{compression}/videos")
 
 
-def read(root: Path, options: LayoutOptions) -> Found:
+def read(tree: Tree, options: LayoutOptions) -> Found:
+    root = tree.root
     left_out: Counter = Counter()
-    reals = compressed(root, REAL_FOLDER, options.compression, left_out)
+    reals = compressed(tree, REAL_FOLDER, options.compression, left_out)
     fakes: dict[str, list[str]] = {}
     for name in sorted(subfolders(root / FAKE_FOLDER)):
         if name in options.methods:
-            fakes[name] = compressed(root, f"{FAKE_FOLDER}/{name}", options.compression, left_out)
+            fakes[name] = compressed(tree, f"{FAKE_FOLDER}/{name}", options.compression, left_out)
         elif name in ALL_FFPP_METHODS:
-            count = sum(len(walk_videos(root, f"{FAKE_FOLDER}/{name}/{c}/videos")) for c in COMPRESSIONS)
+            count = sum(len(tree.videos(f"{FAKE_FOLDER}/{name}/{c}/videos")) for c in COMPRESSIONS)
             left_out[f"{name} (not in --methods)"] += count
     folder = options.splits or root / "splits"
     files = {name: folder / f"{name}.json" for name in SPLIT_FILES}

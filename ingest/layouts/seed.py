@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cache.schema import FAKE, REAL, SPLIT_CODES, UNKNOWN
 from ingest.layouts.celebdf import folder_rows, with_test_list
-from ingest.layouts.common import Found, LayoutOptions, rows_table, subfolders
+from ingest.layouts.common import Found, LayoutOptions, Tree, rows_table, subfolders
 
 NAME = "seed"
 HELP = "the seed notebook's Celeb-Real/, Celeb-Fake/, Testing/"
@@ -18,7 +18,7 @@ def matches(root: Path) -> bool:
     return bool(FOLDERS.keys() & set(subfolders(root).values()))
 
 
-def read(root: Path, options: LayoutOptions) -> Found:
-    rows = folder_rows(root, FOLDERS, {UNKNOWN: SPLIT_CODES["test"]})
-    rows, _ = with_test_list(root, rows, options.test_list)
+def read(tree: Tree, options: LayoutOptions) -> Found:
+    rows = folder_rows(tree, FOLDERS, {UNKNOWN: SPLIT_CODES["test"]})
+    rows, _ = with_test_list(tree.root, rows, options.test_list)
     return Found(rows_table(rows), "folder")

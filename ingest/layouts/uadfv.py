@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 from cache.schema import FAKE, REAL, SPLIT_CODES
 from ingest.discover import NO_SPLIT
-from ingest.layouts.common import GROUPED_TEST_FRACTION, Found, LayoutOptions, row, rows_table, subfolders, walk_videos
+from ingest.layouts.common import GROUPED_TEST_FRACTION, Found, LayoutOptions, Tree, row, rows_table, subfolders
 
 NAME = "uadfv"
 HELP = "UADFV: real/ and fake/"
@@ -27,12 +27,12 @@ def number(path: str) -> str:
     return found.group(1) if found else stem
 
 
-def read(root: Path, options: LayoutOptions) -> Found:
+def read(tree: Tree, options: LayoutOptions) -> Found:
     split = NO_SPLIT if options.grouped_split else SPLIT_CODES["test"]
     rows = []
-    for folder, lower in subfolders(root).items():
+    for folder, lower in subfolders(tree.root).items():
         if lower in FOLDERS:
-            rows += [row(p, FOLDERS[lower], number(p), split) for p in walk_videos(root, folder)]
+            rows += [row(p, FOLDERS[lower], number(p), split) for p in tree.videos(folder)]
     if options.grouped_split:
         return Found(rows_table(rows), "grouped", test_fraction=GROUPED_TEST_FRACTION)
     return Found(rows_table(rows), "all-test")
