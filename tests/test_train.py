@@ -22,6 +22,7 @@ from conftest import (
     stop_mid_run,
     train_args,
 )
+from safetensors.torch import save_file
 
 import train
 from cache import open_store
@@ -246,6 +247,20 @@ def test_a_checkpoint_holding_more_than_plain_data_is_refused_unloaded(tiny_cach
     refused = run_cli(*args, "--resume", check=False)
     assert f"{state} holds more than plain data" in one_line_error(refused)
     assert not (tmp_path / "ran").exists()
+
+
+def test_a_checkpoint_of_the_layout_before_save_state_is_refused_in_one_line(tiny_cache, tmp_path):
+    """The files that `last/` held before: the weights, the optimiser's and scheduler's states, the progress."""
+    last = tmp_path / "simple_cnn" / "last"
+    last.mkdir(parents=True)
+    model = build_model(ModelConfig("simple_cnn"))
+    optimizer = torch.optim.Adam(model.parameters())
+    save_file(model.state_dict(), last / "model.safetensors")
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, last / "optimizer.pt")
+    (last / "progress.json").write_text(json.dumps({"epoch": 1, "history": [], "best_epoch": 1, "best_score": 0.5}))
+    old = run_cli(*train_args(tiny_cache, tmp_path, "simple_cnn", "--epochs", "2", "--resume"), check=False)
+    assert f"{last} is a checkpoint of an earlier clipcache" in one_line_error(old)
 
 
 def test_a_missing_or_foreign_store_exits_2_with_one_line(tiny_cache, tmp_path):

@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save
 from train.data import UsageError
 
 PROGRESS = "custom_checkpoint_0.pkl"  # Accelerate numbers registered objects in order: the progress goes first
+OLD_PROGRESS = "progress.json"  # the record of checkpoints written before `save_state`
 NEARLY_FULL = 2**20  # free bytes: fewer than this after torch.save failed, it failed for want of space
 
 
@@ -141,10 +142,17 @@ def load_last(folder: Path, accelerator: Accelerator) -> bool:
     """`load_state` from the last whole checkpoint; False if there is none.
 
     Accelerate unpickles the registered objects' states whole (`weights_only=False`), so each is first read with
-    `weights_only=True`, which refuses a file that would run code.
+    `weights_only=True`, which refuses a file that would run code. A checkpoint of the layout before `save_state`
+    is refused in one line rather than read by a second loader kept for it alone.
     """
     last = find_last(folder)
     if last is None:
+        for candidate in (folder, _beside(folder, "old")):
+            if (candidate / OLD_PROGRESS).exists():
+                raise UsageError(
+                    f"--resume: {candidate} is a checkpoint of an earlier clipcache, which this one does not resume: "
+                    "finish the run with that version, or train again without --resume"
+                )
         return False
     for state in sorted(last.glob("custom_checkpoint_*.pkl")):
         try:
