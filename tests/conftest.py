@@ -132,7 +132,7 @@ def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """
     main = _entry_point(args[0])
     stdout, stderr = io.StringIO(), io.StringIO()
-    with _as_a_new_process(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    with as_a_new_process(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
             status = main(list(args[1:]))
         except SystemExit as exit:  # argparse's errors and --help
@@ -167,7 +167,9 @@ def _entry_point(module: str) -> Callable[[list[str]], int | None]:
 
 
 @contextlib.contextmanager
-def _as_a_new_process() -> Iterator[None]:
+def as_a_new_process() -> Iterator[None]:
+    """Signal handlers, environment, torch's threads and Accelerate's state as a new process starts with them, and
+    put back after: for a command run in this process, or an Accelerator of other settings than earlier ones."""
     from accelerate.state import AcceleratorState
 
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}

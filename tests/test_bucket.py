@@ -28,6 +28,7 @@ from cache.lock import StoreLocked
 from cache.schema import OK, PENDING, StoreError
 from cache.store import open_store
 from train.augment import ClipTransform
+from train.checkpoint import find_last
 from train.features import backbone_model
 
 TINY = (  # the options of conftest's tiny_cache, a local build of the same videos
@@ -361,7 +362,7 @@ def test_a_server_gone_mid_training_keeps_the_last_epoch_and_resume_finishes(bui
         process = subprocess.Popen(
             [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
-        errors = stop_when(process, server, lambda: any((out / "simple_cnn" / "last").rglob("progress.json")))
+        errors = stop_when(process, server, lambda: find_last(out / "simple_cnn" / "last") is not None)
     assert process.returncode == 5, errors
     line = one_line(errors, f"train: error: {built}: cannot reach {endpoint} (after 3 retries): simple_cnn's last ")
     assert line.endswith("run the same command with --resume to continue from it, once the bucket answers again")

@@ -1,6 +1,9 @@
 """Training from the store as users run it: real processes, real checkpoints, two gloo ranks, SIGKILL."""
 
+import dataclasses
 import json
+import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -8,14 +11,25 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import build_args, encode_numbered, launch_two, one_line, run_cli, run_process, stop_mid_run, train_args
+from conftest import (
+    as_a_new_process,
+    build_args,
+    encode_numbered,
+    launch_two,
+    one_line,
+    run_cli,
+    run_process,
+    stop_mid_run,
+    train_args,
+)
+from safetensors.torch import save_file
 
 import train
 from cache import open_store
 from train.augment import ClipTransform
-from train.checkpoint import load_weights
+from train.checkpoint import find_last, load_weights, read_progress
 from train.data import shard_feed, split_dataset, train_sampler
-from train.loop import run_evaluation
+from train.loop import TrainConfig, fit, run_evaluation
 from train.models import ModelConfig, build_model
 
 RUN_SCRIPT = str(Path(train.__file__).parent / "run.py")
@@ -83,23 +97,31 @@ def evaluate_alone(cache: Path, folder: Path, split: str, threshold: float) -> d
     return {key: value for key, value in result.metrics(threshold).items() if key != "loss"}
 
 
+def two_ranks_args(cache: Path, out: Path, *extra: str) -> list[str]:
+    """`accelerate launch` of train/run.py as two gloo ranks, simple_cnn in batches of 3: the 7 training clips make
+    2 batches for one rank and 1 for the other, so DDP's join is needed."""
+    return launch_two(RUN_SCRIPT, *train_args(cache, out, "simple_cnn", "--batch-size", "3", *extra)[1:])
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tiny_cache, tmp_path_factory) -> tuple[Path, str]:
+    """A run of two epochs on two ranks, uninterrupted: its folder and stdout."""
+    out = tmp_path_factory.mktemp("two-ranks")
+    return out, run_process(*two_ranks_args(tiny_cache, out, "--epochs", "2")).stdout
+
+
 @pytest.mark.slow
-def test_two_processes_see_each_clip_once_and_report_what_one_process_does(tiny_cache, tmp_path):
-    # 15 training clips in batches of 3: one rank gets 3 batches, the other 2, so DDP's join is needed.
-    result = run_process(
-        *launch_two(
-            RUN_SCRIPT, *train_args(tiny_cache, tmp_path, "simple_cnn", "--epochs", "2", "--batch-size", "3")[1:]
-        )
-    )
-    assert result.stdout.count("simple_cnn epoch 2:") == 1, "only the main process prints"
-    metrics = read_metrics(tmp_path, "simple_cnn")
+def test_two_processes_see_each_clip_once_and_report_what_one_process_does(tiny_cache, two_ranks):
+    run, stdout = two_ranks
+    assert stdout.count("simple_cnn epoch 2:") == 1, "only the main process prints"
+    metrics = read_metrics(run, "simple_cnn")
     assert metrics["processes"] == 2
     with open_store(tiny_cache) as store:
         train_clips = len(store.rows("train"))
     for epoch in metrics["history"]:
         assert epoch["train_clips"] == epoch["train_unique_clips"] == train_clips
     for split in ("val", "test"):
-        alone = evaluate_alone(tiny_cache, tmp_path / "simple_cnn", split, metrics["threshold"])
+        alone = evaluate_alone(tiny_cache, run / "simple_cnn", split, metrics["threshold"])
         together = {k: v for k, v in metrics["final"][split].items() if k != "loss"}
         assert together.keys() == alone.keys()
         assert together.pop("confusion") == alone.pop("confusion")
@@ -107,29 +129,97 @@ def test_two_processes_see_each_clip_once_and_report_what_one_process_does(tiny_
             assert value == pytest.approx(alone[key], abs=1e-9), key
 
 
+def same_epochs(resumed: dict, whole: dict) -> None:
+    """A resumed run's epochs and test score are those of the run that was not stopped."""
+    assert [e["epoch"] for e in resumed["history"]] == [e["epoch"] for e in whole["history"]]
+    for a, b in zip(resumed["history"], whole["history"], strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val"]["roc_auc"] == pytest.approx(b["val"]["roc_auc"])
+    assert resumed["final"]["test"]["roc_auc"] == pytest.approx(whole["final"]["test"]["roc_auc"])
+
+
+@pytest.mark.slow
+def test_two_ranks_resume_each_with_its_random_state_and_one_process_resumes_them_too(tiny_cache, two_ranks, tmp_path):
+    run_process(*two_ranks_args(tiny_cache, tmp_path / "two", "--epochs", "1"))
+    last = tmp_path / "two" / "simple_cnn" / "last"
+    assert sorted(path.name for path in last.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
+    shutil.copytree(tmp_path / "two", tmp_path / "one")
+    resumed = run_process(*two_ranks_args(tiny_cache, tmp_path / "two", "--epochs", "2", "--resume"))
+    assert resumed.stdout.count("resuming after epoch 1") == 1
+    same_epochs(read_metrics(tmp_path / "two", "simple_cnn"), read_metrics(two_ranks[0], "simple_cnn"))
+    # One process takes up what two ranks saved: its batches differ, so its figures do too.
+    alone = run_cli(
+        *train_args(tiny_cache, tmp_path / "one", "simple_cnn", "--batch-size", "3", "--epochs", "2"), "--resume"
+    )
+    assert "resuming after epoch 1" in alone.stdout
+    assert [e["epoch"] for e in read_metrics(tmp_path / "one", "simple_cnn")["history"]] == [1, 2]
+
+
 def progress_epoch(folder: Path) -> int:
+    """The epoch of the last whole checkpoint, 0 if none yet; read while the run may be swapping in the next."""
+    last = find_last(folder / "last")
     try:
-        return json.loads((folder / "last" / "progress.json").read_text())["epoch"]
-    except (FileNotFoundError, json.JSONDecodeError):
+        return 0 if last is None else read_progress(last)["epoch"]
+    except FileNotFoundError:
         return 0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
-def test_resume_after_a_kill_or_preemption_ends_as_an_uninterrupted_run(tiny_cache, tmp_path, stop):
-    args = train_args(tiny_cache, tmp_path / "killed", "simple_cnn", "--epochs", "3")
+@pytest.mark.parametrize(
+    ("stop", "precision"),
+    [(signal.SIGKILL, "no"), (signal.SIGTERM, "no"), (signal.SIGKILL, "bf16")],
+    ids=["sigkill", "sigterm", "sigkill-bf16"],
+)
+def test_resume_after_a_kill_or_preemption_ends_as_an_uninterrupted_run(tiny_cache, tmp_path, stop, precision):
+    args = train_args(tiny_cache, tmp_path / "killed", "simple_cnn", "--epochs", "3", "--mixed-precision", precision)
     line = "train: interrupted: simple_cnn's last checkpoint is after epoch"
     stop_mid_run(args, lambda: progress_epoch(tmp_path / "killed" / "simple_cnn") >= 1, stop, line, tmp_path / "err")
     assert 1 <= progress_epoch(tmp_path / "killed" / "simple_cnn") < 3
     resumed = run_cli(*args, "--resume")
     assert "resuming after epoch" in resumed.stdout
-    run_cli(*train_args(tiny_cache, tmp_path / "whole", "simple_cnn", "--epochs", "3"))
+    run_cli(*train_args(tiny_cache, tmp_path / "whole", "simple_cnn", "--epochs", "3", "--mixed-precision", precision))
     killed, whole = read_metrics(tmp_path / "killed", "simple_cnn"), read_metrics(tmp_path / "whole", "simple_cnn")
     assert [e["epoch"] for e in killed["history"]] == [1, 2, 3]
-    for a, b in zip(killed["history"], whole["history"], strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
-        assert a["val"]["roc_auc"] == pytest.approx(b["val"]["roc_auc"])
-    assert killed["final"]["test"]["roc_auc"] == pytest.approx(whole["final"]["test"]["roc_auc"])
+    same_epochs(killed, whole)
+
+
+GROWTH_INTERVAL = 3  # steps between the GradScaler's growths: an epoch here is 2 steps (7 clips in batches of 4)
+
+
+def fp16_as_on_a_gpu() -> Accelerator:
+    """Accelerate's fp16 as it trains on a GPU, autocast to float16 and its GradScaler, here on the CPU: Accelerate
+    makes neither on a CPU, where `--mixed-precision fp16` trains in fp32. The scaler grows every GROWTH_INTERVAL
+    steps (by default every 2000th), so that it grows in the second epoch only if its count of steps carried over
+    the first epoch's end, as a long run's does."""
+    accelerator = Accelerator(cpu=True, mixed_precision="fp16")
+    accelerator.native_amp = True
+    accelerator.scaler = torch.amp.GradScaler("cpu", growth_interval=GROWTH_INTERVAL)
+    return accelerator
+
+
+class Stop(Exception):
+    pass
+
+
+def stop_after_first(epoch: int, _val_metrics: dict) -> None:
+    raise Stop
+
+
+@pytest.mark.slow
+def test_an_fp16_run_resumes_with_its_gradscaler_as_an_uninterrupted_run(tiny_cache, tmp_path):
+    config = TrainConfig(cache=tiny_cache, out=tmp_path / "stopped", model="simple_cnn", epochs=2, workers=0)
+    with as_a_new_process(), pytest.raises(Stop):
+        fit(config, fp16_as_on_a_gpu(), on_epoch=stop_after_first)
+    saved = torch.load(tmp_path / "stopped" / "simple_cnn" / "last" / "scaler.pt", weights_only=True)
+    assert saved != torch.amp.GradScaler("cpu", growth_interval=GROWTH_INTERVAL).state_dict()
+    with as_a_new_process():
+        resumed = fp16_as_on_a_gpu()
+        resumed_metrics = fit(dataclasses.replace(config, resume=True), resumed)
+    with as_a_new_process():
+        whole = fp16_as_on_a_gpu()
+        whole_metrics = fit(dataclasses.replace(config, out=tmp_path / "whole"), whole)
+    assert resumed.scaler.state_dict() == whole.scaler.state_dict()
+    same_epochs(resumed_metrics, whole_metrics)
 
 
 def one_line_error(result) -> str:
@@ -137,6 +227,40 @@ def one_line_error(result) -> str:
     lines = [line for line in result.stderr.splitlines() if line.startswith("train: error:")]
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+class Runs:
+    """A pickle that runs code as it is loaded: it makes the folder `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_a_checkpoint_holding_more_than_plain_data_is_refused_unloaded(tiny_cache, tmp_path):
+    args = train_args(tiny_cache, tmp_path, "simple_cnn", "--epochs", "1")
+    run_cli(*args)
+    state = tmp_path / "simple_cnn" / "last" / "custom_checkpoint_1.pkl"
+    torch.save(Runs(tmp_path / "ran"), state)
+    refused = run_cli(*args, "--resume", check=False)
+    assert f"{state} holds more than plain data" in one_line_error(refused)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_checkpoint_of_the_layout_before_save_state_is_refused_in_one_line(tiny_cache, tmp_path):
+    """The files that `last/` held before: the weights, the optimiser's and scheduler's states, the progress."""
+    last = tmp_path / "simple_cnn" / "last"
+    last.mkdir(parents=True)
+    model = build_model(ModelConfig("simple_cnn"))
+    optimizer = torch.optim.Adam(model.parameters())
+    save_file(model.state_dict(), last / "model.safetensors")
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, last / "optimizer.pt")
+    (last / "progress.json").write_text(json.dumps({"epoch": 1, "history": [], "best_epoch": 1, "best_score": 0.5}))
+    old = run_cli(*train_args(tiny_cache, tmp_path, "simple_cnn", "--epochs", "2", "--resume"), check=False)
+    assert f"{last} is a checkpoint of an earlier clipcache" in one_line_error(old)
 
 
 def test_a_missing_or_foreign_store_exits_2_with_one_line(tiny_cache, tmp_path):
@@ -179,7 +303,11 @@ def test_a_val_split_of_one_class_or_no_ok_clip_exits_2_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_disk_ends_with_one_line_and_resume_finishes_once_space_is_freed(tiny_cache, small_disk):
+@pytest.mark.parametrize("size", [3 * 2**20, 5 * 2**20], ids=["full-at-the-weights", "full-at-the-optimizer"])
+def test_a_full_disk_ends_with_one_line_and_resume_finishes_once_space_is_freed(tiny_cache, small_disk, size):
+    # best.safetensors and the checkpoint's weights take 1.7 MB each, its optimiser's state 3.4 MB: the disk fills
+    # as safetensors writes the weights, or as torch.save writes the optimiser's state, whose errors differ.
+    small_disk.resize(size)
     args = train_args(tiny_cache, small_disk.path / "run", "simple_cnn", "--epochs", "2")
     result = run_cli(*args, check=False)
     assert result.returncode == 4, result.stderr

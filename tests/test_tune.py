@@ -12,7 +12,7 @@ from conftest import run_cli, train_args
 from optuna.trial import TrialState
 from test_train import read_metrics
 
-from train.checkpoint import find_last
+from train.checkpoint import find_last, read_progress
 from train.loop import TrainConfig, fit
 from train.run import parse_args
 from train.tune import LSTM_HIDDEN_SIZES, PLOTS, run_study, save_plots, suggest
@@ -121,7 +121,7 @@ def test_the_epoch_hook_hears_each_epoch_and_can_stop_training_resumably(tiny_ca
         fit(config, Accelerator(cpu=True), on_epoch=stop_after_two)
     assert [epoch for epoch, _ in heard] == [1, 2]
     assert not (tmp_path / "simple_cnn" / "metrics.json").exists()
-    assert json.loads((find_last(tmp_path / "simple_cnn" / "last") / "progress.json").read_text())["epoch"] == 2
+    assert read_progress(find_last(tmp_path / "simple_cnn" / "last"))["epoch"] == 2
     metrics = fit(dataclasses.replace(config, resume=True), Accelerator(cpu=True), on_epoch=stop_never)
     assert [record["epoch"] for record in metrics["history"]] == [1, 2, 3]
     assert [record["val"] for record in metrics["history"][:2]] == [val for _, val in heard]
@@ -144,7 +144,7 @@ def test_pruned_trials_stop_after_the_epoch_and_leave_the_study_usable(tiny_cach
     assert capsys.readouterr().out.count(": pruned after epoch 1 (val AUC ") == 2
     for trial in study.trials:
         folder = tmp_path / f"trial-{trial.number}" / "simple_cnn"
-        assert json.loads((find_last(folder / "last") / "progress.json").read_text())["epoch"] == 1
+        assert read_progress(find_last(folder / "last"))["epoch"] == 1
         assert not (folder / "metrics.json").exists()
     assert accelerator._models == [] and accelerator._optimizers == [], "a pruned trial's model is let go"
     assert "param_importances: skipped" in save_plots(study, tmp_path)[-1]

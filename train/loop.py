@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from cache.bucket import is_remote, store_location
 from cache.store import clip_settings
 from train.augment import ClipTransform
-from train.checkpoint import find_last, load_last, load_weights, save_last, save_weights, write_json
+from train.checkpoint import checkpointing, load_last, load_weights, save_last, save_weights, write_json
 from train.data import (
     BALANCE,
     BatchFeed,
@@ -108,12 +109,22 @@ class TrainConfig:
 
 @dataclass
 class Progress:
-    """What `last/progress.json` records: enough to resume after the last completed epoch."""
+    """The epochs done, their records and the best so far: registered for checkpointing, so that `last/` resumes
+    after the last completed epoch."""
 
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
     best_score: float | None = None
+
+    def state_dict(self) -> dict:
+        """Plain data, as metrics.json holds it (numpy's floats become floats), so that it reads back with
+        torch.load(weights_only=True)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def load_state_dict(self, state: dict) -> None:
+        for each in dataclasses.fields(self):
+            setattr(self, each.name, state[each.name])
 
 
 @dataclass
@@ -160,52 +171,52 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
     weight = class_weights(train_set.labels) if config.balance == "weights" else None
     criterion = nn.CrossEntropyLoss(weight=weight, reduction="none").to(accelerator.device)
 
-    progress = restore(model_dir / "last", model, optimizer, scheduler) if config.resume else Progress()
-    if progress.epoch:
-        accelerator.print(f"{config.model}: resuming after epoch {progress.epoch}")
     trained, optimizer = accelerator.prepare(trained, optimizer)
-
     evaluate_transform = data.transform or ClipTransform(
         train=False, size=config.frame_size, channels_last=channels_last
     )
     val_feed = shard_feed(val_set, config.batch_size, accelerator, True, data.workers)
     train_feed = shard_feed(train_set, config.batch_size, accelerator, False, data.workers)
-    for epoch in range(progress.epoch + 1, config.epochs + 1):
-        torch.manual_seed(config.seed * 1_000_003 + epoch * 101 + accelerator.process_index)
-        augment = data.transform or ClipTransform(
-            train=True,
-            seed=config.seed + 7919 * epoch + accelerator.process_index,
-            size=config.frame_size,
-            channels_last=channels_last,
-        )
-        train_feed.sampler = train_sampler(train_set, config.balance, config.seed, epoch)
-        started = time.perf_counter()
-        summary = train_epoch(
-            trained, train_feed, optimizer, criterion, augment, accelerator, f"{config.model} {epoch}"
-        )
-        val = run_evaluation(trained, val_feed, criterion, evaluate_transform, accelerator)
-        scheduler.step(val.loss)
-        val_metrics = val.metrics()
-        record = {
-            "epoch": epoch,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - started, 3),
-            **summary,
-            "val_loss": val.loss,
-            "val": val_metrics,
-        }
-        progress.history.append(record)
-        progress.epoch = epoch
-        score = val_metrics[config.select_by]
-        improved = progress.best_epoch is None or better(config.select_by, score, progress.best_score)
-        if improved:
-            progress.best_epoch, progress.best_score = epoch, score
-        if accelerator.is_main_process:
-            checkpoint(model_dir, model, optimizer, scheduler, progress, improved)
-        accelerator.wait_for_everyone()
-        accelerator.print(epoch_line(config.model, record, config.select_by))
-        if on_epoch is not None:
-            on_epoch(epoch, val_metrics)
+    progress = Progress()
+    with checkpointing(accelerator, progress, scheduler):
+        if config.resume and load_last(model_dir / "last", accelerator):
+            accelerator.print(f"{config.model}: resuming after epoch {progress.epoch}")
+        for epoch in range(progress.epoch + 1, config.epochs + 1):
+            torch.manual_seed(config.seed * 1_000_003 + epoch * 101 + accelerator.process_index)
+            augment = data.transform or ClipTransform(
+                train=True,
+                seed=config.seed + 7919 * epoch + accelerator.process_index,
+                size=config.frame_size,
+                channels_last=channels_last,
+            )
+            train_feed.sampler = train_sampler(train_set, config.balance, config.seed, epoch)
+            started = time.perf_counter()
+            summary = train_epoch(
+                trained, train_feed, optimizer, criterion, augment, accelerator, f"{config.model} {epoch}"
+            )
+            val = run_evaluation(trained, val_feed, criterion, evaluate_transform, accelerator)
+            scheduler.step(val.loss)
+            val_metrics = val.metrics()
+            record = {
+                "epoch": epoch,
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": round(time.perf_counter() - started, 3),
+                **summary,
+                "val_loss": val.loss,
+                "val": val_metrics,
+            }
+            progress.history.append(record)
+            progress.epoch = epoch
+            score = val_metrics[config.select_by]
+            improved = progress.best_epoch is None or better(config.select_by, score, progress.best_score)
+            if improved:
+                progress.best_epoch, progress.best_score = epoch, score
+                if accelerator.is_main_process:
+                    save_weights(model_dir / "best.safetensors", model.state_dict())
+            save_last(model_dir / "last", accelerator)
+            accelerator.print(epoch_line(config.model, record, config.select_by))
+            if on_epoch is not None:
+                on_epoch(epoch, val_metrics)
 
     model.load_state_dict(load_weights(model_dir / "best.safetensors"))
     threshold, final = final_evaluation(
@@ -272,26 +283,6 @@ def training_data(config: TrainConfig) -> TrainingData:
 
 def as_float(features: torch.Tensor) -> torch.Tensor:
     return features.float()
-
-
-def restore(folder: Path, model: nn.Module, optimizer, scheduler) -> Progress:
-    """Load the last whole checkpoint into model, optimiser and scheduler; a fresh start if there is none."""
-    last = find_last(folder)
-    if last is None:
-        return Progress()
-    weights, optimizer_state, scheduler_state, saved = load_last(last)
-    model.load_state_dict(weights)
-    optimizer.load_state_dict(optimizer_state)
-    scheduler.load_state_dict(scheduler_state)
-    return Progress(**saved)
-
-
-def checkpoint(model_dir: Path, model: nn.Module, optimizer, scheduler, progress: Progress, improved: bool) -> None:
-    """The main process's files after an epoch: best.safetensors when it improved, and always last/."""
-    state = model.state_dict()
-    if improved:
-        save_weights(model_dir / "best.safetensors", state)
-    save_last(model_dir / "last", state, optimizer.state_dict(), scheduler.state_dict(), dataclasses.asdict(progress))
 
 
 def final_evaluation(

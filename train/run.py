@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from cache import StoreError
 from cache.bucket import add_cache_options, configure_cache, store_location
 from cache.exits import exit_status, part_way, stop_on_signals
-from train.checkpoint import find_last
+from train.checkpoint import find_last, read_progress
 from train.data import BALANCE, UsageError, check_same_clips, store_names
 from train.evaluate import evaluate_models, threshold_note
 from train.inference import TrainedModel
@@ -201,7 +201,7 @@ def resume_line(config: TrainConfig | None) -> str:
     last = find_last(config.out / config.model / "last")
     if last is None:
         return f"no epoch of {config.model} finished; the same command starts it again"
-    epoch = json.loads((last / "progress.json").read_text())["epoch"]
+    epoch = read_progress(last)["epoch"]
     return (
         f"{config.model}'s last checkpoint is after epoch {epoch} of {config.epochs} ({last}); "
         "run the same command with --resume to continue from it"
