@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import importlib
 import io
 import json
@@ -265,6 +266,7 @@ class SmallDisk:
         return path
 
     def unmount(self) -> None:
+        gc.collect()  # files of a command run in this process that only the collector closes (SQLAlchemy's pool)
         subprocess.run(["umount", str(self.path)], check=True)
 
 
