@@ -30,7 +30,7 @@ from cache.schema import OK, StoreError, shard_count, shard_slice
 from cache.store import open_store
 from train.augment import ClipTransform
 from train.data import UsageError, check_classes
-from train.models import TIMM_BACKBONES, ClipClassifier, ModelConfig, build_model
+from train.models import TIMM_BACKBONES, ClipClassifier, ModelConfig, build_model, check_start
 
 COMMAND = "python -m train.features"
 # The timm backbone each model stands on, and back: `--backbone efficientnet_b0` serves effnet_lstm.
@@ -53,6 +53,7 @@ class FeatureConfig:
             raise UsageError(f"--backbone must be one of {', '.join(BACKBONE_MODELS)}, not {self.backbone!r}")
         if self.weights is not None and not Path(self.weights).is_file():
             raise UsageError(f"--weights {self.weights}: no such file")
+        check_start(BACKBONE_MODELS[self.backbone], self.pretrained, self.weights)
         if self.batch_size < 1 or (self.frame_size is not None and self.frame_size < 8):
             raise UsageError("--batch-size must be at least 1 and --frame-size at least 8")
 

@@ -257,6 +257,11 @@ def main(argv: list[str] | None, ending: Ending) -> int:
         configure_cache(args.cache_dir, args.cache_limit)
         if args.model == "all" and (args.weights is not None or args.from_features):
             raise UsageError("--weights and --from-features fit one backbone: train one --model at a time with them")
+        if args.model == "all" and args.pretrained:
+            raise UsageError(
+                "--pretrained: simple_cnn has no pretrained weights; train resnet18 and effnet_lstm with it one "
+                "--model at a time (python -m train.report RUN_DIR ... shows runs side by side)"
+            )
         check_same_clips([*args.cache, *args.eval_cache])
         results = []
         for name in list(MODEL_NAMES) if args.model == "all" else [args.model]:
