@@ -13,7 +13,7 @@ from bench.context import BenchConfig
 from bench.results import RESULTS_MD, append_markdown, latest, plot, save, table
 from bench.stages import STAGES, WITHOUT_VIDEOS, run_stages
 from bench.stores import replicate
-from cache.exits import exit_status, stop_on_signals
+from cache.exits import BadInput, Ending, ends
 
 DEMO_FOLDER = Path("results/demo-data")
 
@@ -28,8 +28,9 @@ def parser() -> argparse.ArgumentParser:
             "Time each stage over repeats after a warm-up (median, min-max; whole builds and the seed's OpenCV "
             "seeks, seconds a run, over half as many), beside the baseline a user would "
             "run and the hardware's limit, measured in the same run. Writes results/<time>-<host>.json, prints a "
-            "table and appends it to bench/RESULTS.md. Exit status 2 on bad input, 130 after Ctrl-C and 143 after "
-            "SIGTERM (nothing written then)."
+            "table and appends it to bench/RESULTS.md. Exit status 2 on bad input, 4 when the disk is full, 130 after "
+            "Ctrl-C and 143 after SIGTERM, each with a line saying what was written (results only once every stage "
+            "has run)."
         ),
     )
     source = run.add_mutually_exclusive_group()  # needed by every stage but those WITHOUT_VIDEOS
@@ -87,38 +88,34 @@ def needs_videos(stages: list[str]) -> bool:
     return bool(set(stages) - set(WITHOUT_VIDEOS))
 
 
-def main(argv: list[str] | None = None) -> int:
-    stop_on_signals()
+@ends("bench")
+def main(argv: list[str] | None, ending: Ending) -> int:
     args = parser().parse_args(argv)
-    try:
-        return _run(args)
-    except KeyboardInterrupt as stop:
-        print(
-            "bench: interrupted: no result was written (results are written once every stage has run)", file=sys.stderr
-        )
-        return exit_status(stop)
+    ending.where = args.out
+    ending.kept = "no result was written (results are written once every stage has run); run the same command again"
+    return _run(args, ending)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, ending: Ending) -> int:
     if args.command == "plot":
+        ending.kept = f"{args.out / 'latest.png'} may be part written; run the same command again"
         png = plot(latest(args.out), args.out / "latest.png")
         print(png)
         return 0
     if not (args.demo or args.data) and needs_videos(args.stages):
-        print("bench: error: one of the arguments --data --demo is required", file=sys.stderr)
-        return 2
+        raise BadInput("one of the arguments --data --demo is required")
     root = demo_data(DEMO_FOLDER) if args.demo else args.data or Path(".")
     if not root.is_dir():
-        print(f"bench: error: {root}: no such folder", file=sys.stderr)
-        return 2
+        raise BadInput(f"{root}: no such folder")
     work = Path(tempfile.mkdtemp(prefix="clipcache-bench-"))
+    ending.where = f"{work.parent} or {args.out}"  # the bench's stores, then its results
     try:
-        return _measure(args, root, work)
+        return _measure(args, root, work, ending)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # a full run leaves 2.4 GB of stores there
 
 
-def _measure(args: argparse.Namespace, root: Path, work: Path) -> int:
+def _measure(args: argparse.Namespace, root: Path, work: Path, ending: Ending) -> int:
     """Every stage asked for, on `root`'s videos, with the bench's stores in `work`; the results saved, with the
     seconds the whole run took (the bench's own store and videos made first included) and each stage's."""
     started = time.perf_counter()
@@ -129,8 +126,7 @@ def _measure(args: argparse.Namespace, root: Path, work: Path) -> int:
     if needs_videos(args.stages):
         built = build_cache(BuildConfig(root, work / "videos.zarr", decoder="pyav"), log=lambda _: None)
         if built.ok == 0:
-            print(f"bench: error: no video under {root} decodes", file=sys.stderr)
-            return 2
+            raise BadInput(f"no video under {root} decodes")
         replicate(work / "videos.zarr", cache, 64 if args.quick else 512)
         videos = [root / p for p in find_videos(root)["path"].tolist()][: args.videos]
     repeat = 2 if args.quick else args.repeat
@@ -150,6 +146,7 @@ def _measure(args: argparse.Namespace, root: Path, work: Path) -> int:
     settings = {"data": data, "videos": len(videos), "repeat": repeat, "quick": args.quick}
     settings["seconds"] = f"{time.perf_counter() - started:.0f} in all ({took})"
     path, record = save(rows, args.out, settings)
+    ending.kept = f"the results are saved in {path}, their table perhaps not yet in {args.markdown}"
     append_markdown(rows, record, args.markdown)
     print(table(rows))
     print(f"\n{path}; appended to {args.markdown} ({settings['seconds']} s)")

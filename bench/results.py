@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
 from bench.timing import Row  # noqa: E402
+from cache.exits import BadInput  # noqa: E402
 
 PACKAGES = ("torch", "av", "decord", "zarr", "h5py", "numpy", "opencv-python-headless", "timm", "accelerate")
 RESULTS_MD = Path(__file__).with_name("RESULTS.md")
@@ -83,7 +84,7 @@ def append_markdown(rows: list[Row], record: dict, results_md: Path = RESULTS_MD
 def latest(out: Path) -> Path:
     files = sorted(out.glob("*.json"))
     if not files:
-        raise FileNotFoundError(f"no results in {out}: run `python -m bench run` first")
+        raise BadInput(f"no results in {out}: run `python -m bench run` first")
     return files[-1]
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cache.bucket import Bucket, BucketUnreachable, add_cache_options, configure_cache, is_remote, store_location
-from cache.exits import NO_SPACE, UNREACHABLE, disk_full, exit_status, stop_on_signals
+from cache.bucket import Bucket, ShardCache, add_cache_options, configure_cache, is_remote, store_location
+from cache.exits import Ending, ends, part_way
 from cache.features import feature_entries
 from cache.schema import FAILED, LABEL_NAMES, OK, SPLIT_NAMES, STATUS_NAMES, StoreError
 from cache.shards import PARTIAL
@@ -52,31 +52,18 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
-def main(argv: list[str] | None = None) -> int:
-    stop_on_signals()
+@ends("cache")
+def main(argv: list[str] | None, ending: Ending) -> int:
     args = parser().parse_args(argv)
-    try:
-        if args.command != "info":
-            configure_cache(args.cache_dir, args.cache_limit)
-        if args.command == "show":
-            return show(args)
-        with open_store(args.store) as store:
-            return info(store) if args.command == "info" else verify(store, args.batch)
-    except StoreError as error:
-        print(f"cache: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as stop:
-        print("cache: interrupted: nothing was changed", file=sys.stderr)
-        return exit_status(stop)
-    except BucketUnreachable as error:
-        print(f"cache: error: {error}: nothing was changed; run it again once the bucket answers", file=sys.stderr)
-        return UNREACHABLE
-    except OSError as error:
-        if not disk_full(error) or args.command != "show":
-            raise
-        where = f"no space left on the device of {args.out}"
-        print(f"cache: error: {where}: free space, then run it again", file=sys.stderr)
-        return NO_SPACE
+    ending.kept = "nothing was changed; run the same command again"
+    if args.command != "info":
+        configure_cache(args.cache_dir, args.cache_limit)
+        ending.where = ShardCache.from_env().folder  # a bucket's shards are copied there
+    if args.command == "show":
+        ending.where, ending.kept = args.out, f"{args.out} may be part written; run the same command again"
+        return show(args)
+    with open_store(args.store) as store:
+        return info(store) if args.command == "info" else verify(store, args.batch)
 
 
 def show(args: argparse.Namespace) -> int:
@@ -162,6 +149,8 @@ def verify(store: ClipStore, batch: int) -> int:
         try:
             clips = store.read(chunk)
         except Exception as error:
+            if part_way(error) is not None:  # a full disk or a lost bucket, not a bad clip
+                raise
             problems.extend(f"row {r} ({store.path[r]}): unreadable: {error}" for r in chunk)
             continue
         for row, clip in zip(chunk, clips, strict=True):

@@ -83,9 +83,13 @@ class StoreLock:
             if _same_file(fd, self.path):
                 break
             os.close(fd)  # a holder released and removed the file between our open and flock: take the new one
-        self.taken_over = LockOwner.parse(_read(fd))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(asdict(LockOwner.me())).encode(), 0)
+        try:
+            self.taken_over = LockOwner.parse(_read(fd))
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(asdict(LockOwner.me())).encode(), 0)
+        except OSError:  # a full disk: let the lock go, not only when the process ends
+            os.close(fd)
+            raise
         self._fd = fd
         _HELD.add(fd)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import textwrap
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 from cache.bucket import store_location
-from cache.exits import exit_status, part_way, stop_on_signals
+from cache.exits import Ending, ends
 from cache.schema import PENDING, StoreError
 from cache.store import open_store, store_exists
 from ingest.build import BuildConfig, build_cache
@@ -191,27 +192,13 @@ def layout_options(args: argparse.Namespace) -> LayoutOptions:
     return LayoutOptions(args.compression, methods, args.splits, args.grouped_split, args.test_list)
 
 
-def main(argv: list[str] | None = None) -> int:
-    stop_on_signals()
+@ends("ingest")
+def main(argv: list[str] | None, ending: Ending) -> int:
     args = parser().parse_args(argv)
-    try:
-        if args.command == "make-demo":
-            return _make_demo(args)
-        if args.command == "scan":
-            return _scan(args)
-        return _build(args)
-    except (UsageError, StoreError) as error:
-        print(f"ingest: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as stop:
-        print(f"ingest: interrupted: {_kept(args)}", file=sys.stderr)
-        return exit_status(stop)
-    except OSError as error:
-        stopped = part_way(error, _written(args))
-        if stopped is None:
-            raise
-        print(f"ingest: error: {stopped.cause}: {_kept(args, f'{stopped.when}, ')}", file=sys.stderr)
-        return stopped.status
+    ending.kept = functools.partial(_kept, args)
+    ending.where = _written(args)
+    command = {"build-cache": _build, "scan": _scan, "make-demo": _make_demo}[args.command]
+    return command(args)
 
 
 def _written(args: argparse.Namespace) -> Path | str:
@@ -222,16 +209,16 @@ def _written(args: argparse.Namespace) -> Path | str:
     return args.out
 
 
-def _kept(args: argparse.Namespace, first: str = "") -> str:
-    """What a command that stopped part way leaves behind, and how to go on (after doing `first`)."""
+def _kept(args: argparse.Namespace) -> str:
+    """What a command that stopped part way leaves behind, and how to go on."""
     if args.command == "scan":
-        return "nothing written" if not args.csv else f"{args.csv} may be part written: run scan again"
+        return "nothing written; run scan again" if not args.csv else f"{args.csv} may be part written; run scan again"
     if args.command == "make-demo":
-        return f"{args.out} holds part of the demo set; {first}remove it and run make-demo again"
-    again = f"{first}run the same command with --resume to finish it"
+        return f"{args.out} holds part of the demo set; remove it and run make-demo again"
+    again = "run the same command with --resume to finish it"
     try:
         if not store_exists(args.out):
-            return f"nothing written ({args.out} was not created yet)"
+            return f"nothing written ({args.out} was not created yet); run the same command again"
         with open_store(args.out) as store:
             stored, total = int((store.status != PENDING).sum()), len(store)
     except (StoreError, OSError):  # a bucket that no longer answers cannot say how much it holds

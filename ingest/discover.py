@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cache.exits import BadInput
 from cache.schema import FAKE, REAL, SPLIT_CODES, UNKNOWN
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
@@ -15,7 +16,7 @@ CELEB_ID = re.compile(r"^(id\d+)_", re.IGNORECASE)
 NO_SPLIT = -1
 
 
-class UsageError(Exception):
+class UsageError(BadInput):
     """Bad input from the command line: one line for the user, exit status 2, nothing written."""
 
 

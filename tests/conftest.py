@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import gc
 import importlib
 import io
 import json
@@ -250,7 +252,21 @@ class SmallDisk:
         stats = os.statvfs(self.path)
         return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
 
+    def fill(self, name: str = "filler") -> Path:
+        """A file taking every block left: the next write of any size fails."""
+        path = self.path / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, bytes(2**16)):
+                pass
+        except OSError as error:
+            assert error.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
+        return path
+
     def unmount(self) -> None:
+        gc.collect()  # files of a command run in this process that only the collector closes (SQLAlchemy's pool)
         subprocess.run(["umount", str(self.path)], check=True)
 
 

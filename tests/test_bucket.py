@@ -344,7 +344,7 @@ def test_a_server_gone_mid_build_ends_with_one_line_exit_5_and_resume_finishes(
         errors = stop_when(process, server, some_ok)
     assert process.returncode == 5, errors
     line = one_line(errors, f"ingest: error: {url}: cannot reach {endpoint} (after 3 retries): ")
-    assert line.endswith("once the bucket answers again, run the same command with --resume to finish it")
+    assert line.endswith("run the same command with --resume to finish it once the bucket answers again")
     with local_s3_server(port):
         assert "0 failed, 0 pending" in run_cli(*args, "--resume").stdout
         assert_same_as(url, tiny_cache)
@@ -365,7 +365,7 @@ def test_a_server_gone_mid_training_keeps_the_last_epoch_and_resume_finishes(bui
         errors = stop_when(process, server, lambda: find_last(out / "simple_cnn" / "last") is not None)
     assert process.returncode == 5, errors
     line = one_line(errors, f"train: error: {built}: cannot reach {endpoint} (after 3 retries): simple_cnn's last ")
-    assert line.endswith("run the same command with --resume to continue from it, once the bucket answers again")
+    assert line.endswith("run the same command with --resume to continue from it once the bucket answers again")
     with local_s3_server(port):
         run_cli(*args, "--resume")
     assert len((out / "simple_cnn" / "history.csv").read_text().splitlines()) == 5

@@ -277,7 +277,7 @@ def test_scan_that_cannot_write_its_csv_ends_in_one_line(celebdf_small_root):
     """/dev/full fails every write with ENOSPC, as a full disk does: scan, which has no --out, names its --csv."""
     err = scan("--data-root", str(celebdf_small_root), "--csv", "/dev/full", code=4)[1]
     line = one_line(err, "ingest: error: no space left on the device of /dev/full:")
-    assert line.endswith("/dev/full may be part written: run scan again")
+    assert line.endswith("/dev/full may be part written; run scan again once space is freed")
 
 
 @pytest.mark.parametrize(

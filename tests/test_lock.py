@@ -50,3 +50,14 @@ def test_a_released_lock_is_free_and_names_no_previous_holder(tmp_path):
         with StoreLock(tmp_path / "s.zarr") as lock:
             assert lock.taken_over is None
             assert f'"pid": {os.getpid()}' in (tmp_path / "s.zarr.lock").read_text()
+
+
+def test_a_lock_that_cannot_be_written_on_a_full_disk_is_let_go(small_disk):
+    """The build ends (exit 4), and its process, which may run on (a test's, a notebook's), no longer holds it."""
+    store = small_disk.path / "s.zarr"
+    filler = small_disk.fill()
+    with pytest.raises(OSError, match="No space left"):
+        StoreLock(store).acquire()
+    filler.unlink()
+    with lock_holder(StoreLock, str(store)):
+        pass

@@ -2,9 +2,7 @@
 models scored on stores they never saw."""
 
 import csv
-import errno
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -164,8 +162,7 @@ def test_evaluate_on_a_full_disk_ends_with_one_line_and_writes_the_table_once_sp
     phased, phased_run, small_disk
 ):
     run, _ = phased_run
-    filler = small_disk.path / "filler"
-    fill(filler)
+    filler = small_disk.fill()
     out = small_disk.path / "table"
     args = ("train.evaluate", "--run", str(run), "--cache", str(phased["zarr"]), "--out", str(out))
     result = run_cli(*args, check=False)
@@ -176,18 +173,6 @@ def test_evaluate_on_a_full_disk_ends_with_one_line_and_writes_the_table_once_sp
     run_cli(*args)
     assert all((out / f"cross_dataset.{suffix}").stat().st_size for suffix in ("md", "csv", "png"))
     assert json.loads((out / "cross_dataset.json").read_text())["models"]["simple_cnn"]["phased"]["n"] > 0
-
-
-def fill(path: Path) -> None:
-    """Write `path` until its filesystem has no block left."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, bytes(2**16)):
-            pass
-    except OSError as error:
-        assert error.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.slow

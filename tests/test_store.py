@@ -270,5 +270,6 @@ def test_cache_show_onto_a_full_disk_ends_with_one_line(tiny_cache, small_disk):
     result = run_cli("cache.cli", "show", str(tiny_cache), "--out", str(out), check=False)
     assert result.returncode == 4, result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"cache: error: no space left on the device of {out}: free space, then run it again"
+        f"cache: error: no space left on the device of {out}: {out} may be part written; run the same command again "
+        "once space is freed"
     ]

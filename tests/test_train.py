@@ -1,10 +1,13 @@
 """Training from the store as users run it: real processes, real checkpoints, two gloo ranks, SIGKILL."""
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import signal
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -275,6 +278,48 @@ def test_a_missing_or_foreign_store_exits_2_with_one_line(tiny_cache, tmp_path):
     assert "--weights" in one_line_error(
         run_cli(*train_args(tiny_cache, tmp_path / "r", "all", "--weights", str(tmp_path / "other.zarr")), check=False)
     )
+
+
+def test_model_all_with_pretrained_is_refused_before_anything_trains(tiny_cache, tmp_path):
+    result = run_cli(*train_args(tiny_cache, tmp_path / "r", "all", "--pretrained"), check=False)
+    assert "simple_cnn has no pretrained weights" in one_line_error(result)
+    assert not (tmp_path / "r").exists()
+
+
+@contextlib.contextmanager
+def hub(kind: str) -> Iterator[dict[str, str]]:
+    """The environment of a machine that cannot have timm's weights: offline mode, or a Hub on 127.0.0.1 that
+    takes connections and never answers (as a network that drops them does)."""
+    if kind == "offline":
+        yield {"HF_HUB_OFFLINE": "1"}
+        return
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        yield {"HF_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+
+
+CANNOT_HAVE = [("train.run", "offline"), ("train.run", "silent"), ("train.features", "offline")]  # (command, hub)
+PRETRAINED = {  # a command asking for resnet18's ImageNet weights: train/run.py and train.features
+    "train.run": lambda cache, out: train_args(cache, out / "r", "resnet18", "--pretrained"),
+    "train.features": lambda cache, out: ["train.features", str(cache), "--backbone", "resnet18", "--pretrained"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("command", "kind"), CANNOT_HAVE)
+def test_pretrained_weights_that_cannot_be_had_end_at_once_in_one_line(tiny_cache, tmp_path, command, kind):
+    """Where huggingface_hub retried for about 50 s (minutes, for a Hub that never answers) and raised a traceback:
+    one request at most, then one line naming the way to train without network, before any work."""
+    args, hf_home = PRETRAINED[command](tiny_cache, tmp_path), str(tmp_path / "hf")  # an empty cache
+    with hub(kind) as environment:
+        result = run_process(*args, check=False, env={"HF_HOME": hf_home, **environment})
+    assert result.returncode == 2, result.stderr
+    start = {"train.run": "train", "train.features": "features"}[command]
+    line = one_line(result.stderr, f"{start}: error: --pretrained: resnet18's ImageNet weights (timm/resnet18")
+    assert "pass --weights FILE" in line
+    assert ("HF_HUB_OFFLINE is set" in line) == (kind == "offline")
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_val_split_of_one_class_or_no_ok_clip_exits_2_with_one_line(tmp_path):

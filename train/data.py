@@ -18,6 +18,7 @@ from torch.utils.data import BatchSampler, RandomSampler, WeightedRandomSampler
 
 from cache.bucket import store_location
 from cache.dataset import ClipDataset, Phases, StoreUnion
+from cache.exits import BadInput
 from cache.schema import FAKE, REAL
 from cache.store import clip_settings
 
@@ -25,7 +26,7 @@ BALANCE = ("none", "weights", "sampler")
 READER_THREADS = "clip-reader"
 
 
-class UsageError(Exception):
+class UsageError(BadInput):
     """Bad input to the trainer: one line for the user, exit status 2."""
 
 

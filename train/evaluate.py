@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from cache import StoreError
 from cache.bucket import add_cache_options, configure_cache, store_location
-from cache.exits import exit_status, part_way, stop_on_signals
+from cache.exits import Ending, ends
 from cache.store import clip_settings
 from train.data import UsageError, shard_feed, split_dataset, store_names
 from train.inference import TrainedModel
@@ -118,38 +117,24 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
-def main(argv: list[str] | None = None) -> int:
-    stop_on_signals()
+@ends("evaluate")
+def main(argv: list[str] | None, ending: Ending) -> int:
     args = parser().parse_args(argv)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     out = args.out or args.run
-    again = "no complete table was written; run the same command again"
-    try:
-        configure_cache(args.cache_dir, args.cache_limit)
-        if args.batch_size < 1 or args.workers < 0:
-            raise UsageError("--batch-size must be at least 1, --workers at least 0")
-        models = load_models(args.run, accelerator.device)
-        stores = store_names(args.cache)
-        table = evaluate_models(models, stores, args.split, accelerator, args.batch_size, args.workers)
-        if accelerator.is_main_process:
-            what = "each store's test split" if args.split == "test" else "every labelled video of each store"
-            write_cross_dataset(out, table, threshold_note(models, what))
-            print(f"{format_cross_dataset(cross_dataset_frame(table))}\n\ntable in {out}/cross_dataset.md")
-    except (UsageError, StoreError) as error:
-        if accelerator.is_main_process:
-            print(f"evaluate: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as stop:
-        if accelerator.is_main_process:
-            print(f"evaluate: interrupted: {again}", file=sys.stderr)
-        return exit_status(stop)
-    except OSError as error:
-        stopped = part_way(error, out)
-        if stopped is None:
-            raise
-        if accelerator.is_main_process:
-            print(f"evaluate: error: {stopped.cause}: {again} {stopped.when}", file=sys.stderr)
-        return stopped.status
+    ending.where, ending.speaks = out, accelerator.is_main_process
+    ending.kept = "no complete table was written; run the same command again"
+    configure_cache(args.cache_dir, args.cache_limit)
+    if args.batch_size < 1 or args.workers < 0:
+        raise UsageError("--batch-size must be at least 1, --workers at least 0")
+    models = load_models(args.run, accelerator.device)
+    stores = store_names(args.cache)
+    table = evaluate_models(models, stores, args.split, accelerator, args.batch_size, args.workers)
+    if accelerator.is_main_process:
+        what = "each store's test split" if args.split == "test" else "every labelled video of each store"
+        write_cross_dataset(out, table, threshold_note(models, what))
+        ending.kept = f"the table is written in {out}"
+        print(f"{format_cross_dataset(cross_dataset_frame(table))}\n\ntable in {out}/cross_dataset.md")
     return 0
 
 

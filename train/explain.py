@@ -24,8 +24,9 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from cache import StoreError, open_store
+from cache import open_store
 from cache.bucket import add_cache_options, configure_cache, store_location
+from cache.exits import Ending, ends
 from cache.schema import FAKE, LABEL_NAMES, OK, UNKNOWN, ClipSettings
 from ingest.decoders import make_decoder
 from ingest.decoding import DecodeError
@@ -239,7 +240,7 @@ def parser() -> argparse.ArgumentParser:
         description=(
             "Draw Grad-CAM heatmaps of the 'fake' class over the frames of clips, with each frame's contribution "
             "to the decision (gradient x feature) as bars beneath: one PNG per clip, OUT/MODEL_CLIP.png. "
-            "Exit status 2 on bad input."
+            "Exit status 2 on bad input, 4 when the disk is full, 130 after Ctrl-C and 143 after SIGTERM."
         ),
     )
     main.add_argument("--run", type=Path, required=True, help="a trained model's folder, RUN_DIR/MODEL")
@@ -261,32 +262,33 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
-def main(argv: list[str] | None = None) -> int:
+@ends("explain")
+def main(argv: list[str] | None, ending: Ending) -> int:
     args = parser().parse_args(argv)
-    try:
-        configure_cache(args.cache_dir, args.cache_limit)
-        if (args.cache is None) != (args.rows is None):
-            raise UsageError("--rows goes with --cache, and --cache needs --rows")
-        if args.workers < 1:
-            raise UsageError("--workers must be at least 1")
-        if args.video_timeout < 0:
-            raise UsageError("--video-timeout must be 0 (no limit) or more seconds")
-        for video in args.video or []:
-            if not video.is_file():
-                raise UsageError(f"--video {video}: no such file")
-        trained = TrainedModel.load(args.run)
-        if args.cache is not None:
-            clips, failures = store_clips(args.cache, args.rows, trained.clip), []
-        else:
-            clips, failures = video_clips(args.video, trained.clip, args.workers, args.video_timeout)
-    except (UsageError, StoreError) as error:
-        print(f"explain: error: {error}", file=sys.stderr)
-        return 2
+    ending.kept, ending.where = "no explanation was drawn; run the same command again", args.out
+    configure_cache(args.cache_dir, args.cache_limit)
+    if (args.cache is None) != (args.rows is None):
+        raise UsageError("--rows goes with --cache, and --cache needs --rows")
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.video_timeout < 0:
+        raise UsageError("--video-timeout must be 0 (no limit) or more seconds")
+    for video in args.video or []:
+        if not video.is_file():
+            raise UsageError(f"--video {video}: no such file")
+    trained = TrainedModel.load(args.run)
+    if args.cache is not None:
+        clips, failures = store_clips(args.cache, args.rows, trained.clip), []
+    else:
+        clips, failures = video_clips(args.video, trained.clip, args.workers, args.video_timeout)
     args.out.mkdir(parents=True, exist_ok=True)
+    drawn: list[Path] = []
+    ending.kept = lambda: f"{len(drawn)} of {len(clips)} explanations are in {args.out}; run the same command again"
     for clip in clips:
         path = args.out / f"{trained.name}_{clip.name}.png"
         explanation = explain(trained, clip.frames)
         plot(trained, first_clip(clip, explanation), explanation).savefig(path, dpi=100)
+        drawn.append(path)
         print(path)
     for failure in failures:
         print(f"explain: cannot decode {failure}", file=sys.stderr)

@@ -24,13 +24,13 @@ from tqdm import tqdm
 
 from cache.bucket import add_cache_options, configure_cache, store_location
 from cache.dataset import FeatureDataset
-from cache.exits import deferred_stop, exit_status, part_way, stop_on_signals
+from cache.exits import Ending, deferred_stop, ends
 from cache.features import FeatureSpec, FeatureWriter, feature_entries
 from cache.schema import OK, StoreError, shard_count, shard_slice
 from cache.store import open_store
 from train.augment import ClipTransform
 from train.data import UsageError, check_classes
-from train.models import TIMM_BACKBONES, ClipClassifier, ModelConfig, build_model
+from train.models import TIMM_BACKBONES, ClipClassifier, ModelConfig, build_model, check_start
 
 COMMAND = "python -m train.features"
 # The timm backbone each model stands on, and back: `--backbone efficientnet_b0` serves effnet_lstm.
@@ -53,6 +53,7 @@ class FeatureConfig:
             raise UsageError(f"--backbone must be one of {', '.join(BACKBONE_MODELS)}, not {self.backbone!r}")
         if self.weights is not None and not Path(self.weights).is_file():
             raise UsageError(f"--weights {self.weights}: no such file")
+        check_start(BACKBONE_MODELS[self.backbone], self.pretrained, self.weights)
         if self.batch_size < 1 or (self.frame_size is not None and self.frame_size < 8):
             raise UsageError("--batch-size must be at least 1 and --frame-size at least 8")
 
@@ -228,29 +229,14 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
-def main(argv: list[str] | None = None) -> int:
-    stop_on_signals()
+@ends("features")
+def main(argv: list[str] | None, ending: Ending) -> int:
     args = parser().parse_args(argv)
-    kept = "every finished shard's features are kept"
-    try:
-        options = vars(args)
-        configure_cache(options.pop("cache_dir"), options.pop("cache_limit"))
-        compute_features(FeatureConfig(**options))
-    except (UsageError, StoreError) as error:
-        print(f"features: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as stop:
-        print(f"features: interrupted: {kept}; run the same command to compute the rest", file=sys.stderr)
-        return exit_status(stop)
-    except OSError as error:
-        stopped = part_way(error, args.store)
-        if stopped is None:
-            raise
-        print(
-            f"features: error: {stopped.cause}: {kept}; {stopped.when}, run the same command to compute the rest",
-            file=sys.stderr,
-        )
-        return stopped.status
+    ending.where = args.store
+    ending.kept = "every finished shard's features are kept; run the same command to compute the rest"
+    options = vars(args)
+    configure_cache(options.pop("cache_dir"), options.pop("cache_limit"))
+    compute_features(FeatureConfig(**options))
     return 0
 
 

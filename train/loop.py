@@ -43,7 +43,15 @@ from train.data import (
 )
 from train.features import feature_split, find_entry, model_for_features
 from train.metrics import SELECT_BY, better, choose_threshold, video_metrics, video_scores
-from train.models import DEFAULT_LR, MODEL_NAMES, ClipClassifier, ModelConfig, build_model, count_parameters
+from train.models import (
+    DEFAULT_LR,
+    MODEL_NAMES,
+    ClipClassifier,
+    ModelConfig,
+    build_model,
+    check_start,
+    count_parameters,
+)
 
 LR_FACTOR = 0.5  # the seed's ReduceLROnPlateau
 LR_PATIENCE = 1
@@ -101,6 +109,7 @@ class TrainConfig:
             raise UsageError("--cache: a store is given twice")
         if self.clip_frames is not None and self.clip_frames < 1:
             raise UsageError("--clip-frames must be at least 1")
+        check_start(self.model, self.pretrained, self.weights)  # last: it may ask the Hub
 
     def as_dict(self) -> dict:
         values = {**dataclasses.asdict(self), "cache": [str(cache) for cache in self.cache]}

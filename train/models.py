@@ -7,6 +7,7 @@ lets a feature cache run the (frozen) backbone once and train the head alone on 
 
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +16,22 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from train.data import UsageError
+
 MODEL_NAMES = ("simple_cnn", "resnet18", "effnet_lstm")
 DEFAULT_LR = {"simple_cnn": 1e-3, "resnet18": 1e-4, "effnet_lstm": 1e-4}
 TIMM_BACKBONES = {"resnet18": "resnet18", "effnet_lstm": "efficientnet_b0"}
+HUB_TIMEOUT = 5.0  # seconds the Hugging Face Hub has to answer one request before --pretrained gives up on it
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm fetches from a model's Hub repo, in order
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Which classifier to build and where its backbone weights come from.
 
-    `pretrained` asks timm for ImageNet weights (needs network); `weights` loads a local safetensors file
-    instead, for machines without network. With neither, a timm backbone starts from random weights.
+    `pretrained` asks timm for ImageNet weights (from the Hugging Face Hub, or the copy in its cache where the
+    Hub cannot be reached); `weights` loads a local safetensors file instead, for machines without network. With
+    neither, a timm backbone starts from random weights.
     """
 
     name: str
@@ -151,7 +157,10 @@ def build_model(config: ModelConfig) -> ClipClassifier:
     else:
         import timm  # here: simple_cnn's runs, and every command that stops at a bad argument, start without it
 
-        backbone = timm.create_model(TIMM_BACKBONES[config.name], pretrained=config.pretrained, num_classes=0)
+        overlay = pretrained_overlay(config.name) if config.pretrained else None
+        backbone = timm.create_model(
+            TIMM_BACKBONES[config.name], pretrained=config.pretrained, pretrained_cfg_overlay=overlay, num_classes=0
+        )
         feature_dim = backbone.num_features
         if config.name == "resnet18":
             head = MeanPoolHead(feature_dim, config.dropout)
@@ -166,6 +175,80 @@ def build_model(config: ModelConfig) -> ClipClassifier:
     if config.weights is not None:
         load_backbone_weights(backbone, Path(config.weights))
     return ClipClassifier(backbone, head, feature_dim)
+
+
+def check_start(name: str, pretrained: bool, weights: Path | None) -> None:
+    """Refuse, before anything runs, a start the backbone cannot have: --pretrained with --weights, or ImageNet
+    weights that cannot be had here."""
+    if pretrained and weights is not None:
+        raise UsageError("--pretrained and --weights: give one of them")
+    if pretrained:
+        pretrained_overlay(name)
+
+
+def pretrained_overlay(name: str) -> dict | None:
+    """What timm's `pretrained=True` needs to load `name`'s ImageNet weights here: nothing where the Hub answers
+    (timm fetches them, or checks its cached copy), the cached file where it does not. Where there is neither,
+    UsageError at once, in one line: huggingface_hub would retry the Hub for about 50 s before its traceback."""
+    repo = hub_repo(name)
+    unreachable = hub_unreachable(repo)
+    if unreachable is None:
+        return None
+    cached = cached_weights(repo)
+    if cached is None:
+        raise UsageError(
+            f"--pretrained: {name}'s ImageNet weights ({repo}) are not in the Hugging Face cache, and {unreachable}; "
+            "without network, pass --weights FILE (the backbone's weights as a safetensors file)"
+        )
+    return {"file": cached}
+
+
+def hub_repo(name: str) -> str:
+    """The Hugging Face Hub repository timm loads `name`'s backbone weights from."""
+    if name not in TIMM_BACKBONES:
+        raise UsageError(f"--pretrained: {name} has no pretrained weights (only {', '.join(TIMM_BACKBONES)} do)")
+    from timm.models import get_pretrained_cfg
+
+    return get_pretrained_cfg(TIMM_BACKBONES[name]).hf_hub_id
+
+
+def hub_unreachable(repo: str) -> str | None:
+    """Why the Hub cannot serve `repo` now (offline mode, or no answer to one request within HUB_TIMEOUT), or None.
+
+    One request without retries, waited for at most HUB_TIMEOUT, name lookup included: the system's resolver can
+    take longer than that where no DNS server answers, so the request runs in a thread left behind on timeout."""
+    import huggingface_hub
+
+    if huggingface_hub.constants.is_offline_mode():
+        return "HF_HUB_OFFLINE is set"
+    url = huggingface_hub.hf_hub_url(repo, WEIGHT_FILES[0])
+    failures: list[str | None] = []  # the request's error, or None where the Hub answered
+
+    def ask() -> None:
+        try:
+            huggingface_hub.get_session().head(url, timeout=HUB_TIMEOUT)
+        except Exception as error:  # whichever error the Hub's HTTP client raises, the Hub did not answer
+            failures.append(str(error))
+            return
+        failures.append(None)
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(HUB_TIMEOUT)
+    if not failures:
+        return f"the Hub did not answer within {HUB_TIMEOUT:.0f} s"
+    return None if failures[0] is None else f"the Hub cannot be reached ({failures[0]})"
+
+
+def cached_weights(repo: str) -> str | None:
+    """The weights of `repo` in the Hugging Face cache, if a download put them there."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in WEIGHT_FILES:
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return found
+    return None
 
 
 def load_backbone_weights(backbone: nn.Module, path: Path) -> None:

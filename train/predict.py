@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cache.exits import exit_status, stop_on_signals
+from cache.exits import Ending, ends
 from ingest.clips import RowOutcome
 from ingest.discover import VIDEO_SUFFIXES, is_video
 from ingest.pool import add_timeout_option
@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
             "Say for each video how likely it is fake, with the verdict at the threshold the model chose on its "
             "validation split. Videos are decoded as the model's training store was (same frames, size, resize "
             "and decoder). A video that cannot be decoded gets a row with its error. Exit status 2 on bad input, "
-            "130 after Ctrl-C and 143 after SIGTERM."
+            "4 when the disk is full, 130 after Ctrl-C and 143 after SIGTERM."
         ),
     )
     main.add_argument("--run", type=Path, required=True, help="a trained model's folder, RUN_DIR/MODEL")
@@ -70,29 +70,18 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
-def main(argv: list[str] | None = None) -> int:
-    stop_on_signals()
+@ends("predict")
+def main(argv: list[str] | None, ending: Ending) -> int:
     args = parser().parse_args(argv)
-    try:
-        return _predict(args)
-    except KeyboardInterrupt as stop:
-        print("predict: interrupted: no prediction was written", file=sys.stderr)
-        return exit_status(stop)
-
-
-def _predict(args: argparse.Namespace) -> int:
-    try:
-        if args.workers < 1 or args.batch_size < 1:
-            raise UsageError("--workers and --batch-size must be at least 1")
-        if args.video_timeout < 0:
-            raise UsageError("--video-timeout must be 0 (no limit) or more seconds")
-        if args.csv is not None and not args.csv.parent.is_dir():
-            raise UsageError(f"--csv {args.csv}: folder {args.csv.parent} does not exist")
-        paths = find_videos(args.videos)
-        trained = TrainedModel.load(args.run)
-    except UsageError as error:
-        print(f"predict: error: {error}", file=sys.stderr)
-        return 2
+    ending.kept, ending.where = "no prediction was written; run the same command again", args.csv
+    if args.workers < 1 or args.batch_size < 1:
+        raise UsageError("--workers and --batch-size must be at least 1")
+    if args.video_timeout < 0:
+        raise UsageError("--video-timeout must be 0 (no limit) or more seconds")
+    if args.csv is not None and not args.csv.parent.is_dir():
+        raise UsageError(f"--csv {args.csv}: folder {args.csv.parent} does not exist")
+    paths = find_videos(args.videos)
+    trained = TrainedModel.load(args.run)
     outcomes = tqdm(
         decode_videos(paths, trained.clip, args.workers, timeout=args.video_timeout),
         total=len(paths),
@@ -106,6 +95,7 @@ def _predict(args: argparse.Namespace) -> int:
         print(prediction.line())
     print(summary(predictions))
     if args.csv is not None:
+        ending.kept = f"the predictions are printed above, {args.csv} may be part written; run the same command again"
         write_csv(args.csv, predictions)
     return 0
 

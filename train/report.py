@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from cache.exits import BadInput, Ending, ends
 
 EPOCH_COLUMNS = (
     "epoch",
@@ -416,17 +419,19 @@ def runs_side_by_side(runs: dict[str, list[dict]]) -> str:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+@ends("report")
+def main(argv: Sequence[str] | None, ending: Ending) -> int:
     """Redraw every report of finished runs without retraining: python -m train.report RUN_DIR [RUN_DIR ...];
     with several runs, a table of them side by side follows."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m train.report", description=main.__doc__)
     parser.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir")
     args = parser.parse_args(argv)
     runs = {}
     for run_dir in args.run_dirs:
         results = load_results(run_dir)
         if not results:
-            parser.error(f"no */metrics.json under {run_dir}")
+            raise BadInput(f"no */metrics.json under {run_dir}")
+        ending.where, ending.kept = run_dir, f"{run_dir}'s reports may be part drawn; run the same command again"
         for metrics in results:
             write_model_report(run_dir / metrics["model"], metrics)
         write_comparison(run_dir, results)
@@ -434,7 +439,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         runs[run_dir.name] = results
     if len(runs) > 1:
         print(f"side by side:\n{runs_side_by_side(runs)}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import warnings
@@ -17,9 +18,8 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from cache import StoreError
 from cache.bucket import add_cache_options, configure_cache, store_location
-from cache.exits import exit_status, part_way, stop_on_signals
+from cache.exits import Ending, ends
 from train.checkpoint import find_last, read_progress
 from train.data import BALANCE, UsageError, check_same_clips, store_names
 from train.evaluate import evaluate_models, threshold_note
@@ -197,7 +197,7 @@ def train_config(args: argparse.Namespace, **fields) -> TrainConfig:
 def resume_line(config: TrainConfig | None) -> str:
     """Where an interrupted run can go on from: the checkpoint after the last finished epoch."""
     if config is None:
-        return "nothing was trained yet"
+        return "nothing was trained yet; run the same command again"
     last = find_last(config.out / config.model / "last")
     if last is None:
         return f"no epoch of {config.model} finished; the same command starts it again"
@@ -247,19 +247,26 @@ def cross_dataset(
     return table
 
 
-def main(argv: list[str] | None = None) -> int:
-    stop_on_signals()
+@ends("train")
+def main(argv: list[str] | None, ending: Ending) -> int:
     args = parse_args(argv)
+    ending.kept, ending.where = functools.partial(resume_line, None), args.out
     accelerator = make_accelerator(args)
-    config = None
+    ending.speaks = accelerator.is_main_process
     try:
         configure_cache(args.cache_dir, args.cache_limit)
         if args.model == "all" and (args.weights is not None or args.from_features):
             raise UsageError("--weights and --from-features fit one backbone: train one --model at a time with them")
+        if args.model == "all" and args.pretrained:
+            raise UsageError(
+                "--pretrained: simple_cnn has no pretrained weights; train resnet18 and effnet_lstm with it one "
+                "--model at a time (python -m train.report RUN_DIR ... shows runs side by side)"
+            )
         check_same_clips([*args.cache, *args.eval_cache])
         results = []
         for name in list(MODEL_NAMES) if args.model == "all" else [args.model]:
             config = train_config(args, model=name)
+            ending.kept = functools.partial(resume_line, config)
             results.append(train_one(config, accelerator))
         cross = cross_dataset(args, results, accelerator)
         if accelerator.is_main_process:
@@ -268,21 +275,6 @@ def main(argv: list[str] | None = None) -> int:
             print(format_comparison(results))
             if cross is not None:
                 print(f"\n{format_cross_dataset(cross_dataset_frame(cross))}\n\ntable in {args.out}/cross_dataset.md")
-    except (UsageError, StoreError) as error:
-        if accelerator.is_main_process:
-            print(f"train: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as stop:
-        if accelerator.is_main_process:
-            print(f"train: interrupted: {resume_line(config)}", file=sys.stderr)
-        return exit_status(stop)
-    except OSError as error:
-        stopped = part_way(error, args.out)
-        if stopped is None:
-            raise
-        if accelerator.is_main_process:
-            print(f"train: error: {stopped.cause}: {resume_line(config)}, {stopped.when}", file=sys.stderr)
-        return stopped.status
     finally:
         accelerator.end_training()
     return 0

@@ -22,9 +22,8 @@ from accelerate import Accelerator
 from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
-from cache import StoreError
 from cache.bucket import configure_cache
-from cache.exits import exit_status, stop_on_signals
+from cache.exits import Ending, ends
 from train.checkpoint import write_json
 from train.data import UsageError, split_dataset
 from train.loop import TrainConfig
@@ -158,8 +157,8 @@ def parser() -> argparse.ArgumentParser:
             "scores the val ROC AUC of its best epoch; a trial below the median of earlier ones after an epoch "
             "is pruned (from the sixth trial on). Writes OUT/best_params.json (for train/run.py --config) and "
             "Optuna's plots OUT/*.png. Running it again continues the study. --seed seeds the trials' training "
-            "(the same in each) and the sampler. Exit status 2 on bad input, 130 after Ctrl-C and 143 after SIGTERM "
-            "(the same command continues the study)."
+            "(the same in each) and the sampler. Exit status 2 on bad input, 4 when the disk is full, 130 after Ctrl-C "
+            "and 143 after SIGTERM (the same command continues the study)."
         ),
     )
     add_training_options(main)
@@ -171,13 +170,13 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
-def main(argv: list[str] | None = None) -> int:
-    stop_on_signals()
+@ends("tune")
+def main(argv: list[str] | None, ending: Ending) -> int:
     args = parser().parse_args(argv)
+    ending.where, ending.kept = args.out, "no trial ran; run the same command to continue the study"
     # A trial that fails raises out of the study anyway, so optuna need not log it (with a traceback, for Ctrl-C).
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     accelerator = make_accelerator(args)
-    study = None
     try:
         if accelerator.num_processes > 1:
             raise UsageError("run tune as one process (python, not a multi-process accelerate launch)")
@@ -190,14 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         storage = args.storage or f"sqlite:///{args.out / 'study.db'}"
         study = open_study(storage, args.study_name or args.model, args.model, args.seed)
+        ending.kept = lambda: (
+            f"{finished(study)} of {args.trials} trials finished; run the same command to continue the study"
+        )
         run_study(study, base, args.trials, accelerator)
-    except (UsageError, StoreError) as error:
-        print(f"tune: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as stop:
-        done = f"{finished(study)} of {args.trials} trials finished" if study is not None else "no trial ran"
-        print(f"tune: interrupted: {done}; run the same command to continue the study", file=sys.stderr)
-        return exit_status(stop)
     finally:
         accelerator.end_training()
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
