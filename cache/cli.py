@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cache.bucket import Bucket, BucketUnreachable, add_cache_options, configure_cache, is_remote, store_location
+from cache.bucket import Bucket, BucketUnreachable, is_remote, store_location
 from cache.exits import NO_SPACE, UNREACHABLE, disk_full, exit_status, stop_on_signals
 from cache.features import feature_entries
 from cache.schema import FAILED, LABEL_NAMES, OK, SPLIT_NAMES, STATUS_NAMES, StoreError
+from cache.shard_cache import add_cache_options, configure_cache
 from cache.shards import PARTIAL
 from cache.show import clip_strips
 from cache.store import ClipStore, open_store

@@ -5,17 +5,29 @@ at once cannot both create it. The lock is the kernel's (`flock`), so it dies wi
 with SIGKILL leaves the file, with its owner written in it, but not the lock, and the next build takes it
 over and says whose it was. A forked child (a decode worker) closes its copy of the lock, so that workers
 orphaned by a killed build, still finishing a video, do not keep the lock of a process that is gone.
+
+A store in a bucket has its lock in the bucket beside it (`BucketLock`): an object, not a kernel lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+
+import obstore
+from obstore.exceptions import AlreadyExistsError, BaseError, PreconditionError
+from obstore.store import S3Store
+
+from cache.bucket import FAILURES, Bucket, cause, connection_options
+from cache.schema import StoreError
 
 _HELD: set[int] = set()  # this process's lock descriptors, which a forked child closes
 
@@ -107,3 +119,79 @@ def _same_file(fd: int, path: Path) -> bool:
         return os.fstat(fd).st_ino == os.stat(path).st_ino
     except FileNotFoundError:
         return False
+
+
+class BucketLock:
+    """`STORE.lock` beside a store in a bucket, as `StoreLock` is beside a local one.
+
+    An object store has no lock that dies with its holder, so the lock is an object made with a conditional PUT
+    (`If-None-Match: *`: of two builds creating it at once, exactly one succeeds) naming its owner, which rewrites it
+    every HEARTBEAT seconds while it builds. A lock is taken over, with a PUT conditional on its ETag (of two
+    takers one wins), where its owner is a process of this host that no longer runs, or where it went STALE
+    seconds without a heartbeat (a build killed on another machine).
+    """
+
+    HEARTBEAT = 30.0
+    STALE = 120.0
+
+    def __init__(self, url: str):
+        self.bucket = Bucket(url)
+        self.path = f"{self.bucket.url}.lock"
+        self.taken_over: LockOwner | None = None
+        self._root = S3Store(self.bucket.name, **connection_options(self.bucket.endpoint))
+        self._key = f"{self.bucket.key}.lock"
+        self._e_tag: str | None = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise StoreLocked naming its holder; never waits."""
+        mine = json.dumps(asdict(LockOwner.me())).encode()
+        try:
+            try:
+                self._e_tag = obstore.put(self._root, self._key, mine, mode="create")["e_tag"]
+            except AlreadyExistsError:
+                self._take_over(mine)
+        except FAILURES as error:
+            raise StoreError(f"{self.bucket.url}: {cause(error, self.bucket.endpoint)}") from None
+        self._beat = threading.Thread(target=self._heartbeat, args=(mine,), daemon=True)
+        self._beat.start()
+
+    def _take_over(self, mine: bytes) -> None:
+        held = obstore.get(self._root, self._key)
+        owner = LockOwner.parse(bytes(held.bytes()).decode(errors="replace"))
+        age = (datetime.now(timezone.utc) - held.meta["last_modified"]).total_seconds()
+        if not (_dead_here(owner) or age > self.STALE):
+            raise StoreLocked(f"{self.bucket.url} is being written by {owner or 'another process'}")
+        try:
+            self._e_tag = obstore.put(self._root, self._key, mine, mode={"e_tag": held.meta["e_tag"]})["e_tag"]
+        except PreconditionError:
+            raise StoreLocked(f"{self.bucket.url} is being written by another process that just took it") from None
+        self.taken_over = owner
+
+    def _heartbeat(self, mine: bytes) -> None:
+        while not self._stop.wait(self.HEARTBEAT):
+            with contextlib.suppress(BaseError):
+                self._e_tag = obstore.put(self._root, self._key, mine, mode={"e_tag": self._e_tag})["e_tag"]
+
+    def release(self) -> None:
+        if self._beat is None:
+            return
+        self._stop.set()
+        self._beat.join()
+        self._beat = None
+        with contextlib.suppress(BaseError):
+            obstore.delete(self._root, self._key)
+
+
+def _dead_here(owner: LockOwner | None) -> bool:
+    """Whether `owner` was a process of this host that no longer runs."""
+    if owner is None or owner.host != socket.gethostname():
+        return False
+    try:
+        os.kill(owner.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

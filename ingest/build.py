@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from cache.bucket import Bucket, BucketLock, is_remote
+from cache.bucket import Bucket, is_remote
 from cache.exits import deferred_stop
-from cache.lock import StoreLock, StoreLocked
+from cache.lock import BucketLock, StoreLock, StoreLocked
 from cache.schema import (
     FAILED,
     OK,

@@ -20,12 +20,12 @@ import zarr
 from conftest import build_args, launch_two, lock_holder, new_bucket, one_line, run_cli, run_process, train_args
 
 from bench.remote import free_port, local_s3_server
-from cache.bucket import BucketLock, ShardCache
 from cache.cli import main as cache_main
 from cache.dataset import FeatureDataset
 from cache.features import feature_entries
-from cache.lock import StoreLocked
+from cache.lock import BucketLock, StoreLocked
 from cache.schema import OK, PENDING, StoreError
+from cache.shard_cache import ShardCache
 from cache.store import open_store
 from train.augment import ClipTransform
 from train.features import backbone_model

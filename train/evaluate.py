@@ -17,8 +17,9 @@ import torch
 from accelerate import Accelerator
 
 from cache import StoreError
-from cache.bucket import add_cache_options, configure_cache, store_location
+from cache.bucket import store_location
 from cache.exits import exit_status, part_way, stop_on_signals
+from cache.shard_cache import add_cache_options, configure_cache
 from cache.store import clip_settings
 from train.data import UsageError, shard_feed, split_dataset, store_names
 from train.inference import TrainedModel

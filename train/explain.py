@@ -25,8 +25,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from cache import StoreError, open_store
-from cache.bucket import add_cache_options, configure_cache, store_location
+from cache.bucket import store_location
 from cache.schema import FAKE, LABEL_NAMES, OK, UNKNOWN, ClipSettings
+from cache.shard_cache import add_cache_options, configure_cache
 from ingest.decoders import make_decoder
 from ingest.decoding import DecodeError
 from train.data import UsageError

@@ -22,11 +22,12 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
-from cache.bucket import add_cache_options, configure_cache, store_location
+from cache.bucket import store_location
 from cache.dataset import FeatureDataset
 from cache.exits import deferred_stop, exit_status, part_way, stop_on_signals
 from cache.features import FeatureSpec, FeatureWriter, feature_entries
 from cache.schema import OK, StoreError, shard_count, shard_slice
+from cache.shard_cache import add_cache_options, configure_cache
 from cache.store import open_store
 from train.augment import ClipTransform
 from train.data import UsageError, check_classes

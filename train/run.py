@@ -18,8 +18,9 @@ import torch
 from accelerate import Accelerator
 
 from cache import StoreError
-from cache.bucket import add_cache_options, configure_cache, store_location
+from cache.bucket import store_location
 from cache.exits import exit_status, part_way, stop_on_signals
+from cache.shard_cache import add_cache_options, configure_cache
 from train.checkpoint import find_last
 from train.data import BALANCE, UsageError, check_same_clips, store_names
 from train.evaluate import evaluate_models, threshold_note

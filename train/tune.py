@@ -23,8 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
 from cache import StoreError
-from cache.bucket import configure_cache
 from cache.exits import exit_status, stop_on_signals
+from cache.shard_cache import configure_cache
 from train.checkpoint import write_json
 from train.data import UsageError, split_dataset
 from train.loop import TrainConfig
