@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -80,20 +79,15 @@ class Bucket:
     def path(self, key: str) -> Path:
         """A local copy of object `key` (fetched whole into the shard cache where it is not there yet);
         FileNotFoundError where the object does not exist."""
-        local = self.cache.folder / self.name / self.key / key
-        if self.cache.cached(local):
-            return local
-        with _fetching(local):  # reader threads wanting one shard at once: one GET, the others wait for it
-            if self.cache.cached(local):
-                return local
-            try:
-                data = obstore.get(self.store, key).bytes()
-            except FileNotFoundError:
-                raise
-            except FAILURES as error:
-                raise self._unreachable(error) from None
-            self.cache.add(local, data)
-        return local
+        return self.cache.fetch(self.cache.folder / self.name / self.key / key, lambda: self._get(key))
+
+    def _get(self, key: str) -> bytes:
+        try:
+            return obstore.get(self.store, key).bytes()
+        except FileNotFoundError:
+            raise
+        except FAILURES as error:
+            raise self._unreachable(error) from None
 
     def put(self, key: str, pieces: list) -> None:
         """Object `key` made of `pieces`, in one PUT: there, whole, or not changed at all."""
@@ -135,21 +129,6 @@ class Bucket:
 
     def _unreachable(self, error: Exception) -> BucketUnreachable:
         return BucketUnreachable(f"{self.url}: {cause(error, self.endpoint)}")
-
-
-_FETCHES: dict[Path, threading.Lock] = {}
-_FETCHES_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _fetching(local: Path) -> Iterator[None]:
-    """One thread of this process at a time fetches `local`."""
-    with _FETCHES_LOCK:
-        lock = _FETCHES.setdefault(local, threading.Lock())
-    with lock:
-        yield
-    with _FETCHES_LOCK:
-        _FETCHES.pop(local, None)
 
 
 @contextlib.contextmanager

@@ -262,6 +262,31 @@ def test_processes_sharing_a_shard_cache_keep_it_under_its_limit(tmp_path):
     assert ShardCache(tmp_path, 20_000).size() <= 20_000 and not list(tmp_path.rglob("*.partial"))
 
 
+def test_the_shard_cache_lists_its_folder_once_not_on_every_fetch(tmp_path, monkeypatch):
+    """The folder's first user indexes it; from then on, shards put in by several processes, each letting the
+    oldest go, keep the cache to its limit from the index alone, even for a process whose view predates the
+    others' changes. Listing the folder on every fetch cost a stat of every shard of the cache."""
+    parent = ShardCache(tmp_path, 20_000)
+    parent.add(tmp_path / "first", bytes(1000))
+
+    def listed(*_):
+        raise AssertionError("the shard cache listed its folder")
+
+    monkeypatch.setattr(os, "walk", listed)
+    fork = multiprocessing.get_context("fork")
+    fillers = [fork.Process(target=fill, args=(tmp_path, name)) for name in ("a", "b")]
+    for filler in fillers:
+        filler.start()
+    for filler in fillers:
+        filler.join(timeout=120)
+    last = [tmp_path / "last" / str(i) for i in range(5)]
+    for file in last:
+        parent.add(file, bytes(1000))
+    monkeypatch.undo()
+    assert [filler.exitcode for filler in fillers] == [0, 0]
+    assert parent.size() == 20_000 and all(file.exists() for file in last)
+
+
 def one_error_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
