@@ -13,7 +13,7 @@ from pathlib import Path
 from bench.context import BenchConfig, Context
 from bench.timing import Rate, Row
 from cache.bucket import Bucket
-from cache.shard_cache import ShardCache
+from cache.shard_cache import ShardCache, ShardCacheConfig
 from cache.shards import replace_file
 
 STAGE = "shard cache"
@@ -28,8 +28,8 @@ def shard_cache(config: BenchConfig, context: Context) -> list[Row]:
     keys = [_key(i) for i in range(count)]
     for key in keys:
         replace_file(folder / "bench" / "s.zarr" / key, [bytes(SHARD_BYTES)])
-    cache = ShardCache(folder, count * SHARD_BYTES)
-    bucket = Bucket("s3://bench/s.zarr", cache)
+    bucket = Bucket("s3://bench/s.zarr", ShardCacheConfig(folder, count * SHARD_BYTES))
+    cache = bucket.cache
     hits = Rate.measure(lambda: _read_again(bucket, keys), config.repeat, "shards/s")
     numbers = itertools.count(count)
     added = Rate.measure(lambda: _add(cache, folder, numbers), config.repeat, "shards/s")

@@ -27,7 +27,7 @@ from obstore.exceptions import BaseError
 from obstore.store import S3Store
 
 from cache.schema import StoreError
-from cache.shard_cache import ShardCache
+from cache.shard_cache import ShardCache, ShardCacheConfig
 
 SCHEME = "s3://"
 RETRIES = 3
@@ -48,9 +48,10 @@ def store_location(text: str | Path) -> str | Path:
 
 
 class Bucket:
-    """One store's objects: `s3://BUCKET/KEY` and everything under it, with the node's shard cache for reads."""
+    """One store's objects: `s3://BUCKET/KEY` and everything under it, with the node's shard cache for reads
+    (`cache`; the environment's default without one)."""
 
-    def __init__(self, url: str, cache: ShardCache | None = None):
+    def __init__(self, url: str, cache: ShardCacheConfig | None = None):
         bucket, _, key = url.removeprefix(SCHEME).partition("/")
         if not bucket or not key.strip("/"):
             raise StoreError(f"{url}: a store in a bucket is s3://BUCKET/PATH/NAME.zarr")
@@ -58,7 +59,7 @@ class Bucket:
             raise StoreError(f"{url}: a store in a bucket is a Zarr store (NAME.zarr); HDF5 needs a filesystem")
         self.url, self.name, self.key = url.rstrip("/"), bucket, key.strip("/")
         self.endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        self.cache = cache or ShardCache.from_env()
+        self.cache = ShardCache.of(cache or ShardCacheConfig.from_environment())
         self.store = S3Store(bucket, prefix=self.key, **connection_options(self.endpoint))
 
     def zarr_store(self, writable: bool) -> zarr.storage.ObjectStore:

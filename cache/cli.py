@@ -14,7 +14,7 @@ from cache.bucket import Bucket, BucketUnreachable, is_remote, store_location
 from cache.exits import NO_SPACE, UNREACHABLE, disk_full, exit_status, stop_on_signals
 from cache.features import feature_entries
 from cache.schema import FAILED, LABEL_NAMES, OK, SPLIT_NAMES, STATUS_NAMES, StoreError
-from cache.shard_cache import add_cache_options, configure_cache
+from cache.shard_cache import ShardCacheConfig, add_cache_options, cache_config
 from cache.shards import PARTIAL
 from cache.show import clip_strips
 from cache.store import ClipStore, open_store
@@ -57,11 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_signals()
     args = parser().parse_args(argv)
     try:
-        if args.command != "info":
-            configure_cache(args.cache_dir, args.cache_limit)
+        cache = None if args.command == "info" else cache_config(args)
         if args.command == "show":
-            return show(args)
-        with open_store(args.store) as store:
+            return show(args, cache)
+        with open_store(args.store, cache) as store:
             return info(store) if args.command == "info" else verify(store, args.batch)
     except StoreError as error:
         print(f"cache: error: {error}", file=sys.stderr)
@@ -80,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         return NO_SPACE
 
 
-def show(args: argparse.Namespace) -> int:
+def show(args: argparse.Namespace, cache: ShardCacheConfig) -> int:
     if args.frames < 1:
         raise StoreError("--frames must be at least 1")
-    stores = [open_store(path) for path in args.stores]
+    stores = [open_store(path, cache) for path in args.stores]
     try:
         clip_strips(stores, args.row, args.frames).savefig(args.out, dpi=100)
     finally:

@@ -1,7 +1,7 @@
-"""The node's local shard cache, where shards of stores in a bucket are read from, and its command-line options.
+"""The node's local shard cache, where shards of stores in a bucket are read from, its settings and their options.
 
-Settings reach DataLoader workers and other processes started later through `CACHE_DIR_ENV` and
-`CACHE_LIMIT_ENV` (`configure_cache`).
+The settings (`ShardCacheConfig`) go from a command's options to every store it opens and, with a dataset, to
+its DataLoader workers; the environment only gives their defaults.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from cache.schema import StoreError
@@ -51,16 +52,39 @@ def add_cache_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def configure_cache(folder: str | Path | None = None, limit: str | None = None) -> None:
-    """Set the shard cache every store opened from now on uses, in this process and those it starts."""
-    if folder is not None:
-        os.environ[CACHE_DIR_ENV] = str(Path(folder).expanduser().resolve())
-    if limit is not None:
-        try:
-            parse_size(limit)
-        except ValueError as error:
-            raise StoreError(f"--cache-limit: {error}") from None
-        os.environ[CACHE_LIMIT_ENV] = limit
+@dataclass(frozen=True)
+class ShardCacheConfig:
+    """Where a node keeps the shards of stores in a bucket, and how many bytes at most. Handed down from a command's
+    options to the stores it opens, and with a dataset to its DataLoader workers: nothing else decides it."""
+
+    folder: Path = DEFAULT_CACHE_DIR
+    limit: int = DEFAULT_CACHE_LIMIT
+
+    @classmethod
+    def from_environment(cls) -> ShardCacheConfig:
+        """The user's defaults: `$CLIPCACHE_CACHE_DIR` and `$CLIPCACHE_CACHE_LIMIT` where set, else ours."""
+        folder = os.environ.get(CACHE_DIR_ENV)
+        return cls(
+            Path(folder).expanduser().resolve() if folder else DEFAULT_CACHE_DIR,
+            _limit(os.environ.get(CACHE_LIMIT_ENV), f"${CACHE_LIMIT_ENV}"),
+        )
+
+
+def cache_config(args: argparse.Namespace) -> ShardCacheConfig:
+    """The shard cache that `--cache-dir` and `--cache-limit` ask for, the environment's defaults where not given."""
+    default = ShardCacheConfig.from_environment()
+    folder = default.folder if args.cache_dir is None else Path(args.cache_dir).expanduser().resolve()
+    limit = default.limit if args.cache_limit is None else _limit(args.cache_limit, "--cache-limit")
+    return ShardCacheConfig(folder, limit)
+
+
+def _limit(text: str | None, where: str) -> int:
+    if not text:
+        return DEFAULT_CACHE_LIMIT
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise StoreError(f"{where}: {error}") from None
 
 
 class ShardCache:
@@ -79,10 +103,8 @@ class ShardCache:
         self._fetches_lock = threading.Lock()
 
     @classmethod
-    def from_env(cls) -> ShardCache:
-        folder = Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR)
-        limit = os.environ.get(CACHE_LIMIT_ENV)
-        return cls(folder, parse_size(limit) if limit else DEFAULT_CACHE_LIMIT)
+    def of(cls, config: ShardCacheConfig) -> ShardCache:
+        return cls(config.folder, config.limit)
 
     def fetch(self, path: Path, get: Callable[[], bytes]) -> Path:
         """`path`, put here first from `get()` where it is not here yet; reader threads wanting one shard at once

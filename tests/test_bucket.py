@@ -191,6 +191,40 @@ def test_cache_info_verify_and_show_read_a_store_in_a_bucket(built, tiny_cache, 
     assert picture.stat().st_size > 1000
 
 
+def shards_under(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("clips/c/*/0/0/0/0"))
+
+
+READ_IN_WORKERS = """
+import sys
+from pathlib import Path
+import numpy as np, torch
+from cache.dataset import ClipDataset, collate_clips
+from cache.shard_cache import ShardCacheConfig
+url, folder, out = sys.argv[1:]
+dataset = ClipDataset(url, "train", cache=ShardCacheConfig(Path(folder), 2**30))
+loader = DataLoader(dataset, 4, num_workers=2, multiprocessing_context="spawn", collate_fn=collate_clips)
+np.save(out, torch.cat([batch[0] for batch in loader]).numpy())
+"""
+
+
+def test_the_shard_cache_settings_go_with_the_dataset_to_its_workers_not_through_the_environment(
+    built, tiny_cache, tmp_path, shard_cache, capsys
+):
+    """A command's --cache-dir reaches the stores it opens and sets nothing for what runs after it; a dataset
+    carries its shard cache to DataLoader workers that start afresh (spawned, in a process of their own: the
+    spawn's resource tracker would outlive the test), which read through it."""
+    given = tmp_path / "given"
+    assert cache_main(["verify", built, "--cache-dir", str(given), "--cache-limit", "1G"]) == 0
+    assert "14 ok clips read" in capsys.readouterr().out and len(shards_under(given)) == 2
+    assert os.environ["CLIPCACHE_CACHE_DIR"] == str(shard_cache), "the command changed the environment"
+    folder, out = tmp_path / "workers", tmp_path / "clips.npy"
+    subprocess.run([sys.executable, "-c", READ_IN_WORKERS, built, str(folder), str(out)], check=True, timeout=300)
+    with open_store(tiny_cache) as twin:
+        np.testing.assert_array_equal(np.load(out), twin.read(twin.rows("train")))
+    assert len(shards_under(folder)) == 2 and not shards_under(shard_cache)
+
+
 def shard_gets(server, url: str) -> list[str]:
     """The GETs of the store's clip shards that the server answered so far."""
     prefix = "/" + url.removeprefix("s3://") + "/clips/c/"

@@ -27,7 +27,7 @@ from torch import nn
 from cache import StoreError, open_store
 from cache.bucket import store_location
 from cache.schema import FAKE, LABEL_NAMES, OK, UNKNOWN, ClipSettings
-from cache.shard_cache import add_cache_options, configure_cache
+from cache.shard_cache import ShardCacheConfig, add_cache_options, cache_config
 from ingest.decoders import make_decoder
 from ingest.decoding import DecodeError
 from train.data import UsageError
@@ -188,9 +188,11 @@ def draw_whole(axes, whole: WholeFrame) -> None:
     axes.set_axis_off()
 
 
-def store_clips(cache: Path, rows: list[int], settings: ClipSettings) -> list[Clip]:
+def store_clips(
+    cache: Path, rows: list[int], settings: ClipSettings, shard_cache: ShardCacheConfig | None = None
+) -> list[Clip]:
     """Rows of a store whose clips were made as the model's were."""
-    with open_store(cache) as store:
+    with open_store(cache, shard_cache) as store:
         if ClipSettings.of_spec(store.spec) != settings:
             raise UsageError(f"--cache {cache} holds {store.spec} clips, but the model was trained on {settings}")
         for row in rows:
@@ -261,7 +263,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        configure_cache(args.cache_dir, args.cache_limit)
         if (args.cache is None) != (args.rows is None):
             raise UsageError("--rows goes with --cache, and --cache needs --rows")
         if args.workers < 1:
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"--video {video}: no such file")
         trained = TrainedModel.load(args.run)
         if args.cache is not None:
-            clips, failures = store_clips(args.cache, args.rows, trained.clip), []
+            clips, failures = store_clips(args.cache, args.rows, trained.clip, cache_config(args)), []
         else:
             clips, failures = video_clips(args.video, trained.clip, args.workers)
     except (UsageError, StoreError) as error:

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from cache import StoreError
 from cache.bucket import store_location
 from cache.exits import exit_status, part_way, stop_on_signals
-from cache.shard_cache import add_cache_options, configure_cache
+from cache.shard_cache import add_cache_options, cache_config
 from train.checkpoint import find_last
 from train.data import BALANCE, UsageError, check_same_clips, store_names
 from train.evaluate import evaluate_models, threshold_note
@@ -189,10 +189,11 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
 
 
 def train_config(args: argparse.Namespace, **fields) -> TrainConfig:
-    """A TrainConfig from the options whose dests name its fields, then `fields`: new fields pass straight through."""
+    """A TrainConfig from the options whose dests name its fields and the shard cache's options, then `fields`:
+    new fields pass straight through."""
     names = {field.name for field in dataclasses.fields(TrainConfig)}
     given = {name: value for name, value in vars(args).items() if name in names}
-    return TrainConfig(**{**given, **fields})
+    return TrainConfig(**{**given, "shard_cache": cache_config(args), **fields})
 
 
 def resume_line(config: TrainConfig | None) -> str:
@@ -240,7 +241,7 @@ def cross_dataset(
     models = [TrainedModel.load(args.out / name, accelerator.device) for name in table]
     if args.eval_cache:
         stores = {name_of[cache]: cache for cache in args.eval_cache}
-        scored = evaluate_models(models, stores, "test", accelerator, args.batch_size, args.workers)
+        scored = evaluate_models(models, stores, "test", accelerator, args.batch_size, args.workers, cache_config(args))
         for name, by_store in scored.items():
             table[name] |= by_store
     if accelerator.is_main_process:
@@ -254,7 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = make_accelerator(args)
     config = None
     try:
-        configure_cache(args.cache_dir, args.cache_limit)
         if args.model == "all" and (args.weights is not None or args.from_features):
             raise UsageError("--weights and --from-features fit one backbone: train one --model at a time with them")
         check_same_clips([*args.cache, *args.eval_cache])

@@ -24,7 +24,6 @@ from optuna.visualization import matplotlib as optuna_plots
 
 from cache import StoreError
 from cache.exits import exit_status, stop_on_signals
-from cache.shard_cache import configure_cache
 from train.checkpoint import write_json
 from train.data import UsageError, split_dataset
 from train.loop import TrainConfig
@@ -183,10 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("run tune as one process (python, not a multi-process accelerate launch)")
         if args.trials < 1:
             raise UsageError("--trials must be at least 1")
-        configure_cache(args.cache_dir, args.cache_limit)
         base = train_config(args)
         base.check()
-        split_dataset(base.cache, "val", need_both_classes=True)
+        split_dataset(base.cache, "val", need_both_classes=True, shard_cache=base.shard_cache)
         args.out.mkdir(parents=True, exist_ok=True)
         storage = args.storage or f"sqlite:///{args.out / 'study.db'}"
         study = open_study(storage, args.study_name or args.model, args.model, args.seed)
