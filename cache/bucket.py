@@ -17,7 +17,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -49,9 +49,10 @@ def store_location(text: str | Path) -> str | Path:
 
 class Bucket:
     """One store's objects: `s3://BUCKET/KEY` and everything under it, with the node's shard cache for reads
-    (`cache`; the environment's default without one)."""
+    (`cache`; the environment's default without one). `guard`, where given, is called before every write and
+    raises where this process may write the store no more (its lock was taken over: `BucketLock.check`)."""
 
-    def __init__(self, url: str, cache: ShardCacheConfig | None = None):
+    def __init__(self, url: str, cache: ShardCacheConfig | None = None, guard: Callable[[], None] | None = None):
         bucket, _, key = url.removeprefix(SCHEME).partition("/")
         if not bucket or not key.strip("/"):
             raise StoreError(f"{url}: a store in a bucket is s3://BUCKET/PATH/NAME.zarr")
@@ -61,6 +62,7 @@ class Bucket:
         self.endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         self.cache = ShardCache.of(cache or ShardCacheConfig.from_environment())
         self.store = S3Store(bucket, prefix=self.key, **connection_options(self.endpoint))
+        self.guard = guard or (lambda: None)
 
     def zarr_store(self, writable: bool) -> zarr.storage.ObjectStore:
         return zarr.storage.ObjectStore(self.store, read_only=not writable)
@@ -92,12 +94,14 @@ class Bucket:
 
     def put(self, key: str, pieces: list) -> None:
         """Object `key` made of `pieces`, in one PUT: there, whole, or not changed at all."""
+        self.guard()
         try:
             obstore.put(self.store, key, b"".join(pieces))
         except FAILURES as error:
             raise self._unreachable(error) from None
 
     def delete(self, key: str) -> None:
+        self.guard()
         try:
             obstore.delete(self.store, key)
         except FileNotFoundError:

@@ -1,8 +1,9 @@
 """How every clipcache command ends when it cannot finish: what is done stays, one line says what and how to go on.
 
 Exit statuses shared by all commands: 0 done, 2 bad input, 3 (`build-cache --strict`) a video failed,
-4 no space left on the device, 5 the object store of an s3:// store stopped answering (after retries), 130 after
-Ctrl-C, 143 after SIGTERM.
+4 no space left on the device, 5 the object store of an s3:// store stopped answering (after retries), 6
+(`build-cache` into an s3:// store) another build took the store's lock over part way, 130 after Ctrl-C, 143 after
+SIGTERM.
 
 Cluster schedulers send SIGTERM before SIGKILL, so SIGTERM is treated as Ctrl-C is: it raises `Interrupted`
 (a KeyboardInterrupt) in the main thread, each command's `main` turns it into its line and exit status, and a
@@ -20,10 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cache.bucket import BucketUnreachable
+from cache.lock import LockLost
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 NO_SPACE = 4
 UNREACHABLE = 5
+LOCK_LOST = 6
 
 
 @dataclass(frozen=True)
@@ -37,12 +40,14 @@ class PartWay:
 
 
 def part_way(error: BaseException, where) -> PartWay | None:
-    """A full disk, or a bucket that stopped answering: the two failures a command ends on as it ends on Ctrl-C,
-    keeping what is finished; None for any other error."""
+    """A full disk, a bucket that stopped answering, or a store's lock taken over by another build: the failures a
+    command ends on as it ends on Ctrl-C, keeping what is finished; None for any other error."""
     if disk_full(error):
         return PartWay(NO_SPACE, f"no space left on the device of {where}", "once space is freed")
     if isinstance(error, BucketUnreachable):
         return PartWay(UNREACHABLE, str(error), "once the bucket answers again")
+    if isinstance(error, LockLost):
+        return PartWay(LOCK_LOST, str(error), "once that build has ended")
     return None
 
 

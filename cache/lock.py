@@ -6,7 +6,8 @@ with SIGKILL leaves the file, with its owner written in it, but not the lock, an
 over and says whose it was. A forked child (a decode worker) closes its copy of the lock, so that workers
 orphaned by a killed build, still finishing a video, do not keep the lock of a process that is gone.
 
-A store in a bucket has its lock in the bucket beside it (`BucketLock`): an object, not a kernel lock.
+A store in a bucket has its lock in the bucket beside it (`BucketLock`): an object, not a kernel lock, which
+another build can take over from a live holder it took for dead; the holder then stops writing (`LockLost`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ os.register_at_fork(after_in_child=_close_held_in_child)
 
 class StoreLocked(Exception):
     """Another live process holds the store's lock."""
+
+
+class LockLost(OSError):
+    """Another build took the store's lock over while this one wrote the store: it must write nothing more. An
+    OSError, as a full disk is: the build stops part way, its finished shards kept."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,13 @@ class StoreLock:
         self._fd = fd
         _HELD.add(fd)
 
+    def check(self) -> None:
+        """Nothing to check: the kernel takes no lock from a live holder (a bucket's lock can be taken over)."""
+
+    def verify(self) -> None:
+        """As `check`: there is nothing to look at."""
+        self.check()
+
     def release(self) -> None:
         if self._fd is None:
             return
@@ -128,7 +141,11 @@ class BucketLock:
     (`If-None-Match: *`: of two builds creating it at once, exactly one succeeds) naming its owner, which rewrites it
     every HEARTBEAT seconds while it builds. A lock is taken over, with a PUT conditional on its ETag (of two
     takers one wins), where its owner is a process of this host that no longer runs, or where it went STALE
-    seconds without a heartbeat (a build killed on another machine).
+    seconds without a heartbeat (a build killed on another machine, or one paused that long).
+
+    A holder whose lock was taken over learns it from its heartbeat (the conditional rewrite refused) or from
+    `verify`, a HEAD of the lock before each shard it writes; from then on `check`, called before each of its
+    PUTs, raises LockLost, and `release` leaves the new holder's lock in place.
     """
 
     HEARTBEAT = 30.0
@@ -143,6 +160,8 @@ class BucketLock:
         self._e_tag: str | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
+        self._writing = threading.Lock()  # a heartbeat's rewrite and a look at the lock, one at a time
+        self.lost: str | None = None  # why the lock is no longer this process's, once it knows
 
     def acquire(self) -> None:
         """Take the lock or raise StoreLocked naming its holder; never waits."""
@@ -169,19 +188,67 @@ class BucketLock:
             raise StoreLocked(f"{self.bucket.url} is being written by another process that just took it") from None
         self.taken_over = owner
 
+    def check(self) -> None:
+        """Raise LockLost where this process knows its lock was taken over (no request)."""
+        if self.lost is not None:
+            raise LockLost(self.lost)
+
+    def verify(self) -> None:
+        """Raise LockLost where the lock is no longer this process's: as its heartbeat found, or as the lock object
+        says now. Nothing where this process does not hold it (another rank's lock)."""
+        if self._beat is not None:
+            with self._writing:
+                self._look()
+        self.check()
+
+    def _look(self) -> bool:
+        """Note the loss where the lock object is gone or is not the one this process last wrote; False where the
+        bucket did not answer (the next write says so)."""
+        if self.lost is not None:
+            return True
+        try:
+            seen = obstore.head(self._root, self._key)["e_tag"]
+        except FileNotFoundError:
+            seen = None
+        except BaseError:
+            return False
+        if seen != self._e_tag:
+            self._taken()
+        return True
+
+    def _taken(self) -> None:
+        """Note the loss, naming the lock's new owner where it can be read."""
+        try:
+            owner = LockOwner.parse(bytes(obstore.get(self._root, self._key).bytes()).decode(errors="replace"))
+        except FileNotFoundError:
+            self.lost = f"{self.bucket.url}: its lock {self.path} was removed by another process"
+            return
+        except FAILURES:
+            owner = None
+        self.lost = f"{self.bucket.url}: its lock was taken over by {owner or 'another process'}"
+
     def _heartbeat(self, mine: bytes) -> None:
-        while not self._stop.wait(self.HEARTBEAT):
-            with contextlib.suppress(BaseError):
-                self._e_tag = obstore.put(self._root, self._key, mine, mode={"e_tag": self._e_tag})["e_tag"]
+        while not self._stop.wait(self.HEARTBEAT) and self.lost is None:
+            with self._writing:
+                try:
+                    self._e_tag = obstore.put(self._root, self._key, mine, mode={"e_tag": self._e_tag})["e_tag"]
+                except (PreconditionError, FileNotFoundError):  # rewritten or removed by another
+                    self._taken()
+                except BaseError:
+                    pass  # unanswered: tried again at the next beat
 
     def release(self) -> None:
+        """Stop the heartbeat and remove the lock, unless it is another's now."""
         if self._beat is None:
             return
         self._stop.set()
         self._beat.join()
+        with self._writing:
+            answered = self._look()
         self._beat = None
-        with contextlib.suppress(BaseError):
-            obstore.delete(self._root, self._key)
+        if answered and self.lost is None:
+            with contextlib.suppress(BaseError):
+                obstore.delete(self._root, self._key)
 
 
 def _dead_here(owner: LockOwner | None) -> bool:

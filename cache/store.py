@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -27,13 +28,19 @@ from cache.shards import MISSING, Files, LocalFiles, ShardLayout
 class StoreHandle:
     """An open store: a zarr group, or an HDF5 file, which needs closing."""
 
-    def __init__(self, path: str | Path, writable: bool = False, cache: ShardCacheConfig | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        writable: bool = False,
+        cache: ShardCacheConfig | None = None,
+        guard: Callable[[], None] | None = None,
+    ):
         self.location = store_location(path)
         self.format = store_format(self.location)
         mode = "r+" if writable else "r"
         self.files: Files | None = None  # a Zarr store's files, for the direct shard reads and writes
         if is_remote(self.location):
-            bucket = Bucket(self.location, cache)
+            bucket = Bucket(self.location, cache, guard)
             self.files = bucket
             self._root = zarr.open_group(bucket.zarr_store(writable), mode=mode, zarr_format=3)
         elif self.format == "zarr":

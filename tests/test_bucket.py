@@ -23,7 +23,7 @@ from bench.remote import free_port, local_s3_server
 from cache.cli import main as cache_main
 from cache.dataset import FeatureDataset
 from cache.features import feature_entries
-from cache.lock import BucketLock, StoreLocked
+from cache.lock import BucketLock, LockLost, StoreLocked
 from cache.schema import OK, PENDING, StoreError
 from cache.shard_cache import ShardCache
 from cache.store import open_store
@@ -86,6 +86,16 @@ def bucket_status(url: str) -> np.ndarray | None:
         return None
 
 
+def wait_for_part_of(url: str, process: subprocess.Popen) -> None:
+    """Until the build writing `url` has stored some rows and not all (or has ended)."""
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        status = bucket_status(url)
+        if status is not None and (status == OK).any() and (status == PENDING).any():
+            return
+        time.sleep(0.05)
+
+
 def assert_same_as(url: str, reference) -> None:
     with open_store(url) as store, open_store(reference) as twin:
         for name in ("status", "label", "split", "path", "error", "frame_index", "decoder"):
@@ -98,14 +108,8 @@ def test_a_build_killed_mid_way_into_a_bucket_resumes_to_the_same_store(demo_roo
     url = f"{bucket}/killed.zarr"
     args = build_args(demo_root, url, *TINY, "--clips-per-shard", "2")
     process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
     try:
-        while process.poll() is None and time.monotonic() < deadline:
-            status = bucket_status(url)
-            if status is not None and (status == OK).any() and (status == PENDING).any():
-                process.kill()
-                break
-            time.sleep(0.05)
+        wait_for_part_of(url, process)
     finally:
         process.kill()
         process.wait()
@@ -172,6 +176,68 @@ def test_a_stale_lock_of_another_host_is_taken_over(bucket, monkeypatch):
     second.release()
 
 
+@pytest.mark.slow
+def test_a_build_whose_lock_is_taken_over_stops_writing_at_once_exit_6_and_resume_finishes(
+    demo_root, bucket, s3_server, tiny_cache, monkeypatch
+):
+    """Another build takes the lock over mid-build (as one would from a build paused past STALE): the build writes
+    no shard once it knows (a shard already being written may land), leaves the taker's lock alone, ends in one
+    line with exit 6, and once the taker lets go, --resume finishes the store as a build left alone would."""
+    url = f"{bucket}/taken.zarr"
+    args = build_args(demo_root, url, *TINY, "--clips-per-shard", "2")
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for_part_of(url, process)
+        monkeypatch.setattr(BucketLock, "STALE", 0.0)
+        taker = BucketLock(url)
+        taker.acquire()
+        taken = len(s3_server.app.requests)
+        errors = process.communicate(timeout=120)[1]
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 6, errors
+    line = one_line(errors, f"ingest: error: {url}: its lock was taken over by process {os.getpid()} on ")
+    assert line.endswith("once that build has ended, run the same command with --resume to finish it")
+    store, lock = "/" + url.removeprefix("s3://") + "/", "/" + url.removeprefix("s3://") + ".lock"
+    after = s3_server.app.requests[taken:]
+    checked = after.index(("HEAD", lock))  # the build's first look at its lock since the takeover
+    clips_puts = [i for i, (method, path) in enumerate(after) if method == "PUT" and path.startswith(store + "clips/")]
+    assert len([i for i in clips_puts if i < checked]) <= 1, "at most the shard being written lands"
+    assert not [path for method, path in after[checked:] if method == "PUT" and path.startswith(store)]
+    assert not [path for method, path in after if method == "DELETE" and path == lock], "the taker's lock stays"
+    taker.release()
+    result = run_cli(*args, "--resume")
+    assert "0 failed, 0 pending" in result.stdout
+    assert_same_as(url, tiny_cache)
+
+
+def test_a_holder_learns_from_its_heartbeat_that_its_lock_was_taken_over_and_leaves_it_to_the_taker(
+    bucket, monkeypatch
+):
+    monkeypatch.setattr(BucketLock, "HEARTBEAT", 0.05)
+    holder = BucketLock(f"{bucket}/s.zarr")
+    holder.acquire()
+    stale, here = BucketLock.STALE, socket.gethostname
+    monkeypatch.setattr(BucketLock, "STALE", 0.0)
+    monkeypatch.setattr(socket, "gethostname", lambda: "another-node")  # the taker: another machine's build
+    taker = BucketLock(f"{bucket}/s.zarr")
+    taker.acquire()
+    monkeypatch.setattr(BucketLock, "STALE", stale)
+    monkeypatch.setattr(socket, "gethostname", here)
+    deadline = time.monotonic() + 60
+    while holder.lost is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(LockLost, match="s.zarr: its lock was taken over by process .* on another-node since "):
+        holder.check()
+    holder.release()
+    with pytest.raises(StoreLocked, match="on another-node"):
+        BucketLock(f"{bucket}/s.zarr").acquire()
+    taker.release()
+
+
 def test_cache_info_verify_and_show_read_a_store_in_a_bucket(built, tiny_cache, tmp_path, shard_cache, capsys):
     folder = tmp_path / "cache"
 
@@ -199,6 +265,7 @@ READ_IN_WORKERS = """
 import sys
 from pathlib import Path
 import numpy as np, torch
+from torch.utils.data import DataLoader
 from cache.dataset import ClipDataset, collate_clips
 from cache.shard_cache import ShardCacheConfig
 url, folder, out = sys.argv[1:]
