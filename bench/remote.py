@@ -21,7 +21,8 @@ import numpy as np
 from bench.context import BenchConfig, Context
 from bench.read import _store_copy
 from bench.timing import MB, Rate, Row, skipped
-from cache.bucket import Bucket, ShardCache
+from cache.bucket import Bucket
+from cache.shard_cache import ShardCache
 from cache.store import ClipStore, open_store
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ from bench.read import read
 from bench.remote import remote
 from bench.resize import resize
 from bench.scan import scan
+from bench.shard_cache import shard_cache
 from bench.timing import Row
 from bench.train import train
 from bench.write import write
@@ -29,6 +30,7 @@ RUNNERS = {
     "faces": faces,
     "read": read,
     "remote": remote,
+    "shard-cache": shard_cache,
     "feed": feed,
     "h2d": h2d,
     "train": train,
@@ -36,7 +38,7 @@ RUNNERS = {
     "scan": scan,
 }
 STAGES = tuple(RUNNERS)
-WITHOUT_VIDEOS = ("scan",)  # stages that make their own input: they need no --data or --demo
+WITHOUT_VIDEOS = ("scan", "shard-cache")  # stages that make their own input: they need no --data or --demo
 
 
 def run_stages(config: BenchConfig, stages: list[str]) -> tuple[list[Row], dict[str, float]]:

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cache.bucket import Bucket, ShardCache, add_cache_options, configure_cache, is_remote, store_location
+from cache.bucket import Bucket, is_remote, store_location
 from cache.exits import Ending, ends, part_way
 from cache.features import feature_entries
 from cache.schema import FAILED, LABEL_NAMES, OK, SPLIT_NAMES, STATUS_NAMES, StoreError
+from cache.shard_cache import ShardCacheConfig, add_cache_options, cache_config
 from cache.shards import PARTIAL
 from cache.show import clip_strips
 from cache.store import ClipStore, open_store
@@ -56,20 +57,20 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None, ending: Ending) -> int:
     args = parser().parse_args(argv)
     ending.kept = "nothing was changed; run the same command again"
-    if args.command != "info":
-        configure_cache(args.cache_dir, args.cache_limit)
-        ending.where = ShardCache.from_env().folder  # a bucket's shards are copied there
+    cache = None if args.command == "info" else cache_config(args)
+    if cache is not None:
+        ending.where = cache.folder  # a bucket's shards are copied there
     if args.command == "show":
         ending.where, ending.kept = args.out, f"{args.out} may be part written; run the same command again"
-        return show(args)
-    with open_store(args.store) as store:
+        return show(args, cache)
+    with open_store(args.store, cache) as store:
         return info(store) if args.command == "info" else verify(store, args.batch)
 
 
-def show(args: argparse.Namespace) -> int:
+def show(args: argparse.Namespace, cache: ShardCacheConfig) -> int:
     if args.frames < 1:
         raise StoreError("--frames must be at least 1")
-    stores = [open_store(path) for path in args.stores]
+    stores = [open_store(path, cache) for path in args.stores]
     try:
         clip_strips(stores, args.row, args.frames).savefig(args.out, dpi=100)
     finally:

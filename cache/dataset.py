@@ -15,6 +15,7 @@ from torch.utils.data import Dataset, default_collate
 from cache.bucket import store_location
 from cache.features import FEATURES, feature_entries, read_rows
 from cache.schema import StoreError
+from cache.shard_cache import ShardCacheConfig
 from cache.store import ClipStore, open_store
 
 _OPENING = threading.Lock()
@@ -78,18 +79,25 @@ class ClipDataset(PhasedItems, Dataset):
     with `clip_frames`, k clips of every k-th frame per video (`PhasedItems`).
 
     Each process opens its own store handle on first use, so the dataset is safe to hand to DataLoader
-    workers, and the trainer's reader threads share it (`read_into`). `__getitems__` lets the DataLoader
+    workers, and the trainer's reader threads share it (`read_into`). A store in a bucket is read through the
+    shard cache `cache` names, which travels with the dataset to its workers. `__getitems__` lets the DataLoader
     fetch a whole batch in one `read`; with `collate_fn=collate_clips` that batch is handed on as read, not
     copied again by `default_collate`.
     """
 
     def __init__(
-        self, store_path: str | Path, split: str | None = None, with_rows: bool = False, clip_frames: int | None = None
+        self,
+        store_path: str | Path,
+        split: str | None = None,
+        with_rows: bool = False,
+        clip_frames: int | None = None,
+        cache: ShardCacheConfig | None = None,
     ):
         self.store_path = store_location(store_path)
         self.split = split
         self.with_rows = with_rows
-        with open_store(self.store_path) as store:
+        self.cache = cache
+        with open_store(self.store_path, cache) as store:
             rows = store.rows(split)
             self._set_items(rows, store.label[rows], Phases.of(store.spec.frames, clip_frames))
             self.store_rows = len(store)
@@ -105,7 +113,7 @@ class ClipDataset(PhasedItems, Dataset):
     def store(self) -> ClipStore:
         with _OPENING:  # reader threads share one handle
             if self._store is None or self._pid != os.getpid():
-                self._store = open_store(self.store_path)
+                self._store = open_store(self.store_path, self.cache)
                 self._pid = os.getpid()
             return self._store
 

@@ -1,8 +1,9 @@
 """How every clipcache command ends when it cannot finish: what is done stays, one line says what and how to go on.
 
 Exit statuses shared by all commands: 0 done, 2 bad input, 3 (`build-cache --strict`) a video failed,
-4 no space left on the device, 5 the object store of an s3:// store stopped answering (after retries), 130 after
-Ctrl-C, 143 after SIGTERM.
+4 no space left on the device, 5 the object store of an s3:// store stopped answering (after retries), 6
+(`build-cache` into an s3:// store) another build took the store's lock over part way, 130 after Ctrl-C, 143 after
+SIGTERM.
 
 Cluster schedulers send SIGTERM before SIGKILL, so SIGTERM is treated as Ctrl-C is: it raises `Interrupted`
 (a KeyboardInterrupt) in the main thread, and a write that must not be cut half way defers it to its end. Every
@@ -24,12 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cache.bucket import BucketUnreachable
+from cache.lock import LockLost
 from cache.schema import StoreError
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 BAD_INPUT = 2
 NO_SPACE = 4
 UNREACHABLE = 5
+LOCK_LOST = 6
 SQLITE_FULL = 13  # sqlite3.SQLITE_FULL, named there from Python 3.11
 
 
@@ -56,6 +59,8 @@ def part_way(error: BaseException, where: str | Path | None = None) -> PartWay |
         return PartWay(NO_SPACE, f"no space left on {device}", "once space is freed")
     if isinstance(error, BucketUnreachable):
         return PartWay(UNREACHABLE, str(error), "once the bucket answers again")
+    if isinstance(error, LockLost):
+        return PartWay(LOCK_LOST, str(error), "once that build has ended")
     return None
 
 

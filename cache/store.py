@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -20,19 +21,26 @@ import zarr
 
 from cache.bucket import Bucket, is_remote, store_location
 from cache.schema import OK, PROBE_FIELDS, ROW_ARRAYS, SPLIT_CODES, ClipSettings, StoreError, StoreSpec, store_format
+from cache.shard_cache import ShardCacheConfig
 from cache.shards import MISSING, Files, LocalFiles, ShardLayout
 
 
 class StoreHandle:
     """An open store: a zarr group, or an HDF5 file, which needs closing."""
 
-    def __init__(self, path: str | Path, writable: bool = False):
+    def __init__(
+        self,
+        path: str | Path,
+        writable: bool = False,
+        cache: ShardCacheConfig | None = None,
+        guard: Callable[[], None] | None = None,
+    ):
         self.location = store_location(path)
         self.format = store_format(self.location)
         mode = "r+" if writable else "r"
         self.files: Files | None = None  # a Zarr store's files, for the direct shard reads and writes
         if is_remote(self.location):
-            bucket = Bucket(self.location)
+            bucket = Bucket(self.location, cache, guard)
             self.files = bucket
             self._root = zarr.open_group(bucket.zarr_store(writable), mode=mode, zarr_format=3)
         elif self.format == "zarr":
@@ -62,13 +70,14 @@ class StoreHandle:
 
 
 class ClipStore(StoreHandle):
-    """A read-only store: the per-row arrays in memory, the clips on disk."""
+    """A read-only store: the per-row arrays in memory, the clips on disk (for a store in a bucket, in the shard
+    cache `cache` names)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, cache: ShardCacheConfig | None = None):
         if not store_exists(path):
             raise StoreError(f"{path}: no such store")
         try:
-            super().__init__(path)
+            super().__init__(path, cache=cache)
         except StoreError:
             raise
         except Exception as error:
@@ -163,8 +172,8 @@ class ClipStore(StoreHandle):
         return frame
 
 
-def open_store(path: str | Path) -> ClipStore:
-    return ClipStore(path)
+def open_store(path: str | Path, cache: ShardCacheConfig | None = None) -> ClipStore:
+    return ClipStore(path, cache)
 
 
 def store_exists(path: str | Path) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,10 +169,11 @@ def _or_none(values: np.ndarray | None, shape: tuple[int, ...], dtype) -> np.nda
 
 
 class StoreWriter(StoreHandle):
-    """Writes whole shards into an existing store; one writer per shard at a time."""
+    """Writes whole shards into an existing store; one writer per shard at a time. `guard` (a store in a bucket)
+    is called before every write and raises where the writer may write no more (its build's lock was lost)."""
 
-    def __init__(self, path: str | Path):
-        super().__init__(path, writable=True)
+    def __init__(self, path: str | Path, guard: Callable[[], None] | None = None):
+        super().__init__(path, writable=True, guard=guard)
         self._arrays: dict = {}
         self._layouts: dict[str, ShardFiles | None] = {}
 

@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from cache.bucket import Bucket, BucketLock, is_remote
+from cache.bucket import Bucket, is_remote
 from cache.exits import deferred_stop
-from cache.lock import StoreLock, StoreLocked
+from cache.lock import BucketLock, StoreLock, StoreLocked
 from cache.schema import (
     FAILED,
     OK,
@@ -145,12 +145,12 @@ def build_cache(config: BuildConfig, log: Callable[[str], None] = print) -> Buil
     spec, choice = _check(config, ranks)
     if ranks.main:
         log(choice)
-    with _locked(config.out, ranks, log):
-        return _build(config, layout, spec, ranks, started, log)
+    with _locked(config.out, ranks, log) as lock:
+        return _build(config, layout, spec, ranks, started, log, lock)
 
 
 @contextlib.contextmanager
-def _locked(out: Path | str, ranks: Ranks, log: Callable[[str], None]) -> Iterator[None]:
+def _locked(out: Path | str, ranks: Ranks, log: Callable[[str], None]) -> Iterator[StoreLock | BucketLock]:
     """Rank 0 holds the store's lock for the whole launch; a second build is refused on every rank."""
     lock = BucketLock(out) if is_remote(out) else StoreLock(out)
     refused = None
@@ -165,13 +165,19 @@ def _locked(out: Path | str, ranks: Ranks, log: Callable[[str], None]) -> Iterat
     if refused:
         raise UsageError(refused)
     try:
-        yield
+        yield lock
     finally:
         lock.release()
 
 
 def _build(
-    config: BuildConfig, layout: Chosen, spec: StoreSpec, ranks: Ranks, started: float, log: Callable[[str], None]
+    config: BuildConfig,
+    layout: Chosen,
+    spec: StoreSpec,
+    ranks: Ranks,
+    started: float,
+    log: Callable[[str], None],
+    lock: StoreLock | BucketLock,
 ) -> BuildSummary:
     # The workers start while the videos are found.
     with DecodePool(spec.decoder, config.workers, spec.clip_shape(), config.video_timeout) as pool:
@@ -196,14 +202,19 @@ def _build(
             create_store(config.out, table, spec, dataset)
         ranks.barrier()
         # The writer opens first: HDF5 lets a file open for writing be opened again for reading, not the reverse.
-        with StoreWriter(config.out) as writer, _kept_rows(config.out, redo, config.retry_failed) as kept:
+        with (
+            StoreWriter(config.out, guard=lock.check) as writer,
+            _kept_rows(config.out, redo, config.retry_failed) as kept,
+        ):
             for shard in _collect_shards(outcomes, spec, len(table), kept):
                 with deferred_stop():
+                    lock.verify()  # a build that lost its lock to another starts no shard more
                     writer.write_shard(shard)
     ranks.barrier()
     retried = np.flatnonzero(redo & (status == FAILED))
     summary = _summarise(config.out, int((~redo).sum()), time.perf_counter() - started, spec.decoder, retried)
     if ranks.main:
+        lock.verify()
         _finish(config.out, summary)
         log(summary.line(config.out))
         _log_rows(log, "failed", summary.failures, config.out)

@@ -42,8 +42,9 @@ def parser() -> argparse.ArgumentParser:
             "row, and `ingest scan` shows what a build would store. Broken videos become failed rows with a reason. "
             "Under `accelerate launch` or `torchrun` the "
             "ranks share the work; a second build of the same store is refused while one runs. Exit status: 0 done, "
-            "2 bad arguments, 3 with --strict when a video failed, 4 when the disk is full, 130 after Ctrl-C and 143 "
-            "after SIGTERM (in the last three every finished shard is kept: run the same command with --resume)."
+            "2 bad arguments, 3 with --strict when a video failed, 4 when the disk is full, 5 when an s3:// store's "
+            "bucket stops answering, 6 when another build takes over an s3:// store's lock, 130 after Ctrl-C and 143 "
+            "after SIGTERM (in the last five every finished shard is kept: run the same command with --resume)."
         )
         + LAYOUT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -9,6 +9,7 @@ import torch
 from conftest import encode_numbered, run_cli, run_process
 
 from bench import scan as bench_scan
+from bench import shard_cache as bench_shard_cache
 from bench.context import BenchConfig, Context
 from bench.decode import decode
 from bench.faces import faces
@@ -173,3 +174,13 @@ def test_remote_stage_reads_an_epoch_from_a_local_s3_server_beside_local_disk(be
     assert [row.stage for row in rows] == ["store in a bucket"] * 2
     assert all(row.ours and row.limit and row.ours.median > 0 for row in rows)
     assert "127.0.0.1" in rows[0].note and "20 clips" in rows[0].measures
+
+
+def test_shard_cache_stage_puts_shards_into_a_full_cache_beside_bare_file_writes(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_shard_cache, "SHARDS", 300)
+    config = BenchConfig(videos=[], data_root=tmp_path, cache=tmp_path / "no.zarr", work=tmp_path, repeat=1, quick=True)
+    added, hits = bench_shard_cache.shard_cache(config, Context())
+    assert "a cache of 30 shards" in added.measures and added.ours.median > 0 and added.limit.median > 0
+    assert hits.ours.median > 0
+    shards = [path for path in (tmp_path / "shard-cache" / "bench").rglob("*") if path.is_file()]
+    assert len(shards) == 30, "full, one shard out for each put in"

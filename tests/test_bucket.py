@@ -20,12 +20,12 @@ import zarr
 from conftest import build_args, launch_two, lock_holder, new_bucket, one_line, run_cli, run_process, train_args
 
 from bench.remote import free_port, local_s3_server
-from cache.bucket import BucketLock, ShardCache
 from cache.cli import main as cache_main
 from cache.dataset import FeatureDataset
 from cache.features import feature_entries
-from cache.lock import StoreLocked
+from cache.lock import BucketLock, LockLost, StoreLocked
 from cache.schema import OK, PENDING, StoreError
+from cache.shard_cache import ShardCache
 from cache.store import open_store
 from train.augment import ClipTransform
 from train.checkpoint import find_last
@@ -87,6 +87,16 @@ def bucket_status(url: str) -> np.ndarray | None:
         return None
 
 
+def wait_for_part_of(url: str, process: subprocess.Popen) -> None:
+    """Until the build writing `url` has stored some rows and not all (or has ended)."""
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        status = bucket_status(url)
+        if status is not None and (status == OK).any() and (status == PENDING).any():
+            return
+        time.sleep(0.05)
+
+
 def assert_same_as(url: str, reference) -> None:
     with open_store(url) as store, open_store(reference) as twin:
         for name in ("status", "label", "split", "path", "error", "frame_index", "decoder"):
@@ -99,14 +109,8 @@ def test_a_build_killed_mid_way_into_a_bucket_resumes_to_the_same_store(demo_roo
     url = f"{bucket}/killed.zarr"
     args = build_args(demo_root, url, *TINY, "--clips-per-shard", "2")
     process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
     try:
-        while process.poll() is None and time.monotonic() < deadline:
-            status = bucket_status(url)
-            if status is not None and (status == OK).any() and (status == PENDING).any():
-                process.kill()
-                break
-            time.sleep(0.05)
+        wait_for_part_of(url, process)
     finally:
         process.kill()
         process.wait()
@@ -173,6 +177,68 @@ def test_a_stale_lock_of_another_host_is_taken_over(bucket, monkeypatch):
     second.release()
 
 
+@pytest.mark.slow
+def test_a_build_whose_lock_is_taken_over_stops_writing_at_once_exit_6_and_resume_finishes(
+    demo_root, bucket, s3_server, tiny_cache, monkeypatch
+):
+    """Another build takes the lock over mid-build (as one would from a build paused past STALE): the build writes
+    no shard once it knows (a shard already being written may land), leaves the taker's lock alone, ends in one
+    line with exit 6, and once the taker lets go, --resume finishes the store as a build left alone would."""
+    url = f"{bucket}/taken.zarr"
+    args = build_args(demo_root, url, *TINY, "--clips-per-shard", "2")
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_for_part_of(url, process)
+        monkeypatch.setattr(BucketLock, "STALE", 0.0)
+        taker = BucketLock(url)
+        taker.acquire()
+        taken = len(s3_server.app.requests)
+        errors = process.communicate(timeout=120)[1]
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 6, errors
+    line = one_line(errors, f"ingest: error: {url}: its lock was taken over by process {os.getpid()} on ")
+    assert line.endswith("run the same command with --resume to finish it once that build has ended")
+    store, lock = "/" + url.removeprefix("s3://") + "/", "/" + url.removeprefix("s3://") + ".lock"
+    after = s3_server.app.requests[taken:]
+    checked = after.index(("HEAD", lock))  # the build's first look at its lock since the takeover
+    clips_puts = [i for i, (method, path) in enumerate(after) if method == "PUT" and path.startswith(store + "clips/")]
+    assert len([i for i in clips_puts if i < checked]) <= 1, "at most the shard being written lands"
+    assert not [path for method, path in after[checked:] if method == "PUT" and path.startswith(store)]
+    assert not [path for method, path in after if method == "DELETE" and path == lock], "the taker's lock stays"
+    taker.release()
+    result = run_cli(*args, "--resume")
+    assert "0 failed, 0 pending" in result.stdout
+    assert_same_as(url, tiny_cache)
+
+
+def test_a_holder_learns_from_its_heartbeat_that_its_lock_was_taken_over_and_leaves_it_to_the_taker(
+    bucket, monkeypatch
+):
+    monkeypatch.setattr(BucketLock, "HEARTBEAT", 0.05)
+    holder = BucketLock(f"{bucket}/s.zarr")
+    holder.acquire()
+    stale, here = BucketLock.STALE, socket.gethostname
+    monkeypatch.setattr(BucketLock, "STALE", 0.0)
+    monkeypatch.setattr(socket, "gethostname", lambda: "another-node")  # the taker: another machine's build
+    taker = BucketLock(f"{bucket}/s.zarr")
+    taker.acquire()
+    monkeypatch.setattr(BucketLock, "STALE", stale)
+    monkeypatch.setattr(socket, "gethostname", here)
+    deadline = time.monotonic() + 60
+    while holder.lost is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(LockLost, match="s.zarr: its lock was taken over by process .* on another-node since "):
+        holder.check()
+    holder.release()
+    with pytest.raises(StoreLocked, match="on another-node"):
+        BucketLock(f"{bucket}/s.zarr").acquire()
+    taker.release()
+
+
 def test_cache_info_verify_and_show_read_a_store_in_a_bucket(built, tiny_cache, tmp_path, shard_cache, capsys):
     folder = tmp_path / "cache"
 
@@ -190,6 +256,41 @@ def test_cache_info_verify_and_show_read_a_store_in_a_bucket(built, tiny_cache, 
     picture = tmp_path / "row.png"
     cache("show", built, str(tiny_cache), "--row", "1", "--out", str(picture), "--cache-dir", str(folder))
     assert picture.stat().st_size > 1000
+
+
+def shards_under(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("clips/c/*/0/0/0/0"))
+
+
+READ_IN_WORKERS = """
+import sys
+from pathlib import Path
+import numpy as np, torch
+from torch.utils.data import DataLoader
+from cache.dataset import ClipDataset, collate_clips
+from cache.shard_cache import ShardCacheConfig
+url, folder, out = sys.argv[1:]
+dataset = ClipDataset(url, "train", cache=ShardCacheConfig(Path(folder), 2**30))
+loader = DataLoader(dataset, 4, num_workers=2, multiprocessing_context="spawn", collate_fn=collate_clips)
+np.save(out, torch.cat([batch[0] for batch in loader]).numpy())
+"""
+
+
+def test_the_shard_cache_settings_go_with_the_dataset_to_its_workers_not_through_the_environment(
+    built, tiny_cache, tmp_path, shard_cache, capsys
+):
+    """A command's --cache-dir reaches the stores it opens and sets nothing for what runs after it; a dataset
+    carries its shard cache to DataLoader workers that start afresh (spawned, in a process of their own: the
+    spawn's resource tracker would outlive the test), which read through it."""
+    given = tmp_path / "given"
+    assert cache_main(["verify", built, "--cache-dir", str(given), "--cache-limit", "1G"]) == 0
+    assert "14 ok clips read" in capsys.readouterr().out and len(shards_under(given)) == 2
+    assert os.environ["CLIPCACHE_CACHE_DIR"] == str(shard_cache), "the command changed the environment"
+    folder, out = tmp_path / "workers", tmp_path / "clips.npy"
+    subprocess.run([sys.executable, "-c", READ_IN_WORKERS, built, str(folder), str(out)], check=True, timeout=300)
+    with open_store(tiny_cache) as twin:
+        np.testing.assert_array_equal(np.load(out), twin.read(twin.rows("train")))
+    assert len(shards_under(folder)) == 2 and not shards_under(shard_cache)
 
 
 def shard_gets(server, url: str) -> list[str]:
@@ -261,6 +362,31 @@ def test_processes_sharing_a_shard_cache_keep_it_under_its_limit(tmp_path):
         filler.join(timeout=120)
     assert [filler.exitcode for filler in fillers] == [0, 0, 0]
     assert ShardCache(tmp_path, 20_000).size() <= 20_000 and not list(tmp_path.rglob("*.partial"))
+
+
+def test_the_shard_cache_lists_its_folder_once_not_on_every_fetch(tmp_path, monkeypatch):
+    """The folder's first user indexes it; from then on, shards put in by several processes, each letting the
+    oldest go, keep the cache to its limit from the index alone, even for a process whose view predates the
+    others' changes. Listing the folder on every fetch cost a stat of every shard of the cache."""
+    parent = ShardCache(tmp_path, 20_000)
+    parent.add(tmp_path / "first", bytes(1000))
+
+    def listed(*_):
+        raise AssertionError("the shard cache listed its folder")
+
+    monkeypatch.setattr(os, "walk", listed)
+    fork = multiprocessing.get_context("fork")
+    fillers = [fork.Process(target=fill, args=(tmp_path, name)) for name in ("a", "b")]
+    for filler in fillers:
+        filler.start()
+    for filler in fillers:
+        filler.join(timeout=120)
+    last = [tmp_path / "last" / str(i) for i in range(5)]
+    for file in last:
+        parent.add(file, bytes(1000))
+    monkeypatch.undo()
+    assert [filler.exitcode for filler in fillers] == [0, 0]
+    assert parent.size() == 20_000 and all(file.exists() for file in last)
 
 
 def one_error_line(stderr: str) -> str:

@@ -20,6 +20,7 @@ from cache.bucket import store_location
 from cache.dataset import ClipDataset, Phases, StoreUnion
 from cache.exits import BadInput
 from cache.schema import FAKE, REAL
+from cache.shard_cache import ShardCacheConfig
 from cache.store import clip_settings
 
 BALANCE = ("none", "weights", "sampler")
@@ -31,11 +32,15 @@ class UsageError(BadInput):
 
 
 def split_dataset(
-    caches: Sequence[Path], split: str, need_both_classes: bool, clip_frames: int | None = None
+    caches: Sequence[Path],
+    split: str,
+    need_both_classes: bool,
+    clip_frames: int | None = None,
+    shard_cache: ShardCacheConfig | None = None,
 ) -> ClipDataset | StoreUnion:
-    """The ok clips of a split of one store, or of several as one; refuses a split that cannot be trained or
-    judged on."""
-    parts = [ClipDataset(cache, split, with_rows=True, clip_frames=clip_frames) for cache in caches]
+    """The ok clips of a split of one store, or of several as one (those in a bucket read through `shard_cache`);
+    refuses a split that cannot be trained or judged on."""
+    parts = [ClipDataset(cache, split, True, clip_frames, shard_cache) for cache in caches]
     dataset = parts[0] if len(parts) == 1 else StoreUnion(parts)
     if need_both_classes:
         check_classes(" + ".join(map(str, caches)), split, dataset.labels)

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from cache.bucket import add_cache_options, configure_cache, store_location
+from cache.bucket import store_location
 from cache.exits import Ending, ends
+from cache.shard_cache import ShardCacheConfig, add_cache_options, cache_config
 from cache.store import clip_settings
 from train.data import UsageError, shard_feed, split_dataset, store_names
 from train.inference import TrainedModel
@@ -46,11 +47,17 @@ def check_store(trained: TrainedModel, cache: Path) -> None:
 
 
 def score_store(
-    trained: TrainedModel, cache: Path, split: str, accelerator: Accelerator, batch_size: int, workers: int
+    trained: TrainedModel,
+    cache: Path,
+    split: str,
+    accelerator: Accelerator,
+    batch_size: int,
+    workers: int,
+    shard_cache: ShardCacheConfig | None = None,
 ) -> dict | None:
     """Video-level metrics of `trained` on the labelled ok videos of a store's split (`all`: every split), at the
     run's threshold; None where none is labelled."""
-    dataset = split_dataset([cache], None if split == "all" else split, False, trained.clip_frames)
+    dataset = split_dataset([cache], None if split == "all" else split, False, trained.clip_frames, shard_cache)
     if not len(dataset) or (dataset.labels < 0).all():
         return None
     feed = shard_feed(dataset, batch_size, accelerator, even=True, threads=workers)
@@ -71,6 +78,7 @@ def evaluate_models(
     accelerator: Accelerator,
     batch_size: int = 8,
     workers: int = 2,
+    shard_cache: ShardCacheConfig | None = None,
 ) -> dict[str, dict[str, dict | None]]:
     """model -> store name -> video-level metrics, for every model on every store (`store_names` names them);
     stores are checked against every model before any is scored, so a refusal costs no time."""
@@ -79,7 +87,8 @@ def evaluate_models(
             check_store(model, cache)
     return {
         model.name: {
-            name: score_store(model, cache, split, accelerator, batch_size, workers) for name, cache in stores.items()
+            name: score_store(model, cache, split, accelerator, batch_size, workers, shard_cache)
+            for name, cache in stores.items()
         }
         for model in models
     }
@@ -124,12 +133,12 @@ def main(argv: list[str] | None, ending: Ending) -> int:
     out = args.out or args.run
     ending.where, ending.speaks = out, accelerator.is_main_process
     ending.kept = "no complete table was written; run the same command again"
-    configure_cache(args.cache_dir, args.cache_limit)
+    shard_cache = cache_config(args)
     if args.batch_size < 1 or args.workers < 0:
         raise UsageError("--batch-size must be at least 1, --workers at least 0")
     models = load_models(args.run, accelerator.device)
     stores = store_names(args.cache)
-    table = evaluate_models(models, stores, args.split, accelerator, args.batch_size, args.workers)
+    table = evaluate_models(models, stores, args.split, accelerator, args.batch_size, args.workers, shard_cache)
     if accelerator.is_main_process:
         what = "each store's test split" if args.split == "test" else "every labelled video of each store"
         write_cross_dataset(out, table, threshold_note(models, what))

@@ -25,9 +25,10 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from cache import open_store
-from cache.bucket import add_cache_options, configure_cache, store_location
+from cache.bucket import store_location
 from cache.exits import Ending, ends
 from cache.schema import FAKE, LABEL_NAMES, OK, UNKNOWN, ClipSettings
+from cache.shard_cache import ShardCacheConfig, add_cache_options, cache_config
 from ingest.decoders import make_decoder
 from ingest.decoding import DecodeError
 from ingest.pool import VIDEO_TIMEOUT, add_timeout_option
@@ -189,9 +190,11 @@ def draw_whole(axes, whole: WholeFrame) -> None:
     axes.set_axis_off()
 
 
-def store_clips(cache: Path, rows: list[int], settings: ClipSettings) -> list[Clip]:
+def store_clips(
+    cache: Path, rows: list[int], settings: ClipSettings, shard_cache: ShardCacheConfig | None = None
+) -> list[Clip]:
     """Rows of a store whose clips were made as the model's were."""
-    with open_store(cache) as store:
+    with open_store(cache, shard_cache) as store:
         if ClipSettings.of_spec(store.spec) != settings:
             raise UsageError(f"--cache {cache} holds {store.spec} clips, but the model was trained on {settings}")
         for row in rows:
@@ -266,7 +269,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None, ending: Ending) -> int:
     args = parser().parse_args(argv)
     ending.kept, ending.where = "no explanation was drawn; run the same command again", args.out
-    configure_cache(args.cache_dir, args.cache_limit)
     if (args.cache is None) != (args.rows is None):
         raise UsageError("--rows goes with --cache, and --cache needs --rows")
     if args.workers < 1:
@@ -278,7 +280,7 @@ def main(argv: list[str] | None, ending: Ending) -> int:
             raise UsageError(f"--video {video}: no such file")
     trained = TrainedModel.load(args.run)
     if args.cache is not None:
-        clips, failures = store_clips(args.cache, args.rows, trained.clip), []
+        clips, failures = store_clips(args.cache, args.rows, trained.clip, cache_config(args)), []
     else:
         clips, failures = video_clips(args.video, trained.clip, args.workers, args.video_timeout)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -22,11 +22,12 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm import tqdm
 
-from cache.bucket import add_cache_options, configure_cache, store_location
+from cache.bucket import store_location
 from cache.dataset import FeatureDataset
 from cache.exits import Ending, deferred_stop, ends
 from cache.features import FeatureSpec, FeatureWriter, feature_entries
 from cache.schema import OK, StoreError, shard_count, shard_slice
+from cache.shard_cache import ShardCacheConfig, add_cache_options, cache_config
 from cache.store import open_store
 from train.augment import ClipTransform
 from train.data import UsageError, check_classes
@@ -47,6 +48,7 @@ class FeatureConfig:
     batch_size: int = 8
     frame_size: int | None = None
     mixed_precision: str = "no"
+    shard_cache: ShardCacheConfig | None = None  # this node's cache of a bucket's shards (None: the environment's)
 
     def check(self) -> None:
         if self.backbone not in BACKBONE_MODELS:
@@ -121,7 +123,11 @@ def _fill(config, spec, model: ClipClassifier, state: PartialState, status: np.n
     transform = ClipTransform(train=False, size=spec.frame_size, channels_last=state.device.type == "cuda")
     autocast = _autocast(state.device, config.mixed_precision)
     # The writer opens first: HDF5 lets a file open for writing be opened again for reading, not the reverse.
-    with FeatureWriter(config.store) as writer, open_store(config.store) as store, torch.inference_mode():
+    with (
+        FeatureWriter(config.store) as writer,
+        open_store(config.store, config.shard_cache) as store,
+        torch.inference_mode(),
+    ):
         done = writer.open_entry(spec, n, per_shard)
         shards = [
             s
@@ -234,9 +240,8 @@ def main(argv: list[str] | None, ending: Ending) -> int:
     args = parser().parse_args(argv)
     ending.where = args.store
     ending.kept = "every finished shard's features are kept; run the same command to compute the rest"
-    options = vars(args)
-    configure_cache(options.pop("cache_dir"), options.pop("cache_limit"))
-    compute_features(FeatureConfig(**options))
+    options = {name: value for name, value in vars(args).items() if name not in ("cache_dir", "cache_limit")}
+    compute_features(FeatureConfig(**options, shard_cache=cache_config(args)))
     return 0
 
 

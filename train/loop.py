@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from cache.bucket import is_remote, store_location
+from cache.shard_cache import ShardCacheConfig
 from cache.store import clip_settings
 from train.augment import ClipTransform
 from train.checkpoint import checkpointing, load_last, load_weights, save_last, save_weights, write_json
@@ -79,6 +80,7 @@ class TrainConfig:
     resume: bool = False
     from_features: str | None = None  # a feature entry of the store, or "auto": train the head alone on it
     clip_frames: int | None = None  # frames per clip: every k-th stored frame (default: all the store holds)
+    shard_cache: ShardCacheConfig | None = None  # this node's cache of a bucket's shards (None: the environment's)
 
     def __post_init__(self) -> None:
         caches = (self.cache,) if isinstance(self.cache, (str, Path)) else self.cache
@@ -113,6 +115,7 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         values = {**dataclasses.asdict(self), "cache": [str(cache) for cache in self.cache]}
+        values.pop("shard_cache")  # where this node keeps shards, not how the model was trained
         return {name: str(value) if isinstance(value, Path) else value for name, value in values.items()}
 
 
@@ -275,8 +278,14 @@ def training_data(config: TrainConfig) -> TrainingData:
         model = build_model(
             ModelConfig(config.model, config.dropout, config.pretrained, config.weights, lstm_hidden=config.lstm_hidden)
         )
-        train, val = (split_dataset(config.cache, split, True, config.clip_frames) for split in ("train", "val"))
-        tests = {name: split_dataset([cache], "test", False, config.clip_frames) for name, cache in names.items()}
+        train, val = (
+            split_dataset(config.cache, split, True, config.clip_frames, config.shard_cache)
+            for split in ("train", "val")
+        )
+        tests = {
+            name: split_dataset([cache], "test", False, config.clip_frames, config.shard_cache)
+            for name, cache in names.items()
+        }
         return TrainingData(config, model, train, val, tests, transform=None, workers=config.workers)
     (cache,) = config.cache
     entry = find_entry(cache, config.model, config.from_features)

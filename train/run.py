@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from cache.bucket import add_cache_options, configure_cache, store_location
+from cache.bucket import store_location
 from cache.exits import Ending, ends
+from cache.shard_cache import add_cache_options, cache_config
 from train.checkpoint import find_last, read_progress
 from train.data import BALANCE, UsageError, check_same_clips, store_names
 from train.evaluate import evaluate_models, threshold_note
@@ -188,10 +189,11 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
 
 
 def train_config(args: argparse.Namespace, **fields) -> TrainConfig:
-    """A TrainConfig from the options whose dests name its fields, then `fields`: new fields pass straight through."""
+    """A TrainConfig from the options whose dests name its fields and the shard cache's options, then `fields`:
+    new fields pass straight through."""
     names = {field.name for field in dataclasses.fields(TrainConfig)}
     given = {name: value for name, value in vars(args).items() if name in names}
-    return TrainConfig(**{**given, **fields})
+    return TrainConfig(**{**given, "shard_cache": cache_config(args), **fields})
 
 
 def resume_line(config: TrainConfig | None) -> str:
@@ -239,7 +241,7 @@ def cross_dataset(
     models = [TrainedModel.load(args.out / name, accelerator.device) for name in table]
     if args.eval_cache:
         stores = {name_of[cache]: cache for cache in args.eval_cache}
-        scored = evaluate_models(models, stores, "test", accelerator, args.batch_size, args.workers)
+        scored = evaluate_models(models, stores, "test", accelerator, args.batch_size, args.workers, cache_config(args))
         for name, by_store in scored.items():
             table[name] |= by_store
     if accelerator.is_main_process:
@@ -254,7 +256,6 @@ def main(argv: list[str] | None, ending: Ending) -> int:
     accelerator = make_accelerator(args)
     ending.speaks = accelerator.is_main_process
     try:
-        configure_cache(args.cache_dir, args.cache_limit)
         if args.model == "all" and (args.weights is not None or args.from_features):
             raise UsageError("--weights and --from-features fit one backbone: train one --model at a time with them")
         if args.model == "all" and args.pretrained:

@@ -22,7 +22,6 @@ from accelerate import Accelerator
 from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
-from cache.bucket import configure_cache
 from cache.exits import Ending, ends
 from train.checkpoint import write_json
 from train.data import UsageError, split_dataset
@@ -182,10 +181,9 @@ def main(argv: list[str] | None, ending: Ending) -> int:
             raise UsageError("run tune as one process (python, not a multi-process accelerate launch)")
         if args.trials < 1:
             raise UsageError("--trials must be at least 1")
-        configure_cache(args.cache_dir, args.cache_limit)
         base = train_config(args)
         base.check()
-        split_dataset(base.cache, "val", need_both_classes=True)
+        split_dataset(base.cache, "val", need_both_classes=True, shard_cache=base.shard_cache)
         args.out.mkdir(parents=True, exist_ok=True)
         storage = args.storage or f"sqlite:///{args.out / 'study.db'}"
         study = open_study(storage, args.study_name or args.model, args.model, args.seed)
