@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 import textwrap
 import time
@@ -21,7 +20,7 @@ from ingest.discover import UsageError
 from ingest.faces import NO_FACE_CHOICES
 from ingest.frames import RESIZE_MODES
 from ingest.layouts import ALL_FFPP_METHODS, COMPRESSIONS, FFPP_METHODS, LAYOUTS, LayoutOptions
-from ingest.pool import add_timeout_option
+from ingest.pool import add_decoding_options
 from ingest.scan import report, scan, write_csv
 
 
@@ -90,13 +89,7 @@ def parser() -> argparse.ArgumentParser:
             "decord on the CPU; auto (default) takes a GPU decoder where one works, else pyav, and says which"
         ),
     )
-    build.add_argument(
-        "--workers",
-        type=int,
-        default=len(os.sched_getaffinity(0)),
-        help="decoding processes, or videos in flight with a GPU decoder (default: one per core)",
-    )
-    add_timeout_option(build)
+    add_decoding_options(build, "decoding processes, or videos in flight with a GPU decoder")
     build.add_argument("--val-fraction", type=float, default=0.2, help="share of train/val videos in val (default 0.2)")
     build.add_argument("--seed", type=int, default=42, help="seed of the train/val split (default 42)")
     build.add_argument("--clips-per-shard", type=int, default=8, help="clips per shard file and per write (default 8)")

@@ -30,8 +30,11 @@ CRASHED = "the decoder crashed: its process died on this video"
 VIDEO_TIMEOUT = 600.0
 
 
-def add_timeout_option(parser: argparse.ArgumentParser) -> None:
-    """`--video-timeout`, the same for every command that decodes videos."""
+def add_decoding_options(parser: argparse.ArgumentParser, workers: str) -> None:
+    """`--workers` (helped by `workers`) and `--video-timeout`, the same for every command that decodes videos."""
+    parser.add_argument(
+        "--workers", type=int, default=len(os.sched_getaffinity(0)), help=f"{workers} (default: one per CPU core)"
+    )
     parser.add_argument(
         "--video-timeout",
         type=float,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +30,7 @@ from cache.schema import FAKE, LABEL_NAMES, OK, UNKNOWN, ClipSettings
 from cache.shard_cache import ShardCacheConfig, add_cache_options, cache_config
 from ingest.decoders import make_decoder
 from ingest.decoding import DecodeError
-from ingest.pool import VIDEO_TIMEOUT, add_timeout_option
+from ingest.pool import VIDEO_TIMEOUT, add_decoding_options
 from train.data import UsageError
 from train.inference import TrainedModel, decode_videos, decoder_for
 from train.models import ClipClassifier
@@ -255,13 +254,7 @@ def parser() -> argparse.ArgumentParser:
     source.add_argument("--video", type=Path, nargs="+", help="explain these videos, decoded as the run's store was")
     main.add_argument("--rows", type=int, nargs="+", help="with --cache: the store rows to explain")
     main.add_argument("--out", type=Path, required=True, help="folder for the PNGs (created)")
-    main.add_argument(
-        "--workers",
-        type=int,
-        default=len(os.sched_getaffinity(0)),
-        help="with --video: decoding processes (default: one per CPU core)",
-    )
-    add_timeout_option(main)
+    add_decoding_options(main, "with --video: decoding processes")
     return main
 
 

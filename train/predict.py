@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from tqdm import tqdm
 from cache.exits import Ending, ends
 from ingest.clips import RowOutcome
 from ingest.discover import VIDEO_SUFFIXES, is_video
-from ingest.pool import add_timeout_option
+from ingest.pool import add_decoding_options
 from train.data import UsageError
 from train.inference import TrainedModel, decode_videos
 
@@ -59,13 +58,7 @@ def parser() -> argparse.ArgumentParser:
         help=f"video files, or folders searched (recursively) for {' '.join(sorted(VIDEO_SUFFIXES))} files",
     )
     main.add_argument("--csv", type=Path, help="also write the rows to this CSV file (path,probability,verdict,error)")
-    main.add_argument(
-        "--workers",
-        type=int,
-        default=len(os.sched_getaffinity(0)),
-        help="decoding processes (default: one per CPU core)",
-    )
-    add_timeout_option(main)
+    add_decoding_options(main, "decoding processes")
     main.add_argument("--batch-size", type=int, default=16, help="clips per forward pass of the model (default 16)")
     return main
 
