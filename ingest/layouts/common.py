@@ -73,9 +73,10 @@ class Found:
                 f"e.g. {self.unlisted[0]}"
             )
         if self.loops:
+            one = len(self.loops) == 1
             lines.append(
-                f"{len(self.loops)} folders lead back to one already walked (a link that loops) and were not walked "
-                f"again, e.g. {self.loops[0]}"
+                f"{len(self.loops)} folder{'' if one else 's'} lead{'s' if one else ''} back to one already walked (a "
+                f"link that loops) and {'was' if one else 'were'} not walked again, e.g. {self.loops[0]}"
             )
         absent = self.missing
         if len(absent):
