@@ -23,7 +23,7 @@ from cache.exits import Ending, ends
 from cache.shard_cache import add_cache_options, cache_config
 from train.checkpoint import find_last, read_progress
 from train.data import BALANCE, UsageError, check_same_clips, store_names
-from train.evaluate import evaluate_models, threshold_note
+from train.evaluation import evaluate_models, threshold_note
 from train.inference import TrainedModel
 from train.loop import TrainConfig, fit
 from train.metrics import SELECT_BY
