@@ -15,7 +15,7 @@ from cache.exits import Ending, ends
 from cache.shard_cache import add_cache_options, cache_config
 from train.data import UsageError, store_names
 from train.evaluation import evaluate_models, load_models, threshold_note
-from train.report import cross_dataset_frame, format_cross_dataset, write_cross_dataset
+from train.reporting import cross_dataset_frame, format_cross_dataset, write_cross_dataset
 
 EVAL_SPLITS = ("test", "all")
 

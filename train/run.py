@@ -28,7 +28,7 @@ from train.inference import TrainedModel
 from train.loop import TrainConfig, fit
 from train.metrics import SELECT_BY
 from train.models import MODEL_NAMES
-from train.report import (
+from train.reporting import (
     cross_dataset_frame,
     format_comparison,
     format_cross_dataset,
