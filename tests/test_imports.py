@@ -52,7 +52,7 @@ def rank(module: str) -> int:
 
 def test_the_graph_sees_the_imports_it_must():
     edges = graph()
-    assert "cache.store" in edges["train.features"] and "ingest.decoders" in edges["train.inference"]
+    assert "cache.store" in edges["train.feature_cache"] and "ingest.decoders" in edges["train.inference"]
     assert "ingest.layouts.common" in edges["ingest.layouts.ffpp"]
     assert "ingest.gpu_decoders" in edges["ingest.clips"]  # imported inside a function
 

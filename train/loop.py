@@ -42,7 +42,7 @@ from train.data import (
     store_names,
     train_sampler,
 )
-from train.features import feature_split, find_entry, model_for_features
+from train.feature_cache import feature_split, find_entry, model_for_features
 from train.metrics import SELECT_BY, better, choose_threshold, video_metrics, video_scores
 from train.models import (
     DEFAULT_LR,
