@@ -11,8 +11,6 @@ import dataclasses
 import functools
 import json
 import sys
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,7 +23,7 @@ from train.checkpoint import find_last, read_progress
 from train.data import BALANCE, UsageError, check_same_clips, store_names
 from train.evaluation import evaluate_models, threshold_note
 from train.inference import TrainedModel
-from train.loop import TrainConfig, fit
+from train.loop import TrainConfig, train_one
 from train.metrics import SELECT_BY
 from train.models import MODEL_NAMES
 from train.reporting import (
@@ -34,7 +32,6 @@ from train.reporting import (
     format_cross_dataset,
     write_comparison,
     write_cross_dataset,
-    write_model_report,
 )
 
 
@@ -208,21 +205,6 @@ def resume_line(config: TrainConfig | None) -> str:
         f"{config.model}'s last checkpoint is after epoch {epoch} of {config.epochs} ({last}); "
         "run the same command with --resume to continue from it"
     )
-
-
-def train_one(
-    config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, dict], None] | None = None
-) -> dict:
-    """`fit` and the model's report; the accelerator lets go of the model afterwards, so the next one starts clean."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore" if not accelerator.is_main_process else "default")
-            metrics = fit(config, accelerator, on_epoch)
-    finally:
-        accelerator.free_memory()
-    if accelerator.is_main_process:
-        write_model_report(config.out / config.model, metrics)
-    return metrics
 
 
 def cross_dataset(
