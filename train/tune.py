@@ -27,7 +27,7 @@ from train.checkpoint import write_json
 from train.data import UsageError, split_dataset
 from train.loop import TrainConfig, train_one
 from train.models import MODEL_NAMES
-from train.run import add_training_options, make_accelerator, train_config
+from train.options import add_training_options, make_accelerator, train_config
 
 LR_RANGE = (1e-5, 1e-2)
 WEIGHT_DECAY_RANGE = (1e-6, 1e-2)
