@@ -12,7 +12,7 @@ from bench.timing import Rate, Row
 from bench.train import CPU_SMALL_SIZE, train_rates, train_setting
 from cache.dataset import FeatureDataset
 from train.data import BatchFeed
-from train.features import FeatureConfig, compute_features, model_for_features
+from train.feature_cache import FeatureConfig, compute_features, model_for_features
 from train.loop import as_float
 from train.models import TIMM_BACKBONES
 

@@ -29,7 +29,7 @@ from cache.shard_cache import ShardCache
 from cache.store import open_store
 from train.augment import ClipTransform
 from train.checkpoint import find_last
-from train.features import backbone_model
+from train.feature_cache import backbone_model
 
 TINY = (  # the options of conftest's tiny_cache, a local build of the same videos
     "--workers",

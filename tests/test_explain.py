@@ -11,6 +11,7 @@ from matplotlib.image import imread
 
 from cache import open_store
 from train import explain
+from train.explanation import explain as explain_clip
 from train.inference import TrainedModel
 from train.models import MODEL_NAMES
 
@@ -27,7 +28,7 @@ def test_heatmaps_cover_every_frame_and_contributions_every_step(all_run, tiny_c
     trained = TrainedModel.load(all_run[0] / model)
     _, clips = stored_clips(tiny_cache, 3)
     for clip in clips:
-        explanation = explain.explain(trained, clip)
+        explanation = explain_clip(trained, clip)
         assert explanation.heatmap.shape == clip.shape[:3]
         assert np.isfinite(explanation.heatmap).all()
         assert explanation.heatmap.min() >= 0 and explanation.heatmap.max() <= 1
@@ -44,7 +45,7 @@ def test_each_frames_explanation_is_its_own(all_run, tiny_cache, model):
     trained = TrainedModel.load(all_run[0] / model)
     _, clips = stored_clips(tiny_cache, 2)
     for clip in clips:
-        forward, backward = explain.explain(trained, clip), explain.explain(trained, clip[::-1].copy())
+        forward, backward = explain_clip(trained, clip), explain_clip(trained, clip[::-1].copy())
         np.testing.assert_allclose(backward.heatmap, forward.heatmap[::-1], atol=1e-5)
         np.testing.assert_allclose(backward.contributions, forward.contributions[::-1], rtol=1e-4, atol=1e-7)
 
@@ -60,7 +61,7 @@ def test_heatmaps_come_back_at_the_clips_size_when_the_model_saw_smaller_frames(
     trained = TrainedModel.load(run)
     _, clips = stored_clips(tiny_cache, 1)
     assert trained.inputs(clips).shape[-2:] == (16, 16)
-    heatmap = explain.explain(trained, clips[0]).heatmap
+    heatmap = explain_clip(trained, clips[0]).heatmap
     assert heatmap.shape == clips.shape[1:4] and heatmap.min() >= 0 and heatmap.max() <= 1
 
 

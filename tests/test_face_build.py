@@ -18,7 +18,7 @@ from cache.store import clip_settings
 from ingest.decoders import make_decoder
 from ingest.faces import FACE_DEFAULTS, NO_FACE
 from ingest.frames import resize_clip, resize_windows
-from train import explain
+from train import explain, explanation
 from train.inference import TrainedModel, decode_videos, decoder_for
 
 NO_FACE_VIDEO = "Celeb-real/id2_0000.mp4"
@@ -177,17 +177,17 @@ def test_explain_draws_the_crops_box_on_the_whole_frame(face_run, face_store, fa
     with open_store(store) as built:
         rows = [int(row) for row in built.rows()]
         by_path = {str(built.path[row]): row for row in rows}
-        clips = explain.store_clips(store, rows, trained.clip)
+        clips = explanation.store_clips(store, rows, trained.clip)
         for clip, row in zip(clips, rows, strict=True):
             assert (clip.whole is None) == (built.face_detected[row] == 0)
         video = face_root / "Celeb-real/id0_0000.mp4"
-        (clip,), failures = explain.video_clips([video], trained.clip, workers=1)
+        (clip,), failures = explanation.video_clips([video], trained.clip, workers=1)
         row = by_path["Celeb-real/id0_0000.mp4"]
         middle = len(clip.indices) // 2
         assert not failures and clip.whole.frame.shape == (320, 480, 3)
         assert clip.whole.box.tolist() == built.face_box[row][middle].tolist()
         assert clip.whole.index == built.frame_index[row][middle]
-    figure = explain.plot(trained, clip, explain.explain(trained, clip.frames))
+    figure = explanation.plot(trained, clip, explanation.explain(trained, clip.frames))
     (box,) = figure.axes[0].patches  # the whole frame comes first, above the frames' heatmaps
     assert isinstance(box, Rectangle) and figure.axes[0].images[0].get_array().shape == (320, 480, 3)
     x0, y0, x1, y1 = clip.whole.box.tolist()
@@ -203,8 +203,8 @@ def test_explain_takes_a_face_videos_whole_middle_frame_from_its_one_decode(face
     def decode_again(*_):
         raise AssertionError("video_clips decoded a video a second time for its whole frame")
 
-    monkeypatch.setattr(explain, "make_decoder", decode_again)  # what `whole_frame` decodes a video again with
-    clips, failures = explain.video_clips(videos, settings, workers=2)
+    monkeypatch.setattr(explanation, "make_decoder", decode_again)  # what `whole_frame` decodes a video again with
+    clips, failures = explanation.video_clips(videos, settings, workers=2)
     monkeypatch.undo()
     by_source = {clip.source: clip for clip in clips}
     assert not failures and by_source["id2_0000.mp4"].whole is None, "no face: no crop to show the box of"

@@ -17,7 +17,7 @@ from cache.features import FeatureWriter, feature_entries
 from cache.schema import OK, StoreError
 from train.augment import ClipTransform
 from train.checkpoint import load_weights
-from train.features import backbone_model
+from train.feature_cache import backbone_model
 
 pytestmark = pytest.mark.slow
 

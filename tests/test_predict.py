@@ -18,6 +18,7 @@ from train import predict
 from train.data import UsageError, shard_feed
 from train.inference import TrainedModel, decode_videos
 from train.loop import run_evaluation
+from train.prediction import CSV_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +102,7 @@ def test_the_csv_has_one_row_per_video_with_its_columns(predicted, demo_root, br
     _, rows = predicted
     videos = [*demo_root.rglob("*.mp4"), *broken.iterdir()]
     assert sorted(rows) == sorted(map(str, videos))
-    assert all(list(row) == list(predict.CSV_COLUMNS) for row in rows.values())
+    assert all(list(row) == list(CSV_COLUMNS) for row in rows.values())
 
 
 def one_line_error(result) -> str:

@@ -14,8 +14,8 @@ from conftest import build_both_formats, one_line, run_cli, train_args
 
 from cache import open_store
 from cache.dataset import ClipDataset, StoreUnion
-from train import explain
 from train.data import shard_feed, train_sampler
+from train.explanation import explain
 from train.inference import TrainedModel
 from train.loop import run_evaluation
 from train.metrics import video_scores
@@ -230,7 +230,7 @@ def test_explain_shows_the_first_clip_and_the_videos_probability(phased, phased_
     trained = TrainedModel.load(phased_run[0] / "simple_cnn")
     with open_store(phased["zarr"]) as store:
         whole = store.read(store.rows("test")[:1])[0]
-    explanation = explain.explain(trained, whole)
+    explanation = explain(trained, whole)
     assert explanation.clips == STORED // CLIP and explanation.heatmap.shape == (CLIP, *whole.shape[1:3])
     assert explanation.contributions.shape == (CLIP,)
     clips = [whole[0::2], whole[1::2]]

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from train.metrics import evaluate
-from train.report import (
+from train.report import main
+from train.reporting import (
     comparison_frame,
     final_split,
     format_comparison,
     history_frame,
-    main,
     write_comparison,
     write_history_csv,
     write_model_report,

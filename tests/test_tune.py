@@ -15,7 +15,7 @@ from test_train import read_metrics
 from train.checkpoint import find_last, read_progress
 from train.loop import TrainConfig, fit
 from train.run import parse_args
-from train.tune import LSTM_HIDDEN_SIZES, PLOTS, run_study, save_plots, suggest
+from train.tuning import LSTM_HIDDEN_SIZES, PLOTS, run_study, save_plots, suggest
 
 COMPLETE = TrialState.COMPLETE
 

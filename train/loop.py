@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,7 +43,7 @@ from train.data import (
     store_names,
     train_sampler,
 )
-from train.features import feature_split, find_entry, model_for_features
+from train.feature_cache import feature_split, find_entry, model_for_features
 from train.metrics import SELECT_BY, better, choose_threshold, video_metrics, video_scores
 from train.models import (
     DEFAULT_LR,
@@ -53,6 +54,7 @@ from train.models import (
     check_start,
     count_parameters,
 )
+from train.reporting import write_model_report
 
 LR_FACTOR = 0.5  # the seed's ReduceLROnPlateau
 LR_PATIENCE = 1
@@ -250,6 +252,21 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
     if accelerator.is_main_process:
         write_json(model_dir / "metrics.json", metrics)
     accelerator.wait_for_everyone()
+    return metrics
+
+
+def train_one(
+    config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, dict], None] | None = None
+) -> dict:
+    """`fit` and the model's report; the accelerator lets go of the model afterwards, so the next one starts clean."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore" if not accelerator.is_main_process else "default")
+            metrics = fit(config, accelerator, on_epoch)
+    finally:
+        accelerator.free_memory()
+    if accelerator.is_main_process:
+        write_model_report(config.out / config.model, metrics)
     return metrics
 
 

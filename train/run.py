@@ -7,86 +7,31 @@ how it is launched.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import sys
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from accelerate import Accelerator
 
 from cache.bucket import store_location
 from cache.exits import Ending, ends
-from cache.shard_cache import add_cache_options, cache_config
+from cache.shard_cache import cache_config
 from train.checkpoint import find_last, read_progress
-from train.data import BALANCE, UsageError, check_same_clips, store_names
-from train.evaluate import evaluate_models, threshold_note
+from train.data import UsageError, check_same_clips, store_names
+from train.evaluation import evaluate_models, threshold_note
 from train.inference import TrainedModel
-from train.loop import TrainConfig, fit
+from train.loop import TrainConfig, train_one
 from train.metrics import SELECT_BY
 from train.models import MODEL_NAMES
-from train.report import (
+from train.options import add_training_options, make_accelerator, train_config
+from train.reporting import (
     cross_dataset_frame,
     format_comparison,
     format_cross_dataset,
     write_comparison,
     write_cross_dataset,
-    write_model_report,
 )
-
-
-def add_training_options(parser: argparse.ArgumentParser) -> None:
-    """The options train/run.py and train/tune.py share; their dests are TrainConfig fields (see `train_config`)."""
-    parser.add_argument(
-        "--cache",
-        type=store_location,
-        action="append",
-        required=True,
-        help="a store built by `ingest build-cache`; repeat it to train on the union of several stores' train "
-        "splits, choose on the union of their val splits and score each store's test split apart (their frames, "
-        "size and resize must agree)",
-    )
-    add_cache_options(parser)
-    parser.add_argument(
-        "--clip-frames",
-        type=int,
-        help="frames per clip (default: all the store holds): a store of 32 frames trains on 16-frame clips of "
-        "every 2nd frame, from a phase drawn anew each epoch, and scores each video as the mean of its 2 clips",
-    )
-    parser.add_argument("--epochs", type=int, default=2, help="epochs (default 2, as the seed)")
-    parser.add_argument(
-        "--balance",
-        choices=BALANCE,
-        default="weights",
-        help="class-weighted loss (default), balanced sampling, or none",
-    )
-    parser.add_argument("--frame-size", type=int, help="resize frames to N x N on the device (default: as stored)")
-    parser.add_argument(
-        "--mixed-precision", choices=("no", "bf16", "fp16"), help="overrides accelerate launch's setting"
-    )
-    parser.add_argument("--pretrained", action="store_true", help="start the backbone from timm's ImageNet weights")
-    parser.add_argument("--weights", type=Path, help="start the backbone from a local safetensors file")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="threads per process reading batches from the store ahead of the step (default 2; 0: between steps)",
-    )
-    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    parser.add_argument(
-        "--from-features",
-        nargs="?",
-        const="auto",
-        metavar="ENTRY",
-        help=(
-            "train only the layers after the backbone (resnet18, effnet_lstm) on embeddings that `python -m "
-            "train.features` stored: the store's one entry for the model's backbone, or the entry named; no "
-            "augmentation"
-        ),
-    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -183,19 +128,6 @@ def option_value(action: argparse.Action, value):
     return value
 
 
-def make_accelerator(args: argparse.Namespace) -> Accelerator:
-    # Without a GPU, `cpu=True` makes a multi-process launch use gloo ranks rather than one process each.
-    return Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
-
-
-def train_config(args: argparse.Namespace, **fields) -> TrainConfig:
-    """A TrainConfig from the options whose dests name its fields and the shard cache's options, then `fields`:
-    new fields pass straight through."""
-    names = {field.name for field in dataclasses.fields(TrainConfig)}
-    given = {name: value for name, value in vars(args).items() if name in names}
-    return TrainConfig(**{**given, "shard_cache": cache_config(args), **fields})
-
-
 def resume_line(config: TrainConfig | None) -> str:
     """Where an interrupted run can go on from: the checkpoint after the last finished epoch."""
     if config is None:
@@ -208,21 +140,6 @@ def resume_line(config: TrainConfig | None) -> str:
         f"{config.model}'s last checkpoint is after epoch {epoch} of {config.epochs} ({last}); "
         "run the same command with --resume to continue from it"
     )
-
-
-def train_one(
-    config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, dict], None] | None = None
-) -> dict:
-    """`fit` and the model's report; the accelerator lets go of the model afterwards, so the next one starts clean."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore" if not accelerator.is_main_process else "default")
-            metrics = fit(config, accelerator, on_epoch)
-    finally:
-        accelerator.free_memory()
-    if accelerator.is_main_process:
-        write_model_report(config.out / config.model, metrics)
-    return metrics
 
 
 def cross_dataset(

@@ -1,0 +1,80 @@
+"""The options of a training run that train/run.py and train/tune.py share, and what a run is made of from them:
+its TrainConfig and its Accelerator. One place, so that a trial of tune trains as run.py would."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from cache.bucket import store_location
+from cache.shard_cache import add_cache_options, cache_config
+from train.data import BALANCE
+from train.loop import TrainConfig
+
+
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """The options train/run.py and train/tune.py share; their dests are TrainConfig fields (see `train_config`)."""
+    parser.add_argument(
+        "--cache",
+        type=store_location,
+        action="append",
+        required=True,
+        help="a store built by `ingest build-cache`; repeat it to train on the union of several stores' train "
+        "splits, choose on the union of their val splits and score each store's test split apart (their frames, "
+        "size and resize must agree)",
+    )
+    add_cache_options(parser)
+    parser.add_argument(
+        "--clip-frames",
+        type=int,
+        help="frames per clip (default: all the store holds): a store of 32 frames trains on 16-frame clips of "
+        "every 2nd frame, from a phase drawn anew each epoch, and scores each video as the mean of its 2 clips",
+    )
+    parser.add_argument("--epochs", type=int, default=2, help="epochs (default 2, as the seed)")
+    parser.add_argument(
+        "--balance",
+        choices=BALANCE,
+        default="weights",
+        help="class-weighted loss (default), balanced sampling, or none",
+    )
+    parser.add_argument("--frame-size", type=int, help="resize frames to N x N on the device (default: as stored)")
+    parser.add_argument(
+        "--mixed-precision", choices=("no", "bf16", "fp16"), help="overrides accelerate launch's setting"
+    )
+    parser.add_argument("--pretrained", action="store_true", help="start the backbone from timm's ImageNet weights")
+    parser.add_argument("--weights", type=Path, help="start the backbone from a local safetensors file")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="threads per process reading batches from the store ahead of the step (default 2; 0: between steps)",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    parser.add_argument(
+        "--from-features",
+        nargs="?",
+        const="auto",
+        metavar="ENTRY",
+        help=(
+            "train only the layers after the backbone (resnet18, effnet_lstm) on embeddings that `python -m "
+            "train.features` stored: the store's one entry for the model's backbone, or the entry named; no "
+            "augmentation"
+        ),
+    )
+
+
+def make_accelerator(args: argparse.Namespace) -> Accelerator:
+    # Without a GPU, `cpu=True` makes a multi-process launch use gloo ranks rather than one process each.
+    return Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def train_config(args: argparse.Namespace, **fields) -> TrainConfig:
+    """A TrainConfig from the options whose dests name its fields and the shard cache's options, then `fields`:
+    new fields pass straight through."""
+    names = {field.name for field in dataclasses.fields(TrainConfig)}
+    given = {name: value for name, value in vars(args).items() if name in names}
+    return TrainConfig(**{**given, "shard_cache": cache_config(args), **fields})
