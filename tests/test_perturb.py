@@ -8,9 +8,15 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 from skimage import data
 
-from train.data import UsageError
+from cache import open_store
+from cache.dataset import Phases
+from train.data import UsageError, shard_feed, split_dataset
+from train.inference import TrainedModel
+from train.loop import run_evaluation
+from train.metrics import video_scores
 from train.perturb import (
     BLOCK_GREY,
     BLOCK_SIDE,
@@ -23,6 +29,7 @@ from train.perturb import (
     gaussian_kernel,
     parse_perturb,
 )
+from train.robustness import PerturbedFeed, Variant
 
 # perturbation/add_distortion_to_video.py, get_distortion_parameter
 DEEPERFORENSICS_LEVELS = {
@@ -234,3 +241,36 @@ def test_on_a_gpu_the_torch_distortions_stay_there_and_agree_with_the_cpu():
         if name not in ("block", "noise"):  # a GPU generator draws other numbers
             cpu = distortion(clip, 3, generator()).int()
             assert (out.cpu().int() - cpu).abs().max() <= 1, name
+
+
+def test_a_clean_perturbed_feed_gives_the_phase_clips_of_the_phased_dataset(tiny_cache):
+    whole = split_dataset([tiny_cache], "test", False)
+    phases = Phases.of(whole.phases.stored, 2)
+    phased = split_dataset([tiny_cache], "test", False, clip_frames=2)
+    accelerator = Accelerator(cpu=True)
+    clean = PerturbedFeed(shard_feed(whole, 2, accelerator, even=True), phases, Variant(), seed=0)
+    expected = shard_feed(phased, 4, accelerator, even=True)
+    assert len(clean.dataset) == len(phased) and phases.count == 2
+    for (clips, labels, rows), (want, want_labels, want_rows) in zip(clean, expected, strict=True):
+        assert torch.equal(clips, want) and torch.equal(labels, want_labels) and torch.equal(rows, want_rows)
+
+
+def test_a_perturbed_feed_scores_the_clips_distorted_by_hand(tiny_cache, all_run):
+    run, _ = all_run
+    trained = TrainedModel.load(run / "simple_cnn", torch.device("cpu"))
+    accelerator = Accelerator(cpu=True)
+    whole = split_dataset([tiny_cache], "test", False)
+    feed = shard_feed(whole, 3, accelerator, even=True)
+    with open_store(tiny_cache) as store:
+        videos = store.rows("test")
+        clips = store.read(videos)
+    clean = trained.probabilities(clips)
+    for level in (1, 5):
+        variant = Variant("contrast", level)
+        scored = run_evaluation(
+            trained.model, PerturbedFeed(feed, whole.phases, variant, 3), None, trained.transform, accelerator
+        )
+        by_hand = [variant.distort(torch.from_numpy(c), int(r), 3).numpy() for c, r in zip(clips, videos, strict=True)]
+        expected = trained.probabilities(np.stack(by_hand))
+        np.testing.assert_allclose(video_scores(scored.rows, scored.labels, scored.probs)[1], expected, rtol=1e-5)
+        assert np.abs(expected - clean).max() > 1e-3  # the distortion reached the model
