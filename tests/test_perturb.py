@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import one_line, run_cli
 from skimage import data
 
 from cache import open_store
@@ -274,3 +278,37 @@ def test_a_perturbed_feed_scores_the_clips_distorted_by_hand(tiny_cache, all_run
         expected = trained.probabilities(np.stack(by_hand))
         np.testing.assert_allclose(video_scores(scored.rows, scored.labels, scored.probs)[1], expected, rtol=1e-5)
         assert np.abs(expected - clean).max() > 1e-3  # the distortion reached the model
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as file:
+        return list(csv.DictReader(file))
+
+
+def test_evaluate_perturb_writes_the_robustness_table_beside_the_clean_figure(tiny_cache, all_run, tmp_path):
+    run, _ = all_run
+    args = ["train.evaluate", "--run", str(run), "--cache", str(tiny_cache), "--out", str(tmp_path)]
+    run_cli(*args, "--perturb", "contrast,jpeg")
+    assert {p.name for p in tmp_path.glob("robustness.*")} == {f"robustness.{s}" for s in ("md", "csv", "json", "png")}
+    rows = read_csv(tmp_path / "robustness.csv")
+    assert list(rows[0])[:4] == ["model", "perturbation", "level", "roc_auc"]
+    variants = [("clean", "0")] + [(name, str(level)) for name in ("contrast", "jpeg") for level in range(1, 6)]
+    models = ["simple_cnn", "resnet18", "effnet_lstm"]
+    assert [(r["model"], r["perturbation"], r["level"]) for r in rows] == [(m, *v) for m in models for v in variants]
+    cross = json.loads((tmp_path / "cross_dataset.json").read_text())["models"]
+    for r in rows:
+        clean = cross[r["model"]]["tiny"]["roc_auc"]
+        assert float(r["clean_roc_auc"]) == clean
+        if r["perturbation"] == "clean":
+            assert float(r["roc_auc"]) == clean and int(r["videos"]) == cross[r["model"]]["tiny"]["n"]
+    table = (tmp_path / "robustness.md").read_text()
+    assert "| simple_cnn | jpeg |" in table and "not to the source video before cropping" in table
+
+
+def test_evaluate_refuses_an_unknown_distortion_in_one_line_before_scoring(tiny_cache, all_run, tmp_path):
+    run, _ = all_run
+    args = ["train.evaluate", "--run", str(run), "--cache", str(tiny_cache), "--out", str(tmp_path)]
+    result = run_cli(*args, "--perturb", "jpeg,sharpen", check=False)
+    assert result.returncode == 2
+    assert "sharpen" in one_line(result.stderr, "evaluate: error: --perturb jpeg,sharpen: unknown distortion")
+    assert not list(tmp_path.iterdir())
