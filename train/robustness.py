@@ -1,9 +1,9 @@
 """A run's models scored on stores whose clips are distorted as DeeperForensics-1.0 distorts videos.
 
 Each video's stored frames are distorted together (`train.perturb`, on the model's device), then cut into the
-model's phase clips and scored by the same evaluation as the cross-dataset table (`run_evaluation`,
-`video_metrics`), clean first: so a clean row is that table's figure, and each distorted row differs from it by
-the distortion alone. The distortions apply to the stored crops, not to the source video before cropping.
+model's phase clips and scored by the same evaluation as the cross-dataset table (`train.evaluation.feed_metrics`),
+clean first: so a clean row is that table's figure, and each distorted row differs from it by the distortion
+alone. The distortions apply to the stored crops, not to the source video before cropping.
 """
 
 from __future__ import annotations
@@ -23,15 +23,14 @@ from tqdm import tqdm
 from cache.dataset import Phases
 from cache.shard_cache import ShardCacheConfig
 from train.data import BatchFeed, shard_feed, split_dataset
+from train.evaluation import check_store, feed_metrics
 from train.inference import TrainedModel
-from train.loop import run_evaluation
-from train.metrics import video_metrics
 from train.perturb import DISTORTIONS, LEVELS, clip_generator
+from train.reporting import DPI, cell, number
 
 CLEAN = "clean"
 METRICS = ("roc_auc", "average_precision", "eer", "balanced_accuracy", "accuracy")
 COLUMNS = ("model", "perturbation", "level", "roc_auc", "clean_roc_auc", *METRICS[1:], "videos", "store", "code")
-DPI = 110
 
 
 @dataclass(frozen=True)
@@ -95,13 +94,6 @@ class PerturbedFeed:
             yield clips, labels.repeat_interleave(k), rows.repeat_interleave(k)
 
 
-def score(trained: TrainedModel, feed: PerturbedFeed, accelerator: Accelerator) -> dict:
-    """Video-level metrics of the labelled videos of a feed, at the run's threshold."""
-    scored = run_evaluation(trained.model, feed, None, trained.transform, accelerator)
-    labelled = scored.labels >= 0
-    return video_metrics(scored.rows[labelled], scored.labels[labelled], scored.probs[labelled], trained.threshold)
-
-
 def row(model: str, store: str, variant: Variant, metrics: dict | None, clean: dict | None) -> dict:
     """One line of the table; metrics None where the store's split has no labelled video."""
     metrics, clean = metrics or {}, clean or {}
@@ -129,12 +121,15 @@ def score_robustness(
 ) -> list[dict]:
     """A row per store, model and variant (clean first): every model reads each store's split once per variant.
 
-    A forward pass takes about `batch_size` clips: batch_size // k videos of k phase clips each. The stores are
-    the caller's to check against the models' clip settings, as the cross-dataset evaluation does first."""
+    A forward pass takes about `batch_size` clips: batch_size // k videos of k phase clips each. A store of other
+    clips than a model's is refused before any is scored."""
+    for trained in models:
+        for cache in stores.values():
+            check_store(trained, cache)
     rows = []
     for store, cache in stores.items():
         dataset = split_dataset([cache], None if split == "all" else split, False, None, shard_cache)
-        nothing = not len(dataset) or (dataset.labels < 0).all()
+        labelled = len(dataset) > 0 and bool((dataset.labels >= 0).any())
         for trained in models:
             phases = Phases.of(dataset.phases.stored, trained.clip_frames)
             feed = shard_feed(dataset, max(1, batch_size // phases.count), accelerator, even=True, threads=workers)
@@ -143,11 +138,8 @@ def score_robustness(
             )
             clean = None
             for variant in variants:
-                metrics = (
-                    None
-                    if nothing
-                    else score(trained, PerturbedFeed(feed, phases, variant, settings.seed), accelerator)
-                )
+                perturbed = PerturbedFeed(feed, phases, variant, settings.seed)
+                metrics = feed_metrics(trained, perturbed, accelerator) if labelled else None
                 clean = metrics if variant.clean else clean
                 rows.append(row(trained.name, store, variant, metrics, clean))
     return rows
@@ -159,17 +151,13 @@ def robustness_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def auc_cell(value: object) -> str:
-    return "n/a" if value is None or pd.isna(value) else f"{float(value):.3f}"
-
-
 def auc_table(frame: pd.DataFrame) -> str:
     """Markdown: a line per model and distortion, its AUC clean and at each level."""
     lines = ["| model | perturbation | clean | " + " | ".join(map(str, LEVELS)) + " |", "|:---|:---|" + "---:|" * 6]
     for model, by_model in frame.groupby("model", sort=False):
         clean = by_model.loc[by_model["perturbation"] == CLEAN, "roc_auc"].iloc[0]
         for name, rows in by_model[by_model["perturbation"] != CLEAN].groupby("perturbation", sort=False):
-            cells = [auc_cell(clean), *(auc_cell(value) for value in rows.sort_values("level")["roc_auc"])]
+            cells = [cell(clean), *(cell(value) for value in rows.sort_values("level")["roc_auc"])]
             lines.append(f"| {model} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -200,7 +188,7 @@ def plot_robustness(path: Path, frame: pd.DataFrame, names: Sequence[str]) -> Pa
     for ax, name in zip(axes, names, strict=False):
         for (model, store), rows in frame.groupby(["model", "store"], sort=False):
             line = rows[rows["perturbation"].isin([CLEAN, name])].sort_values("level")
-            auc = pd.to_numeric(line["roc_auc"], errors="coerce")
+            auc = [number(value) for value in line["roc_auc"]]
             ax.plot(line["level"], auc, marker="o", label=f"{model} on {store}" if several else model)
         ax.axhline(0.5, color="black", linestyle="--", linewidth=0.8)
         ax.set_xticks([0, *LEVELS], [CLEAN, *map(str, LEVELS)])
