@@ -15,7 +15,9 @@ from cache.exits import Ending, ends
 from cache.shard_cache import add_cache_options, cache_config
 from train.data import UsageError, store_names
 from train.evaluation import evaluate_models, load_models, threshold_note
+from train.perturb import parse_perturb
 from train.reporting import cross_dataset_frame, format_cross_dataset, write_cross_dataset
+from train.robustness import PerturbSettings, robustness_note, score_robustness, write_robustness
 
 EVAL_SPLITS = ("test", "all")
 
@@ -41,6 +43,15 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument("--out", type=Path, help="folder of the table (default: RUN_DIR)")
     main.add_argument("--batch-size", type=int, default=8, help="videos per forward pass (default 8)")
     main.add_argument("--workers", type=int, default=2, help="threads reading clips ahead (default 2)")
+    main.add_argument(
+        "--perturb",
+        metavar="all|NAME[,NAME]",
+        help=(
+            "also score the clips distorted as DeeperForensics-1.0 distorts videos, each distortion at its five "
+            "levels (saturation, contrast, block, noise, blur, jpeg, video), and write OUT/robustness.{md,csv,json,png}"
+        ),
+    )
+    main.add_argument("--perturb-seed", type=int, default=0, help="seed of the distortions' random draws (default 0)")
     return main
 
 
@@ -54,14 +65,23 @@ def main(argv: list[str] | None, ending: Ending) -> int:
     shard_cache = cache_config(args)
     if args.batch_size < 1 or args.workers < 0:
         raise UsageError("--batch-size must be at least 1, --workers at least 0")
+    perturb = PerturbSettings(tuple(parse_perturb(args.perturb)), args.perturb_seed) if args.perturb else None
     models = load_models(args.run, accelerator.device)
     stores = store_names(args.cache)
     table = evaluate_models(models, stores, args.split, accelerator, args.batch_size, args.workers, shard_cache)
+    what = "each store's test split" if args.split == "test" else "every labelled video of each store"
     if accelerator.is_main_process:
-        what = "each store's test split" if args.split == "test" else "every labelled video of each store"
         write_cross_dataset(out, table, threshold_note(models, what))
         ending.kept = f"the table is written in {out}"
         print(f"{format_cross_dataset(cross_dataset_frame(table))}\n\ntable in {out}/cross_dataset.md")
+    if perturb is not None:
+        rows = score_robustness(
+            models, stores, args.split, perturb, accelerator, args.batch_size, args.workers, shard_cache
+        )
+        if accelerator.is_main_process:
+            write_robustness(out, rows, perturb, f"{robustness_note(perturb)} {threshold_note(models, what)}")
+            ending.kept = f"the tables are written in {out}"
+            print(f"robustness table in {out}/robustness.md")
     return 0
 
 

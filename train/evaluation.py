@@ -16,7 +16,7 @@ from accelerate import Accelerator
 
 from cache.shard_cache import ShardCacheConfig
 from cache.store import clip_settings
-from train.data import UsageError, shard_feed, split_dataset
+from train.data import BatchFeed, UsageError, shard_feed, split_dataset
 from train.inference import TrainedModel
 from train.loop import run_evaluation
 from train.metrics import video_metrics
@@ -53,7 +53,12 @@ def score_store(
     dataset = split_dataset([cache], None if split == "all" else split, False, trained.clip_frames, shard_cache)
     if not len(dataset) or (dataset.labels < 0).all():
         return None
-    feed = shard_feed(dataset, batch_size, accelerator, even=True, threads=workers)
+    return feed_metrics(trained, shard_feed(dataset, batch_size, accelerator, even=True, threads=workers), accelerator)
+
+
+def feed_metrics(trained: TrainedModel, feed: BatchFeed, accelerator: Accelerator) -> dict:
+    """Video-level metrics of `trained` on the labelled videos of a feed's clips, at the run's threshold: the one
+    scoring of the cross-dataset and robustness tables."""
     scored = run_evaluation(trained.model, feed, None, trained.transform, accelerator)
     labelled = scored.labels >= 0
     metrics = video_metrics(scored.rows[labelled], scored.labels[labelled], scored.probs[labelled], trained.threshold)
