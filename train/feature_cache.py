@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, set_seed
 from tqdm import tqdm
 
 from cache.dataset import FeatureDataset
@@ -61,7 +61,7 @@ def backbone_model(
     backbone: str, weights: Path | None, pretrained: bool, seed: int, dropout: float = 0.5, lstm_hidden: int = 128
 ) -> ClipClassifier:
     """The classifier built on `backbone`, its backbone weights as asked (random ones drawn from `seed`)."""
-    torch.manual_seed(seed)
+    set_seed(seed)
     config = ModelConfig(BACKBONE_MODELS[backbone], dropout, pretrained, weights, lstm_hidden)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, set_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
@@ -196,7 +196,8 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
         if config.resume and load_last(model_dir / "last", accelerator):
             accelerator.print(f"{config.model}: resuming after epoch {progress.epoch}")
         for epoch in range(progress.epoch + 1, config.epochs + 1):
-            torch.manual_seed(config.seed * 1_000_003 + epoch * 101 + accelerator.process_index)
+            # Seeded anew each epoch (and apart in each process), so that a resumed run draws as an uninterrupted one.
+            set_seed(config.seed * 1_000_003 + epoch * 101, device_specific=True)
             augment = data.transform or ClipTransform(
                 train=True,
                 seed=config.seed + 7919 * epoch + accelerator.process_index,
@@ -288,7 +289,7 @@ class TrainingData:
 
 
 def training_data(config: TrainConfig) -> TrainingData:
-    torch.manual_seed(config.seed)
+    set_seed(config.seed)  # the model's initial weights
     names = store_names(config.cache)
     if not config.from_features:
         check_same_clips(config.cache)
