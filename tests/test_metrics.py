@@ -1,13 +1,14 @@
-"""Video-level metrics against small hand-checked cases."""
+"""Video- and frame-level metrics against small hand-checked cases."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
 
-from train.metrics import SELECT_BY, better, choose_threshold, evaluate
+from train.metrics import SELECT_BY, better, choose_threshold, evaluate, frame_roc_auc, video_metrics
 
 
 def test_perfect_classifier():
@@ -127,3 +128,13 @@ def test_better():
         assert better(name, 0.1, math.nan) and not better(name, math.nan, 0.1)
     with pytest.raises(ValueError, match="cannot select"):
         better("eer", 0.1, 0.2)
+
+
+def test_frame_auc_ranks_every_frame_alone_where_the_video_auc_ranks_clip_means():
+    # A real clip's frames score 0.1 and 0.6, a fake one's 0.4 and 0.9: 3 of the 4 (fake, real) frame pairs are
+    # ranked right, while the clips' means, 0.35 and 0.65, are.
+    frames = np.array([[0.1, 0.6], [0.4, 0.9]])
+    assert frame_roc_auc([0, 1], frames) == 0.75
+    metrics = video_metrics(np.array([3, 5]), np.array([0, 1]), frames.mean(axis=1), frames)
+    assert metrics["roc_auc"] == 1.0 and metrics["clip_roc_auc"] == 1.0 and metrics["frame_roc_auc"] == 0.75
+    assert frame_roc_auc([1, 1], frames) is None

@@ -113,7 +113,7 @@ def test_eval_cache_scores_a_store_as_the_run_scores_its_own_test_split(phased_r
     table = json.loads((run / "cross_dataset.json").read_text())
     own, twin = table["models"]["simple_cnn"]["phased"], table["models"]["simple_cnn"]["twin"]
     assert own.pop("confusion") == twin.pop("confusion")
-    for key in ("n", "roc_auc", "average_precision", "eer", "balanced_accuracy"):
+    for key in ("n", "roc_auc", "frame_roc_auc", "average_precision", "eer", "balanced_accuracy"):
         assert own[key] == pytest.approx(twin[key]), key
     assert "| model | phased AUC |" in (run / "cross_dataset.md").read_text() and "twin AUC" in stdout
 
@@ -150,11 +150,20 @@ def test_evaluate_writes_the_cross_dataset_table_at_the_runs_threshold(phased, t
     for store in ("phased", "twin"):
         scored = table["models"]["simple_cnn"][store]
         assert scored["threshold"] == metrics["threshold"], "the run's own threshold, never one chosen here"
-        for key in ("n", "roc_auc", "balanced_accuracy", "eer"):
+        for key in ("n", "roc_auc", "frame_roc_auc", "balanced_accuracy", "eer"):
             assert scored[key] == pytest.approx(metrics["final"]["test"][key]), key
+        assert 0 <= scored["frame_roc_auc"] <= 1
     assert "simple_cnn" in result.stdout and "threshold each model chose" in table["note"]
     header = (tmp_path / "cross_dataset.csv").read_text().splitlines()[0].split(",")
-    assert header[:6] == ["model", "phased AUC", "phased AP", "phased EER", "phased bal. acc", "phased videos"]
+    assert header[:7] == [
+        "model",
+        "phased AUC",
+        "phased frame AUC",
+        "phased AP",
+        "phased EER",
+        "phased bal. acc",
+        "phased videos",
+    ]
 
 
 @pytest.mark.slow

@@ -26,12 +26,14 @@ from conftest import (
     train_args,
 )
 from safetensors.torch import save_file
+from sklearn.metrics import roc_auc_score
 
 import train
 from cache import open_store
 from train.augment import ClipTransform
 from train.checkpoint import find_last, load_weights, read_progress
 from train.data import shard_feed, split_dataset, train_sampler
+from train.inference import TrainedModel
 from train.loop import TrainConfig, fit, run_evaluation
 from train.models import ModelConfig, build_model
 
@@ -59,7 +61,8 @@ def test_each_model_trains_and_reports_honest_metrics(tiny_cache, all_run, model
             labels = store.label[store.rows(split)]
             assert final["n"] == len(labels)
             assert final["majority_baseline"] == max(np.mean(labels), 1 - np.mean(labels))
-            for key in ("accuracy", "balanced_accuracy", "roc_auc", "average_precision", "eer", "acc_real", "acc_fake"):
+            keys = ("accuracy", "balanced_accuracy", "roc_auc", "frame_roc_auc", "average_precision", "eer", "acc_real")
+            for key in (*keys, "acc_fake"):
                 assert final[key] is not None and 0 <= final[key] <= 1, key
             assert np.array(final["confusion"]).sum() == len(labels)
 
@@ -69,9 +72,27 @@ def test_all_models_are_compared(all_run):
     table = (run / "comparison.md").read_text()
     for model, parameters in PARAMETERS.items():
         assert f"| {model} | {parameters} |" in table and f"| {model} | {parameters} |" in stdout
-    assert "majority" in table
+    assert "majority" in table and "| val frame AUC |" in table and "| test frame AUC |" in table
     assert (run / "comparison.png").stat().st_size > 1000
     assert len((run / "comparison.csv").read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("model", list(PARAMETERS))
+def test_each_frame_is_scored_as_the_model_scores_it_as_a_clip_of_one_frame(tiny_cache, all_run, model):
+    trained = TrainedModel.load(all_run[0] / model, torch.device("cpu"))
+    accelerator = Accelerator(cpu=True)
+    feed = shard_feed(split_dataset([tiny_cache], "test", True), 3, accelerator, True)
+    scored = run_evaluation(trained.model, feed, None, trained.transform, accelerator)
+    alone = {}
+    with torch.no_grad():
+        for clips, _, rows in feed:
+            inputs = trained.transform(clips)
+            frames = [trained.model(inputs[:, t : t + 1]).softmax(dim=1)[:, 1] for t in range(inputs.shape[1])]
+            alone |= dict(zip(rows.tolist(), torch.stack(frames, dim=1).double().numpy(), strict=True))
+    assert scored.frame_probs.shape == (len(feed.dataset), 4)
+    np.testing.assert_allclose(scored.frame_probs, [alone[row] for row in scored.rows], atol=1e-5)
+    frame_auc = scored.metrics()["frame_roc_auc"]
+    assert frame_auc == pytest.approx(roc_auc_score(np.repeat(scored.labels, 4), scored.frame_probs.reshape(-1)))
 
 
 def test_balanced_sampling_draws_each_class_equally_often(tiny_cache, tmp_path):

@@ -29,7 +29,8 @@ def parser() -> argparse.ArgumentParser:
             "Score a finished run's chosen weights (every model of a --model all run) on other stores, at the "
             "threshold chosen on the run's own validation split, and write the cross-dataset table "
             "OUT/cross_dataset.{md,csv,json,png}: a row per model and, per store, the video-level ROC AUC, "
-            "average precision, EER, balanced accuracy and number of videos. A store whose preprocessing differs "
+            "the frame-level AUC (every frame scored alone), average precision, EER, balanced accuracy and number of "
+            "videos. A store whose preprocessing differs "
             "from the run's (frames, size, resize mode, face margin) is refused. Exit status 2 on bad input, 4 on "
             "a full disk, 5 when an s3:// store's bucket stops answering, 130 after Ctrl-C, 143 after SIGTERM."
         ),

@@ -19,7 +19,6 @@ from cache.store import clip_settings
 from train.data import BatchFeed, UsageError, shard_feed, split_dataset
 from train.inference import TrainedModel
 from train.loop import run_evaluation
-from train.metrics import video_metrics
 from train.models import MODEL_NAMES
 
 
@@ -57,12 +56,10 @@ def score_store(
 
 
 def feed_metrics(trained: TrainedModel, feed: BatchFeed, accelerator: Accelerator) -> dict:
-    """Video-level metrics of `trained` on the labelled videos of a feed's clips, at the run's threshold: the one
-    scoring of the cross-dataset and robustness tables."""
-    scored = run_evaluation(trained.model, feed, None, trained.transform, accelerator)
-    labelled = scored.labels >= 0
-    metrics = video_metrics(scored.rows[labelled], scored.labels[labelled], scored.probs[labelled], trained.threshold)
-    return {key: value for key, value in metrics.items() if key != "loss"}
+    """Video-level metrics (and the frame-level AUC) of `trained` on the labelled videos of a feed's clips, at the
+    run's threshold: the one scoring of the cross-dataset and robustness tables."""
+    scored = run_evaluation(trained.model, feed, None, trained.transform, accelerator).labelled()
+    return {key: value for key, value in scored.metrics(trained.threshold).items() if key != "loss"}
 
 
 def load_models(run: Path, device: torch.device) -> list[TrainedModel]:

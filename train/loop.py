@@ -143,10 +143,12 @@ class Progress:
 
 @dataclass
 class Evaluation:
-    """Every clip's fake probability, label and store row (a video's k clips share its row), in row order."""
+    """Every clip's fake probability, that of each of its frames scored alone, label and store row (a video's k
+    clips share its row), in row order."""
 
     labels: np.ndarray
     probs: np.ndarray
+    frame_probs: np.ndarray  # (clips, frames per clip)
     rows: np.ndarray
     loss: float
 
@@ -155,8 +157,19 @@ class Evaluation:
         return video_scores(self.rows, self.labels, self.probs)
 
     def metrics(self, threshold: float = 0.5) -> dict:
-        """Video-level metrics at `threshold`, with the clip-level AUC and the loss beside them."""
-        return {**video_metrics(self.rows, self.labels, self.probs, threshold), "loss": self.loss}
+        """Video-level metrics at `threshold`, with the clip- and frame-level AUC and the loss beside them."""
+        return {**video_metrics(self.rows, self.labels, self.probs, self.frame_probs, threshold), "loss": self.loss}
+
+    def labelled(self) -> Evaluation:
+        """The clips of labelled videos only: an unlabelled Testing folder's have nothing to be scored against."""
+        keep = self.labels >= 0
+        return replace(
+            self,
+            labels=self.labels[keep],
+            probs=self.probs[keep],
+            frame_probs=self.frame_probs[keep],
+            rows=self.rows[keep],
+        )
 
 
 def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
@@ -411,13 +424,12 @@ def run_evaluation(
     model.eval()
     columns: list[tuple[torch.Tensor, ...]] = []
     for clips, batch_labels, batch_rows in feed:
-        logits = model(transform(clips))
+        logits, frame_logits = clip_and_frame_logits(model, transform(clips), accelerator)
         loss, weight = clip_losses(criterion, logits, batch_labels)
         rows = batch_rows.to(accelerator.device)
-        columns.append(
-            accelerator.gather((logits.float().softmax(dim=1)[:, 1], batch_labels, rows, loss.float(), weight.float()))
-        )
-    probs, labels, rows, losses, weights = (
+        probs = (fake_probability(logits), fake_probability(frame_logits))
+        columns.append(accelerator.gather((*probs, batch_labels, rows, loss.float(), weight.float())))
+    probs, frame_probs, labels, rows, losses, weights = (
         torch.cat(column)[: len(feed.dataset)].cpu() for column in zip(*columns, strict=True)
     )
     order = np.argsort(rows.numpy(), kind="stable")
@@ -425,9 +437,45 @@ def run_evaluation(
     return Evaluation(
         labels=labels.numpy()[order],
         probs=probs.double().numpy()[order],
+        frame_probs=frame_probs.double().numpy()[order],
         rows=rows.numpy()[order],
         loss=total_loss if math.isfinite(total_loss) else float("nan"),
     )
+
+
+def fake_probability(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float().softmax(dim=-1)[..., 1]
+
+
+def clip_and_frame_logits(
+    model: nn.Module, inputs: torch.Tensor, accelerator: Accelerator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of each clip (B, 2) and of each of its frames scored alone (B, T, 2), from one backbone pass.
+
+    A frame alone is a 1-frame clip: the backbone's features of that frame through the head. For every head that is
+    what the model makes of the frame by itself (the frame vote and the mean pool average over one frame, the LSTM
+    reads a sequence of one), so the score means the same for the three models, as DeepfakeBench's frame-level AUC
+    scores each frame independently; and the features the clip's forward pass computed serve, without a second pass
+    of the backbone. The clip's logits come from the model's own forward, as before, so nothing else changes.
+    """
+    net = accelerator.unwrap_model(model)
+    if not isinstance(net, ClipClassifier):  # a head trained on cached features: they are its input
+        return model(inputs), frames_alone(net, inputs, accelerator)
+    seen: list[torch.Tensor] = []
+    hook = net.backbone.register_forward_hook(lambda _module, _args, output: seen.append(output))
+    try:
+        logits = model(inputs)
+    finally:
+        hook.remove()
+    return logits, frames_alone(net.head, seen[0].reshape(*inputs.shape[:2], -1), accelerator)
+
+
+def frames_alone(head: nn.Module, features: torch.Tensor, accelerator: Accelerator) -> torch.Tensor:
+    """`head` on each frame's features (B, T, D) as a clip of its own: logits (B, T, 2)."""
+    batch, frames = features.shape[:2]
+    with accelerator.autocast():
+        logits = head(features.reshape(batch * frames, 1, -1))
+    return logits.reshape(batch, frames, -1)
 
 
 def clip_losses(criterion: nn.Module | None, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:

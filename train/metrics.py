@@ -85,11 +85,27 @@ def video_scores(rows: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> tup
     return np.asarray(labels)[first], sums / np.bincount(which, minlength=len(videos))
 
 
-def video_metrics(rows: np.ndarray, labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
-    """`evaluate` of the video scores, with the number of clips scored and the clip-level ROC AUC beside them."""
+def frame_roc_auc(labels: Sequence[int] | np.ndarray, frame_probs: np.ndarray) -> float | None:
+    """ROC AUC of every frame scored alone, each taking its clip's label: DeepfakeBench's frame-level AUC, which
+    ranks frames, not videos. `frame_probs` is (clips, frames per clip); None with one class present."""
+    frame_probs = np.asarray(frame_probs, dtype=np.float64)
+    labels, probs = as_arrays(np.repeat(np.asarray(labels), frame_probs.shape[-1]), frame_probs)
+    return float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else None
+
+
+def video_metrics(
+    rows: np.ndarray, labels: np.ndarray, probs: np.ndarray, frame_probs: np.ndarray, threshold: float = 0.5
+) -> dict:
+    """`evaluate` of the video scores, with the number of clips scored and the clip- and frame-level ROC AUC
+    beside them."""
     metrics = evaluate(*video_scores(rows, labels, probs), threshold)
     both = len(np.unique(labels)) == 2
-    return {**metrics, "clips": int(len(rows)), "clip_roc_auc": float(roc_auc_score(labels, probs)) if both else None}
+    return {
+        **metrics,
+        "clips": int(len(rows)),
+        "clip_roc_auc": float(roc_auc_score(labels, probs)) if both else None,
+        "frame_roc_auc": frame_roc_auc(labels, frame_probs),
+    }
 
 
 def choose_threshold(

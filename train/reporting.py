@@ -59,18 +59,21 @@ COMPARISON_COLUMNS = {
     "val_accuracy_at_t_in_sample": "val acc @t (in-sample)",
     "val_balanced_accuracy_at_t_in_sample": "val bal. acc @t (in-sample)",
     "val_roc_auc": "val ROC AUC",
+    "val_frame_roc_auc": "val frame AUC",
     "val_average_precision": "val AP",
     "val_eer": "val EER",
     "val_majority_baseline": "val majority",
     "test_accuracy_at_t": "test acc @t",
     "test_balanced_accuracy_at_t": "test bal. acc @t",
     "test_roc_auc": "test ROC AUC",
+    "test_frame_roc_auc": "test frame AUC",
     "clips_per_second": "clips/s",
 }
 COMPARISON_NOTE = (
     "t: the verdict threshold each model chose on val (where its balanced accuracy is highest), so val figures "
     "at t are in-sample and flatter it; val at 0.5 is its chosen epoch's evaluation, with nothing chosen on it; "
-    "test figures use t, chosen without seeing test. ROC AUC, AP and EER need no threshold."
+    "test figures use t, chosen without seeing test. ROC AUC, AP and EER need no threshold. Frame AUC ranks every "
+    "stored frame scored alone (a 1-frame clip), the other figures each video (the mean of its clips)."
 )
 INTEGER_COLUMNS = ("parameters", "best_epoch")
 DPI = 110
@@ -230,9 +233,12 @@ def comparison_row(metrics: dict) -> dict:
         "train_accuracy": chosen.get("train_accuracy"),
         **{f"val_{k}_at_0.5": at_half.get(k) for k in accuracies},
         **{f"val_{k}_at_t_in_sample": val.get(k) for k in accuracies},
-        **{f"val_{k}": val.get(k) for k in ("roc_auc", "average_precision", "eer", "majority_baseline")},
+        **{
+            f"val_{k}": val.get(k)
+            for k in ("roc_auc", "frame_roc_auc", "average_precision", "eer", "majority_baseline")
+        },
         **{f"test_{k}_at_t": test.get(k) for k in accuracies},
-        "test_roc_auc": test.get("roc_auc"),
+        **{f"test_{k}": test.get(k) for k in ("roc_auc", "frame_roc_auc")},
         "clips_per_second": mean_or_none([e.get("clips_per_second") for e in history]),
     }
 
@@ -337,6 +343,7 @@ def write_comparison(run_dir: Path, results: list[dict]) -> list[Path]:
 
 CROSS_METRICS = {
     "roc_auc": "AUC",
+    "frame_roc_auc": "frame AUC",
     "average_precision": "AP",
     "eer": "EER",
     "balanced_accuracy": "bal. acc",
@@ -369,7 +376,7 @@ def format_cross_dataset(frame: pd.DataFrame) -> str:
 
 def plot_cross_dataset(path: Path, frame: pd.DataFrame) -> Path:
     """Grouped bars of each model's video-level AUC on each store, with chance at 0.5."""
-    stores = [column.removesuffix(" AUC") for column in frame.columns if column.endswith(" AUC")]
+    stores = [column.removesuffix(" videos") for column in frame.columns if column.endswith(" videos")]
     x = np.arange(len(stores))
     width = 0.8 / len(frame)
     fig = Figure(figsize=(max(6, 1.8 * len(stores) + 3), 4.5), layout="constrained")
