@@ -123,8 +123,10 @@ def evaluate_alone(cache: Path, folder: Path, split: str, threshold: float) -> d
 
 def two_ranks_args(cache: Path, out: Path, *extra: str) -> list[str]:
     """`accelerate launch` of train/run.py as two gloo ranks, simple_cnn in batches of 3: the 7 training clips make
-    2 batches for one rank and 1 for the other, so DDP's join is needed."""
-    return launch_two(RUN_SCRIPT, *train_args(cache, out, "simple_cnn", "--batch-size", "3", *extra)[1:])
+    2 batches for one rank and 1 for the other, so DDP's join is needed; accumulated in windows of 2 batches, which
+    the rank of one batch leaves unfinished, and logged to TensorBoard."""
+    accumulated = ("--gradient-accumulation-steps", "2", "--log-with", "tensorboard")
+    return launch_two(RUN_SCRIPT, *train_args(cache, out, "simple_cnn", "--batch-size", "3", *accumulated, *extra)[1:])
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +146,8 @@ def test_two_processes_see_each_clip_once_and_report_what_one_process_does(tiny_
         train_clips = len(store.rows("train"))
     for epoch in metrics["history"]:
         assert epoch["train_clips"] == epoch["train_unique_clips"] == train_clips
+        assert epoch["optimizer_steps"] == 1, "one window of 2 batches an epoch"
+    assert len(list((run / "simple_cnn").glob("events.out.tfevents.*"))) == 1, "the main process alone logs"
     for split in ("val", "test"):
         alone = evaluate_alone(tiny_cache, run / "simple_cnn", split, metrics["threshold"])
         together = {k: v for k, v in metrics["final"][split].items() if k != "loss"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -167,10 +168,14 @@ class BatchFeed:
         self._ring: list[torch.Tensor] = []
         self._busy = False
 
+    def batches(self) -> BatchSampler:
+        """The batches of a pass of all processes, before they are dealt."""
+        order = self.sampler if self.sampler is not None else range(len(self.dataset))
+        return BatchSampler(order, self.batch_size, drop_last=False)
+
     def plan(self) -> BatchSampler:
         """The dataset indices of each batch this process reads, in order; a pass draws them once."""
-        order = self.sampler if self.sampler is not None else range(len(self.dataset))
-        batches = BatchSampler(order, self.batch_size, drop_last=False)
+        batches = self.batches()
         if self.sharding.count == 1:
             return batches
         index, count, even = self.sharding.index, self.sharding.count, self.sharding.even
@@ -178,6 +183,10 @@ class BatchFeed:
 
     def __len__(self) -> int:
         return len(self.plan())
+
+    def most_batches(self) -> int:
+        """The batches of a pass of the process dealt the most (the first): where the pass ends for all together."""
+        return math.ceil(len(self.batches()) / self.sharding.count)
 
     def _buffers(self) -> list[torch.Tensor]:
         if not self._ring:

@@ -13,13 +13,14 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.data_loader import DataLoaderStateMixin
 from accelerate.utils import gather_object, set_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -55,6 +56,7 @@ from train.models import (
     count_parameters,
 )
 from train.reporting import write_model_report
+from train.tracking import epoch_scalars, final_scalars, tracking
 
 LR_FACTOR = 0.5  # the seed's ReduceLROnPlateau
 LR_PATIENCE = 1
@@ -77,6 +79,7 @@ class TrainConfig:
     frame_size: int | None = None
     workers: int = 2
     seed: int = 42
+    max_grad_norm: float | None = None  # clip the gradients' total norm to this before each optimiser step
     pretrained: bool = False
     weights: Path | None = None
     resume: bool = False
@@ -113,6 +116,8 @@ class TrainConfig:
             raise UsageError("--cache: a store is given twice")
         if self.clip_frames is not None and self.clip_frames < 1:
             raise UsageError("--clip-frames must be at least 1")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise UsageError("--max-grad-norm must be above 0")
         check_start(self.model, self.pretrained, self.weights)  # last: it may ask the Hub
 
     def as_dict(self) -> dict:
@@ -205,7 +210,13 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
     val_feed = shard_feed(val_set, config.batch_size, accelerator, True, data.workers)
     train_feed = shard_feed(train_set, config.batch_size, accelerator, False, data.workers)
     progress = Progress()
-    with checkpointing(accelerator, progress, scheduler):
+    settings = {
+        "clip_frames": data.clip_frames,
+        "processes": accelerator.num_processes,
+        "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+    }
+    logged = {**config.as_dict(), "lr": config.learning_rate, **settings}  # the learning rate it trains at
+    with tracking(accelerator, config.model, config.out, logged), checkpointing(accelerator, progress, scheduler):
         if config.resume and load_last(model_dir / "last", accelerator):
             accelerator.print(f"{config.model}: resuming after epoch {progress.epoch}")
         for epoch in range(progress.epoch + 1, config.epochs + 1):
@@ -220,7 +231,12 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
             train_feed.sampler = train_sampler(train_set, config.balance, config.seed, epoch)
             started = time.perf_counter()
             summary = train_epoch(
-                trained, train_feed, optimizer, criterion, augment, accelerator, f"{config.model} {epoch}"
+                trained,
+                train_feed,
+                Step(optimizer, criterion, config.max_grad_norm),
+                augment,
+                accelerator,
+                f"{config.model} {epoch}",
             )
             val = run_evaluation(trained, val_feed, criterion, evaluate_transform, accelerator)
             scheduler.step(val.loss)
@@ -242,21 +258,22 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
                 if accelerator.is_main_process:
                     save_weights(model_dir / "best.safetensors", model.state_dict())
             save_last(model_dir / "last", accelerator)
+            accelerator.log(epoch_scalars(record), step=epoch)
             accelerator.print(epoch_line(config.model, record, config.select_by))
             if on_epoch is not None:
                 on_epoch(epoch, val_metrics)
 
-    model.load_state_dict(load_weights(model_dir / "best.safetensors"))
-    threshold, final = final_evaluation(
-        trained, val_feed, data.tests, criterion, evaluate_transform, accelerator, config, data.workers
-    )
+        model.load_state_dict(load_weights(model_dir / "best.safetensors"))
+        threshold, final = final_evaluation(
+            trained, val_feed, data.tests, criterion, evaluate_transform, accelerator, config, data.workers
+        )
+        accelerator.log(final_scalars(final), step=progress.epoch)
     metrics = {
         "model": config.model,
         "parameters": parameters,
         "config": config.as_dict(),
         "clip": clip_settings(config.cache[0]).as_dict(),
-        "clip_frames": data.clip_frames,
-        "processes": accelerator.num_processes,
+        **settings,
         "select_by": config.select_by,
         "best_epoch": progress.best_epoch,
         "threshold": threshold,
@@ -359,38 +376,79 @@ def final_evaluation(
     return threshold, {"val": val.metrics(threshold), "test": test, "test_by_store": by_store}
 
 
+@dataclass(frozen=True)
+class Step:
+    """What turns a window of batches into an optimiser step: the loss, the optimiser and the gradient clipping."""
+
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    max_grad_norm: float | None = None
+
+
+class EpochBatches(DataLoaderStateMixin):
+    """A training feed's pass that tells Accelerate's gradient accumulation where the epoch ends, as its own
+    DataLoader does: the epoch's last, shorter window steps the optimiser too, and each epoch starts a new window,
+    so that a resumed run accumulates as an uninterrupted one.
+
+    The end is the last batch of the process dealt the most, so that every process syncs its gradients at the
+    same step, as DDP needs; a process with a batch fewer waits in DDP's join, its unfinished window left out.
+    """
+
+    def __init__(self, feed: BatchFeed, accelerator: Accelerator):
+        self.feed = feed
+        self.accelerator = accelerator
+        self.gradient_state = accelerator.gradient_state
+        self.last = feed.most_batches()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        self.accelerator.step = 0  # the batches of the window under way
+        self.begin()
+        try:
+            for number, batch in enumerate(self.feed, 1):
+                self.end_of_dataloader = number == self.last
+                yield batch
+        finally:
+            self.end()
+
+
 def train_epoch(
     model: nn.Module,
     feed: BatchFeed,
-    optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
+    step: Step,
     transform: ClipTransform,
     accelerator: Accelerator,
     label: str,
 ) -> dict:
     """One pass over this process's share of the training clips; counts are summed over all processes.
 
-    The loss, weight and hit counts add up on the device and are read once, at the end: a read per step
-    would hold the CPU back until the GPU caught up, every step.
+    The optimiser steps once every `gradient_accumulation_steps` batches (Accelerate's `accumulate`), on gradients
+    clipped first where `step.max_grad_norm` says. The loss, weight and hit counts add up on the device and are read
+    once, at the end: a read per step would hold the CPU back until the GPU caught up, every step.
     """
     model.train()
+    model.zero_grad(set_to_none=True)  # what a process that ran out of batches first left of the last epoch
     rows: list[torch.Tensor] = []
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss, weight, correct
-    seen = 0
+    norms: list[torch.Tensor] = []  # the total gradient norm before clipping, of each step
+    steps = seen = 0
     started = time.perf_counter()
     # DDP's join lets a process that runs out of batches first shadow the others' gradient reductions.
     # (Accelerate's join_uneven_inputs does this for GPUs only; gloo ranks on CPUs need it too.)
     join = model.join() if isinstance(model, DistributedDataParallel) else contextlib.nullcontext()
     bar = tqdm(total=len(feed), desc=f"train {label}", unit="batch", disable=not accelerator.is_main_process)
-    batches = TimedBatches(feed)
+    batches = TimedBatches(EpochBatches(feed, accelerator))
     with join, bar:
         for clips, labels, batch_rows in batches:
-            logits = model(transform(clips))
-            losses, weights = clip_losses(criterion, logits, labels)
-            loss = losses.sum() / weights.sum()
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
+            with accelerator.accumulate(model):
+                logits = model(transform(clips))
+                losses, weights = clip_losses(step.criterion, logits, labels)
+                accelerator.backward(losses.sum() / weights.sum())
+                if accelerator.sync_gradients:
+                    steps += 1
+                    if step.max_grad_norm is not None:
+                        norms.append(accelerator.clip_grad_norm_(model.parameters(), step.max_grad_norm))
+                step.optimizer.step()
+                step.optimizer.zero_grad(set_to_none=True)
             hits = (logits.argmax(dim=1) == labels).sum()
             sums += torch.stack([value.to(sums.dtype) for value in (losses.detach().sum(), weights.sum(), hits)])
             rows.append(batch_rows)
@@ -401,14 +459,18 @@ def train_epoch(
     timing = torch.tensor([batches.waited, seconds], dtype=torch.float64, device=accelerator.device)
     totals = accelerator.reduce(torch.cat([sums, timing]), "sum").tolist()
     every_row = gather_object(torch.cat(rows).tolist() if rows else [])
-    return {
+    summary = {
         "train_loss": totals[0] / max(totals[1], 1e-12),
         "train_accuracy": totals[2] / max(len(every_row), 1),
         "train_clips": len(every_row),
         "train_unique_clips": len(set(every_row)),
         "clips_per_second": len(every_row) / max(seconds, 1e-12),
         "data_wait_fraction": totals[3] / max(totals[4], 1e-12),
+        "optimizer_steps": steps,  # the main process's, the most of any
     }
+    if norms:
+        summary["grad_norm"] = float(torch.stack(norms).float().mean())
+    return summary
 
 
 @torch.no_grad()

@@ -12,8 +12,9 @@ from accelerate import Accelerator
 
 from cache.bucket import store_location
 from cache.shard_cache import add_cache_options, cache_config
-from train.data import BALANCE
+from train.data import BALANCE, UsageError
 from train.loop import TrainConfig
+from train.tracking import ALL, TRACKERS, trackers
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +56,23 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
     parser.add_argument(
+        "--log-with",
+        metavar="|".join([*TRACKERS, ALL]),
+        help="also log the hyperparameters, each epoch's figures and the final test metrics to this experiment "
+        "tracker (all: every one installed); TensorBoard's events go to each model's folder",
+    )
+    parser.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        default=1,
+        metavar="N",
+        help="step the optimiser once every N batches, on their summed gradients (default 1); an epoch's last, "
+        "shorter window steps too",
+    )
+    parser.add_argument(
+        "--max-grad-norm", type=float, metavar="X", help="clip the gradients' total norm to X before each step"
+    )
+    parser.add_argument(
         "--from-features",
         nargs="?",
         const="auto",
@@ -68,8 +86,18 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
+    """The run's Accelerator; a tracker that is not installed or a bad accumulation is refused before it exists."""
+    if args.gradient_accumulation_steps < 1:
+        raise UsageError("--gradient-accumulation-steps must be at least 1")
+    log_with = trackers(args.log_with)
     # Without a GPU, `cpu=True` makes a multi-process launch use gloo ranks rather than one process each.
-    return Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
+    return Accelerator(
+        mixed_precision=args.mixed_precision,
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=log_with,
+        project_dir=args.out,
+    )
 
 
 def train_config(args: argparse.Namespace, **fields) -> TrainConfig:

@@ -29,6 +29,8 @@ EPOCH_COLUMNS = (
     "train_unique_clips",
     "clips_per_second",
     "data_wait_fraction",
+    "optimizer_steps",
+    "grad_norm",
     "val_loss",
 )
 VAL_METRICS = (

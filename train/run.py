@@ -39,11 +39,11 @@ def parser() -> argparse.ArgumentParser:
         prog="train/run.py",
         description=(
             "Train simple_cnn, resnet18 and/or effnet_lstm on the clips of a clipcache store. Writes "
-            "RUN_DIR/MODEL/{metrics.json,history.csv,curves.png,confusion.png,best.safetensors,last/}; with "
-            "--model all also RUN_DIR/comparison.{md,csv,png}. The best epoch is chosen on val; test is "
-            "evaluated once at the end. Exit status: 0 done, 2 bad input, 4 no space left on the device, 130 "
-            "after Ctrl-C, 143 after SIGTERM; in the last three, --resume continues from the checkpoint after the "
-            "last finished epoch, to the same result as an uninterrupted run."
+            "RUN_DIR/MODEL/{metrics.json,history.csv,curves.png,confusion.png,best.safetensors,last/} (and, with "
+            "--log-with tensorboard, TensorBoard's events); with --model all also RUN_DIR/comparison.{md,csv,png}. "
+            "The best epoch is chosen on val; test is evaluated once at the end. Exit status: 0 done, 2 bad input, "
+            "4 no space left on the device, 130 after Ctrl-C, 143 after SIGTERM; in the last three, --resume "
+            "continues from the checkpoint after the last finished epoch, to the same result as an uninterrupted run."
         ),
     )
     add_training_options(main)
