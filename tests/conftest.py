@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 from skimage import data
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from bench.remote import free_port, local_s3_server
 from ingest.demo import DemoSpec, make_demo, write_video
@@ -294,6 +295,13 @@ def stop_mid_run(args: list[str], ready, stop: int, line: str, errors: Path) -> 
     else:
         assert process.returncode == 128 + stop, errors.read_text()
         one_line(errors.read_text(), line)
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar TensorBoard reads back from the events in `folder`: tag -> (step, value) pairs, in step order."""
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def one_line(stderr: str, start: str) -> str:

@@ -8,8 +8,7 @@ import pytest
 import torch
 import yaml
 from accelerate.utils import is_mlflow_available, is_wandb_available, set_seed
-from conftest import one_line, run_cli, train_args
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import one_line, run_cli, scalars, train_args
 from test_tune import tune_args
 
 from train.checkpoint import load_weights
@@ -25,13 +24,6 @@ EPOCH_TAGS = {  # tag -> where metrics.json's history holds the same figure
     "val/frame_roc_auc": ("val", "frame_roc_auc"),
 }
 TEST_TAGS = ("roc_auc", "frame_roc_auc", "average_precision", "eer", "balanced_accuracy", "threshold")
-
-
-def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar TensorBoard reads back from the events in `folder`: tag -> (step, value) pairs."""
-    events = EventAccumulator(str(folder))
-    events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def metrics(folder: Path) -> dict:

@@ -22,6 +22,7 @@ from conftest import (
     one_line,
     run_cli,
     run_process,
+    scalars,
     stop_mid_run,
     train_args,
 )
@@ -175,6 +176,11 @@ def test_two_ranks_resume_each_with_its_random_state_and_one_process_resumes_the
     resumed = run_process(*two_ranks_args(tiny_cache, tmp_path / "two", "--epochs", "2", "--resume"))
     assert resumed.stdout.count("resuming after epoch 1") == 1
     same_epochs(read_metrics(tmp_path / "two", "simple_cnn"), read_metrics(two_ranks[0], "simple_cnn"))
+    # TensorBoard reads the stopped and the resumed run's events as one run: each epoch once, as uninterrupted.
+    logged, whole = scalars(tmp_path / "two" / "simple_cnn"), scalars(two_ranks[0] / "simple_cnn")
+    for tag in ("train/loss", "val/roc_auc", "train/optimizer_steps"):
+        assert [step for step, _ in logged[tag]] == [1, 2], tag
+        assert [value for _, value in logged[tag]] == pytest.approx([value for _, value in whole[tag]], rel=1e-5), tag
     # One process takes up what two ranks saved: its batches differ, so its figures do too.
     alone = run_cli(
         *train_args(tiny_cache, tmp_path / "one", "simple_cnn", "--batch-size", "3", "--epochs", "2"), "--resume"
