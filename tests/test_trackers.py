@@ -7,11 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from accelerate import Accelerator
 from accelerate.utils import is_mlflow_available, is_wandb_available, set_seed
-from conftest import one_line, run_cli, scalars, train_args
+from conftest import as_a_new_process, one_line, run_cli, scalars, train_args
 from test_tune import tune_args
+from torch import nn
 
+from train.augment import ClipTransform
 from train.checkpoint import load_weights
+from train.data import shard_feed, split_dataset
+from train.loop import Step, train_epoch
 from train.models import ModelConfig, build_model
 
 EPOCH_TAGS = {  # tag -> where metrics.json's history holds the same figure
@@ -116,6 +121,33 @@ def test_accumulating_three_batches_steps_the_optimiser_once_per_window_and_at_e
     assert [epoch["optimizer_steps"] for epoch in history] == [3, 3]
     assert [epoch["train_clips"] for epoch in history] == [7, 7], "every clip still trains"
     assert metrics(accumulated)["gradient_accumulation_steps"] == 3
+
+
+def one_pass(cache: Path, batch_size: int, accumulate: int) -> tuple[int, dict[str, torch.Tensor]]:
+    """`train_epoch` of a linear clip classifier (no BatchNorm, no dropout: nothing that sees the batch's size) by
+    plain SGD over the first 4 training clips, unweighted: its optimiser steps and its weights after them."""
+    with as_a_new_process():
+        accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulate)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(4 * 3 * 32 * 32, 2))
+        model, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        feed = shard_feed(split_dataset([cache], "train", True), batch_size, accelerator, even=False)
+        feed.sampler = [0, 1, 2, 3]
+        step = Step(optimizer, nn.CrossEntropyLoss(reduction="none"))
+        summary = train_epoch(model, feed, step, ClipTransform(), accelerator, "linear")
+        return summary["optimizer_steps"], {
+            k: v.clone() for k, v in accelerator.unwrap_model(model).state_dict().items()
+        }
+
+
+def test_two_accumulated_batches_of_two_step_as_one_batch_of_four(tiny_cache):
+    steps, accumulated = one_pass(tiny_cache, 2, 2)
+    whole_steps, whole = one_pass(tiny_cache, 4, 1)
+    plain_steps, plain = one_pass(tiny_cache, 2, 1)
+    assert (steps, whole_steps, plain_steps) == (1, 1, 2)
+    for name, value in whole.items():
+        torch.testing.assert_close(accumulated[name], value, rtol=1e-5, atol=1e-7)
+    assert any(not torch.allclose(plain[name], value) for name, value in whole.items()), "two steps differ from one"
 
 
 def moved(folder: Path) -> float:
