@@ -22,6 +22,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from skimage import data
@@ -372,13 +373,29 @@ def learnable_root(tmp_path_factory) -> Path:
     return root
 
 
+def build_learnable(root: Path, manifest: Path, store: Path) -> Path:
+    """The videos `manifest` lists under `root` through `ingest build-cache` as 4-frame clips of 32 x 32."""
+    options = ("--manifest", str(manifest), "--workers", "1", "--frames", "4", "--size", "32")
+    run_cli(*build_args(root, store, *options))
+    return store
+
+
 @pytest.fixture(scope="session")
 def learnable_cache(learnable_root, tmp_path_factory) -> Path:
-    """`learnable_root` through `ingest build-cache` as 4-frame clips of 32 x 32."""
     store = tmp_path_factory.mktemp("learnable-store") / "learnable.zarr"
-    options = ("--manifest", str(learnable_root / "manifest.csv"), "--workers", "1", "--frames", "4", "--size", "32")
-    run_cli(*build_args(learnable_root, store, *options))
-    return store
+    return build_learnable(learnable_root, learnable_root / "manifest.csv", store)
+
+
+@pytest.fixture(scope="session")
+def mislabelled_cache(learnable_root, tmp_path_factory) -> Path:
+    """`learnable_cache` with the train and val labels flipped and the test labels true: what a trainer learns
+    that flips labels on their way to the loss."""
+    folder = tmp_path_factory.mktemp("mislabelled-store")
+    table = pd.read_csv(learnable_root / "manifest.csv")
+    taught = table["split"] != "test"
+    table.loc[taught, "label"] = 1 - table.loc[taught, "label"]
+    table.to_csv(folder / "manifest.csv", index=False)
+    return build_learnable(learnable_root, folder / "manifest.csv", folder / "mislabelled.zarr")
 
 
 def encode_numbered_with(path: Path, frames: int, codec: str, options: dict[str, str]) -> Path:

@@ -33,3 +33,10 @@ def test_each_model_learns_what_any_working_classifier_separates(learnable_cache
     test = metrics["final"]["test"]
     assert test["n"] == LEARNING_SPLIT["test"]
     assert test["roc_auc"] >= LEARNED_AUC, [epoch["val"]["roc_auc"] for epoch in metrics["history"]]
+
+
+def test_the_bar_is_missed_by_a_model_taught_the_labels_backwards(mislabelled_cache, tmp_path):
+    """The assertion above can fail: simple_cnn, taught that the fakes are real, scores the true test labels
+    backwards (where a trainer that learns nothing scores about 0.5)."""
+    metrics = train(mislabelled_cache, tmp_path, "simple_cnn")
+    assert metrics["final"]["test"]["roc_auc"] <= 1 - LEARNED_AUC
