@@ -344,7 +344,7 @@ CHECKER = 8  # a fake's checkerboard cell in encoded pixels, one H.264 block: 4 
 
 
 def learnable_frames(fake: bool, rng: np.random.Generator, frames: int = 8) -> Iterator[np.ndarray]:
-    """A blotchy wall of random colours panning under sensor noise; a fake's frames carry a checkerboard of +-50
+    """A smooth wall of random colours panning under sensor noise; a fake's frames carry a checkerboard of +-50
     grey levels over them all. Texture is what tells them apart, and a flip, a 10 degree turn and +-20% brightness
     and contrast (train/augment.py) all keep it."""
     side = LEARNING_SIDE
@@ -382,6 +382,7 @@ def build_learnable(root: Path, manifest: Path, store: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def learnable_cache(learnable_root, tmp_path_factory) -> Path:
+    """A real store of `learnable_root`, built once a session: training on it is the costly part."""
     store = tmp_path_factory.mktemp("learnable-store") / "learnable.zarr"
     return build_learnable(learnable_root, learnable_root / "manifest.csv", store)
 
