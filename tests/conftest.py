@@ -22,6 +22,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from skimage import data
@@ -124,18 +125,18 @@ def demo_root(tmp_path_factory) -> Path:
     return root
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_cli(*args: str, check: bool = True, threads: int = TORCH_THREADS) -> subprocess.CompletedProcess:
     """Run a command of ours (`ingest ...`, `train.run ...`) to its end as `python -m` would, in this process.
 
     Its exit status, output and files are a process's; what it changes of this process (signal handlers,
     environment, torch's threads, accelerate's state) is put back, so that each call starts as a new process
     does, without the 3-4 s a new one spends importing torch. What only a process of its own shows (a launch,
     a variable read at start-up, CUDA, which a later fork of this process would not survive) goes through
-    `run_process`; a kill, through `subprocess.Popen`.
+    `run_process`; a kill, through `subprocess.Popen`. `threads` is torch's, as OMP_NUM_THREADS gives a process.
     """
     main = _entry_point(args[0])
     stdout, stderr = io.StringIO(), io.StringIO()
-    with as_a_new_process(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+    with as_a_new_process(threads), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
             status = main(list(args[1:]))
         except SystemExit as exit:  # argparse's errors and --help
@@ -170,14 +171,15 @@ def _entry_point(module: str) -> Callable[[list[str]], int | None]:
 
 
 @contextlib.contextmanager
-def as_a_new_process() -> Iterator[None]:
+def as_a_new_process(threads: int = TORCH_THREADS) -> Iterator[None]:
     """Signal handlers, environment, torch's threads and Accelerate's state as a new process starts with them, and
-    put back after: for a command run in this process, or an Accelerator of other settings than earlier ones."""
+    put back after: for a command run in this process, or an Accelerator of other settings than earlier ones.
+    `threads`: torch's threads meanwhile, as a process started with OMP_NUM_THREADS has them."""
     from accelerate.state import AcceleratorState
 
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     environment = dict(os.environ)
-    torch.set_num_threads(TORCH_THREADS)
+    torch.set_num_threads(threads)
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
         yield
@@ -342,6 +344,67 @@ def all_run(tiny_cache, tmp_path_factory) -> tuple[Path, str]:
     """`--model all` for one epoch on the tiny store: the three models in turn, then the comparison; and stdout."""
     out = tmp_path_factory.mktemp("all")
     return out, run_cli(*train_args(tiny_cache, out, "all", "--epochs", "1")).stdout
+
+
+LEARNING_SPLIT = {"train": 64, "val": 16, "test": 16}  # videos per split, half of them fakes
+LEARNING_SIDE = 64  # encoded frames; the store squashes them to half this
+CHECKER = 8  # a fake's checkerboard cell in encoded pixels, one H.264 block: 4 px in the store
+
+
+def learnable_frames(fake: bool, rng: np.random.Generator, frames: int = 8) -> Iterator[np.ndarray]:
+    """A smooth wall of random colours panning under sensor noise; a fake's frames carry a checkerboard of +-50
+    grey levels over them all. Texture is what tells them apart, and a flip, a 10 degree turn and +-20% brightness
+    and contrast (train/augment.py) all keep it."""
+    side = LEARNING_SIDE
+    coarse = rng.uniform(40, 215, (4, 6, 3)).astype(np.float32)
+    wall = cv2.resize(coarse, (side + frames, side), interpolation=cv2.INTER_CUBIC)
+    checks = (np.indices((side, side)) // CHECKER).sum(axis=0) % 2 * 100.0 - 50 if fake else np.zeros((side, side))
+    for t in range(frames):
+        frame = wall[:, t : t + side] + checks[..., None] + rng.normal(0, 3, (side, side, 3))
+        yield np.clip(frame, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def learnable_root(tmp_path_factory) -> Path:
+    """`LEARNING_SPLIT`'s real videos and fakes (`learnable_frames`) with a manifest that splits them."""
+    root = tmp_path_factory.mktemp("learnable")
+    rng = np.random.default_rng(0)
+    lines = ["path,label,split"]
+    for split, count in LEARNING_SPLIT.items():
+        (root / split).mkdir()
+        for i in range(count):
+            fake = i % 2
+            name = f"{split}/{('real', 'fake')[fake]}_{i:02d}.mp4"
+            write_video(root / name, learnable_frames(bool(fake), rng), LEARNING_SIDE, LEARNING_SIDE)
+            lines.append(f"{name},{fake},{split}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def build_learnable(root: Path, manifest: Path, store: Path) -> Path:
+    """The videos `manifest` lists under `root` through `ingest build-cache` as 4-frame clips of 32 x 32."""
+    options = ("--manifest", str(manifest), "--workers", "1", "--frames", "4", "--size", "32")
+    run_cli(*build_args(root, store, *options))
+    return store
+
+
+@pytest.fixture(scope="session")
+def learnable_cache(learnable_root, tmp_path_factory) -> Path:
+    """A real store of `learnable_root`, built once a session: training on it is the costly part."""
+    store = tmp_path_factory.mktemp("learnable-store") / "learnable.zarr"
+    return build_learnable(learnable_root, learnable_root / "manifest.csv", store)
+
+
+@pytest.fixture(scope="session")
+def mislabelled_cache(learnable_root, tmp_path_factory) -> Path:
+    """`learnable_cache` with the train and val labels flipped and the test labels true: what a trainer learns
+    that flips labels on their way to the loss."""
+    folder = tmp_path_factory.mktemp("mislabelled-store")
+    table = pd.read_csv(learnable_root / "manifest.csv")
+    taught = table["split"] != "test"
+    table.loc[taught, "label"] = 1 - table.loc[taught, "label"]
+    table.to_csv(folder / "manifest.csv", index=False)
+    return build_learnable(learnable_root, folder / "manifest.csv", folder / "mislabelled.zarr")
 
 
 def encode_numbered_with(path: Path, frames: int, codec: str, options: dict[str, str]) -> Path:
