@@ -20,14 +20,16 @@ from train.data import BatchFeed, UsageError, shard_feed, split_dataset
 from train.inference import TrainedModel
 from train.loop import run_evaluation
 from train.metrics import video_metrics
-from train.models import MODEL_NAMES
+from train.models import MODEL_NAMES, folder_name
 
 
 def model_folders(run: Path) -> list[Path]:
     """RUN_DIR/MODEL itself, or every trained model of RUN_DIR in the trainer's order."""
     if (run / "metrics.json").is_file():
         return [run]
-    folders = [run / name for name in MODEL_NAMES if (run / name / "metrics.json").is_file()]
+    order = {folder_name(name): i for i, name in enumerate(MODEL_NAMES)}  # the registry's, then timm's by name
+    found = [path.parent for path in run.glob("*/metrics.json")]
+    folders = sorted(found, key=lambda folder: (order.get(folder.name, len(order)), folder.name))
     if not folders:
         raise UsageError(f"--run {run}: no trained model (no metrics.json in it or in its model folders)")
     return folders

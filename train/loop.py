@@ -46,13 +46,14 @@ from train.data import (
 from train.feature_cache import feature_split, find_entry, model_for_features
 from train.metrics import SELECT_BY, better, choose_threshold, video_metrics, video_scores
 from train.models import (
-    DEFAULT_LR,
-    MODEL_NAMES,
     ClipClassifier,
     ModelConfig,
     build_model,
     check_start,
     count_parameters,
+    default_lr,
+    family,
+    folder_name,
 )
 from train.reporting import write_model_report
 
@@ -65,13 +66,14 @@ SPLITS = (("train", True), ("val", True), ("test", False))  # and whether the sp
 class TrainConfig:
     cache: tuple[Path, ...]  # one store, or several trained on as one (a single path is taken too)
     out: Path
-    model: str
+    model: str  # a registered model, or timm/NAME
     epochs: int = 2
     batch_size: int = 4
     lr: float | None = None
     weight_decay: float = 1e-4
     dropout: float = 0.5
     lstm_hidden: int = 128
+    temporal: str | None = None  # a timm/NAME model's head: mean (default), lstm or attention
     balance: str = "weights"
     select_by: str = "roc_auc"
     frame_size: int | None = None
@@ -90,11 +92,26 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.model]
+        return self.lr if self.lr is not None else default_lr(self.model)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out / folder_name(self.model)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            self.model,
+            self.dropout,
+            self.pretrained,
+            self.weights,
+            self.lstm_hidden,
+            self.temporal,
+            self.frame_size,
+        )
 
     def check(self) -> None:
-        if self.model not in MODEL_NAMES:
-            raise UsageError(f"--model must be one of {', '.join(MODEL_NAMES)}, not {self.model!r}")
+        family(self.model, self.temporal)
         if self.balance not in BALANCE:
             raise UsageError(f"--balance must be one of {', '.join(BALANCE)}")
         if self.select_by not in SELECT_BY:
@@ -166,7 +183,7 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
     pruning a poor trial) stops training between epochs and leaves a `last/` that `resume` continues from.
     """
     config.check()
-    model_dir = config.out / config.model
+    model_dir = config.model_dir
     data = training_data(config)
     config = data.config
     if accelerator.is_main_process:
@@ -186,8 +203,9 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
     criterion = nn.CrossEntropyLoss(weight=weight, reduction="none").to(accelerator.device)
 
     trained, optimizer = accelerator.prepare(trained, optimizer)
+    normalization = {"mean": model.input.mean, "std": model.input.std}  # the backbone's own
     evaluate_transform = data.transform or ClipTransform(
-        train=False, size=config.frame_size, channels_last=channels_last
+        train=False, size=config.frame_size, channels_last=channels_last, **normalization
     )
     val_feed = shard_feed(val_set, config.batch_size, accelerator, True, data.workers)
     train_feed = shard_feed(train_set, config.batch_size, accelerator, False, data.workers)
@@ -202,6 +220,7 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
                 seed=config.seed + 7919 * epoch + accelerator.process_index,
                 size=config.frame_size,
                 channels_last=channels_last,
+                **normalization,
             )
             train_feed.sampler = train_sampler(train_set, config.balance, config.seed, epoch)
             started = time.perf_counter()
@@ -266,7 +285,7 @@ def train_one(
     finally:
         accelerator.free_memory()
     if accelerator.is_main_process:
-        write_model_report(config.out / config.model, metrics)
+        write_model_report(config.model_dir, metrics)
     return metrics
 
 
@@ -292,9 +311,9 @@ def training_data(config: TrainConfig) -> TrainingData:
     names = store_names(config.cache)
     if not config.from_features:
         check_same_clips(config.cache)
-        model = build_model(
-            ModelConfig(config.model, config.dropout, config.pretrained, config.weights, lstm_hidden=config.lstm_hidden)
-        )
+        # The frames the model will see: a backbone made for one size (a ViT) is built for them.
+        frame_size = config.frame_size or clip_settings(config.cache[0]).size
+        model = build_model(replace(config.model_config, frame_size=frame_size))
         train, val = (
             split_dataset(config.cache, split, True, config.clip_frames, config.shard_cache)
             for split in ("train", "val")
@@ -310,7 +329,7 @@ def training_data(config: TrainConfig) -> TrainingData:
         raise UsageError(f"features/{entry.name} are of {entry.frame_size}px frames, not {config.frame_size}px")
     # The run records the entry and its frame size, so that prediction feeds the model what it was trained on.
     config = replace(config, from_features=entry.name, frame_size=entry.frame_size)
-    model = model_for_features(entry, config.dropout, config.lstm_hidden)
+    model = model_for_features(entry, config.model_config)
     train, val, test = (feature_split(cache, entry, split, need, config.clip_frames) for split, need in SPLITS)
     # The features sit in memory: the training thread indexes them faster than it could hand the work to a thread.
     return TrainingData(config, model, train, val, dict.fromkeys(names, test), transform=as_float, workers=0)
