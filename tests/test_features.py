@@ -132,7 +132,7 @@ FROM_FEATURES = [  # (model, its backbone, options): the seed's two, and a timm 
 
 
 @pytest.mark.parametrize(("model", "backbone", "options"), FROM_FEATURES)
-def test_training_from_features_gives_the_model_a_full_forward_agrees_with(demo_root, tmp_path, model, backbone, options):
+def test_from_features_a_model_agrees_with_its_full_forward(demo_root, tmp_path, model, backbone, options):
     store = build_store(demo_root, tmp_path)
     run_cli("train.features", str(store), "--backbone", backbone)
     spec = only_entry(store)

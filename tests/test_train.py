@@ -316,7 +316,7 @@ def test_pretrained_weights_that_cannot_be_had_end_at_once_in_one_line(tiny_cach
         result = run_process(*args, check=False, env={"HF_HOME": hf_home, **environment})
     assert result.returncode == 2, result.stderr
     start = {"train.run": "train", "train.features": "features"}[command]
-    line = one_line(result.stderr, f"{start}: error: --pretrained: resnet18's ImageNet weights (timm/resnet18")
+    line = one_line(result.stderr, f"{start}: error: --pretrained: resnet18's pretrained weights (timm/resnet18")
     assert "pass --weights FILE" in line
     assert ("HF_HUB_OFFLINE is set" in line) == (kind == "offline")
     assert not (tmp_path / "r").exists()
