@@ -72,10 +72,9 @@ class TrainedModel:
     @classmethod
     def load(cls, run_dir: Path, device: torch.device | None = None) -> TrainedModel:
         """RUN_DIR/MODEL as written by `train/run.py`: config.json and best.safetensors."""
-        weights_file = run_dir / "best.safetensors"
+        config, weights_file = run_config(run_dir), run_dir / "best.safetensors"
         if not weights_file.is_file():
             raise UsageError(f"--run {run_dir}: no {weights_file.name} (give a trained model's folder, RUN_DIR/MODEL)")
-        config = run_config(run_dir)
         device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         with warnings.catch_warnings():
             # The backbone's random start is overwritten by the checkpoint at once.

@@ -56,6 +56,7 @@ from train.models import (
     folder_name,
 )
 from train.reporting import write_model_report
+from train.run_config import RunConfig
 
 LR_FACTOR = 0.5  # the seed's ReduceLROnPlateau
 LR_PATIENCE = 1
@@ -255,11 +256,12 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
     threshold, final = final_evaluation(
         trained, val_feed, data.tests, criterion, evaluate_transform, accelerator, config, data.workers
     )
+    clip = clip_settings(config.cache[0])
     metrics = {
         "model": config.model,
         "parameters": parameters,
         "config": config.as_dict(),
-        "clip": clip_settings(config.cache[0]).as_dict(),
+        "clip": clip.as_dict(),
         "clip_frames": data.clip_frames,
         "processes": accelerator.num_processes,
         "select_by": config.select_by,
@@ -270,6 +272,19 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
     }
     if accelerator.is_main_process:
         write_json(model_dir / "metrics.json", metrics)
+        rebuild = RunConfig(
+            model=config.model,
+            temporal=config.temporal,
+            dropout=config.dropout,
+            lstm_hidden=config.lstm_hidden,
+            frame_size=config.frame_size or clip.size,
+            mean=model.input.mean,
+            std=model.input.std,
+            clip=clip,
+            clip_frames=data.clip_frames,
+            threshold=threshold,
+        )
+        rebuild.write(model_dir)
     accelerator.wait_for_everyone()
     return metrics
 
@@ -390,12 +405,9 @@ def train_epoch(
     batches = TimedBatches(feed)
     with join, bar:
         for clips, labels, batch_rows in batches:
-            logits = model(transform(clips))
-            losses, weights = clip_losses(criterion, logits, labels)
-            loss = losses.sum() / weights.sum()
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
+            logits, losses, weights = train_step(
+                model, clips, labels, transform, criterion, optimizer, accelerator.backward
+            )
             hits = (logits.argmax(dim=1) == labels).sum()
             sums += torch.stack([value.to(sums.dtype) for value in (losses.detach().sum(), weights.sum(), hits)])
             rows.append(batch_rows)
@@ -414,6 +426,26 @@ def train_epoch(
         "clips_per_second": len(every_row) / max(seconds, 1e-12),
         "data_wait_fraction": totals[3] / max(totals[4], 1e-12),
     }
+
+
+def train_step(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    clips: torch.Tensor,
+    labels: torch.Tensor,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    backward: Callable[[torch.Tensor], None],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimiser step on one batch of uint8 clips: the trainer's, and the one `bench` times. `backward` is the
+    Accelerator's in training (gradient scaling, several processes), plain autograd's in the bench. Returns each
+    clip's logits, loss and class weight."""
+    logits = model(transform(clips))
+    losses, weights = clip_losses(criterion, logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    backward(losses.sum() / weights.sum())
+    optimizer.step()
+    return logits, losses, weights
 
 
 @torch.no_grad()
@@ -453,7 +485,7 @@ def clip_losses(criterion: nn.Module | None, logits: torch.Tensor, labels: torch
     if criterion is None:
         loss = torch.full(labels.shape, math.nan, device=logits.device)
         return loss, torch.ones_like(loss)
-    loss = criterion(logits, labels)
+    loss = criterion(logits.float(), labels)  # a bf16 forward's logits: the loss in fp32, as Accelerate returns them
     return loss, criterion.weight[labels] if criterion.weight is not None else torch.ones_like(loss)
 
 
