@@ -178,7 +178,8 @@ class Evaluation:
 
 
 def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
-    """Train `config.model`, write RUN_DIR/MODEL/{best.safetensors,last/,metrics.json}; return the metrics.
+    """Train `config.model`, write RUN_DIR/MODEL/{best.safetensors,config.json,last/,metrics.json}; return the
+    metrics. config.json is what rebuilds the model from the folder alone (`train.run_config`).
 
     `on_epoch(epoch, val_metrics)` runs after each epoch's checkpoint, so an exception it raises (a search
     pruning a poor trial) stops training between epochs and leaves a `last/` that `resume` continues from.
