@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 
+import huggingface_hub.constants
 import pytest
 import timm
 import torch
@@ -19,10 +20,12 @@ from train.models import (
     TEMPORAL,
     ModelConfig,
     build_model,
+    check_start,
     count_parameters,
     default_lr,
     registry_lines,
 )
+from train.pretrained import hub_repo, pretrained_overlay, url_cache
 
 # The seed's three, to the parameter, as before the registry; then the field's backbones with a linear frame head.
 PARAMETERS = {
@@ -237,3 +240,28 @@ def test_the_backbone_is_the_same_whatever_head_follows():
         states.append(quiet_build(config).backbone.state_dict())
     for key, value in states[0].items():
         torch.testing.assert_close(states[1][key], value, rtol=0, atol=0)
+
+
+def test_pretrained_weights_resolve_for_any_timm_model_and_fail_at_once_offline(tmp_path, monkeypatch):
+    """Hub-hosted weights (a timm/NAME model's, CLIP's) and URL-hosted ones (legacy_xception's) alike: where they
+    cannot be had, one UsageError naming --weights before anything is built; a URL's file in torch's hub cache,
+    which timm takes without asking the network, is no reason to stop."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch"))
+    assert hub_repo("resnet10t") == "timm/resnet10t.c3_in1k"
+    assert hub_repo("vit_base_patch16_clip_224").startswith("timm/vit_base_patch16_clip_224.")
+    url = hub_repo("legacy_xception")
+    assert url.startswith("https://") and url.endswith(".pth")
+    for name in ("timm/resnet10t", "clip_vit_b16", "xception"):
+        with pytest.raises(UsageError, match=r"pretrained weights \(.+\) are not in the cache, and HF_HUB_OFFLINE"):
+            check_start(name, True, None)
+    with pytest.raises(UsageError, match="simple_cnn has no pretrained weights"):
+        check_start("simple_cnn", True, None)
+    with pytest.raises(UsageError, match="timm has no model 'no_such_net'"):
+        hub_repo("no_such_net")
+    cached = url_cache(url)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    assert pretrained_overlay("legacy_xception") is None
+    check_start("xception", True, None)

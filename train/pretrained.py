@@ -22,10 +22,10 @@ def pretrained_overlay(backbone: str) -> dict | None:
     neither, UsageError at once, in one line: huggingface_hub would retry the Hub for about 50 s before its
     traceback."""
     config = pretrained_config(backbone)
-    if not config.hf_hub_id:  # an older model's weights at a URL, which timm keeps in torch's hub cache
-        cached = url_cache(config.url)
-        unreachable = None if cached.is_file() else url_unreachable(config.url)
-        source, found = config.url, str(cached) if cached.is_file() else None
+    if not config.hf_hub_id:  # an older model's weights at a URL: timm takes its copy in torch's hub cache unasked
+        if url_cache(config.url).is_file():
+            return None
+        unreachable, source, found = url_unreachable(config.url), config.url, None
     else:
         unreachable = hub_unreachable(config.hf_hub_id)
         source, found = config.hf_hub_id, None if unreachable is None else cached_weights(config.hf_hub_id)
