@@ -265,3 +265,20 @@ def test_pretrained_weights_resolve_for_any_timm_model_and_fail_at_once_offline(
     cached.write_bytes(b"")
     assert pretrained_overlay("legacy_xception") is None
     check_start("xception", True, None)
+
+
+def test_a_vits_weights_file_fits_the_frame_size_it_is_built_for(tmp_path):
+    """Published ViT weights are of 224 px (test_vit's of 160 px): built for 32 px frames, the backbone takes them
+    with its position embeddings resampled to its 2 x 2 grid of patches, every other weight as saved."""
+    torch.manual_seed(4)
+    source = quiet_build(ModelConfig("timm/test_vit"))
+    path = tmp_path / "vit.safetensors"
+    save_file(source.backbone.state_dict(), str(path))
+    loaded = build_model(ModelConfig("timm/test_vit", weights=path, frame_size=32))
+    state = loaded.backbone.state_dict()
+    assert state["pos_embed"].shape == (1, 1 + 2 * 2, source.feature_dim)
+    for key, value in source.backbone.state_dict().items():
+        if key != "pos_embed":
+            torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+    with torch.no_grad():
+        assert torch.isfinite(loaded.eval()(torch.randn(1, 2, 3, 32, 32))).all()

@@ -112,7 +112,8 @@ def cached_weights(repo: str) -> str | None:
 
 
 def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
-    """Load a safetensors file of backbone keys, or of a whole timm model whose classifier keys are dropped.
+    """Load a safetensors file of backbone keys, or of a whole timm model whose classifier keys are dropped; a ViT's
+    position embeddings of another image size are resampled to the frames the backbone was built for.
 
     Missing `num_batches_tracked` buffers are allowed, since published timm checkpoints often lack them.
     """
@@ -120,6 +121,7 @@ def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
     classifier = getattr(backbone, "pretrained_cfg", {}).get("classifier")
     if classifier:
         state = {key: value for key, value in state.items() if not key.startswith(f"{classifier}.")}
+    state = fit_position_embedding(backbone, state)
     expected = backbone.state_dict()
     missing = sorted(key for key in expected.keys() - state.keys() if not key.endswith("num_batches_tracked"))
     unexpected = sorted(state.keys() - expected.keys())
@@ -132,3 +134,16 @@ def load_backbone_weights(backbone: nn.Module, path: Path) -> None:
     if problems:
         raise ValueError(f"{path} does not fit the backbone: {'; '.join(problems)}")
     backbone.load_state_dict(state, strict=False)
+
+
+def fit_position_embedding(backbone: nn.Module, state: dict) -> dict:
+    """`state` with a ViT's position embeddings, saved for another image size (224 px, as published), resampled to
+    the backbone's patch grid, as timm resamples its own pretrained weights; any other state as it is."""
+    embedding = getattr(backbone, "pos_embed", None)
+    if embedding is None or "pos_embed" not in state or state["pos_embed"].shape == embedding.shape:
+        return state
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(backbone, "no_embed_class", False) else backbone.num_prefix_tokens
+    grid = list(backbone.patch_embed.grid_size)
+    return {**state, "pos_embed": resample_abs_pos_embed(state["pos_embed"], grid, num_prefix_tokens=prefix)}
