@@ -142,9 +142,11 @@ def test_the_run_records_how_its_clips_were_made(all_run, tiny_cache, tmp_path):
     settings = clip_settings(tiny_cache)
     assert json.loads((run / "metrics.json").read_text())["clip"] == settings.as_dict()
     assert TrainedModel.load(run).clip == settings
-    # A run from before the clip settings were recorded reads them from its store, while the store is there.
+    # A run from before config.json and the clip settings were recorded reads them from its store, while the store
+    # is there.
     old = tmp_path / "simple_cnn"
     shutil.copytree(run, old)
+    (old / "config.json").unlink()
     metrics = json.loads((run / "metrics.json").read_text())
     del metrics["clip"]
     (old / "metrics.json").write_text(json.dumps(metrics))
