@@ -74,7 +74,7 @@ def train(config: BenchConfig, context: Context) -> list[Row]:
                 model,
                 optimizer,
                 BatchFeed(dataset, 4, device=device, threads=TRAINER_THREADS),
-                ClipTransform(train=True, seed=0, size=size),
+                ClipTransform(train=True, seed=0, size=size, mean=model.input.mean, std=model.input.std),
                 precision,
                 setting.steps,
                 setting.repeat,
