@@ -21,14 +21,14 @@ def pretrained_overlay(backbone: str) -> dict | None:
     answers (timm fetches them, or checks its cached copy), the cached file where it does not. Where there is
     neither, UsageError at once, in one line: huggingface_hub would retry the Hub for about 50 s before its
     traceback."""
-    config = pretrained_config(backbone)
-    if not config.hf_hub_id:  # an older model's weights at a URL: timm takes its copy in torch's hub cache unasked
-        if url_cache(config.url).is_file():
+    source = hub_repo(backbone)
+    if "://" in source:  # an older model's weights at a URL: timm takes its copy in torch's hub cache unasked
+        if url_cache(source).is_file():
             return None
-        unreachable, source, found = url_unreachable(config.url), config.url, None
+        unreachable, found = url_unreachable(source), None
     else:
-        unreachable = hub_unreachable(config.hf_hub_id)
-        source, found = config.hf_hub_id, None if unreachable is None else cached_weights(config.hf_hub_id)
+        unreachable = hub_unreachable(source)
+        found = None if unreachable is None else cached_weights(source)
     if unreachable is None:
         return None
     if found is None:
