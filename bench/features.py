@@ -14,7 +14,7 @@ from cache.dataset import FeatureDataset
 from train.data import BatchFeed
 from train.feature_cache import FeatureConfig, compute_features, model_for_features
 from train.loop import as_float
-from train.models import TIMM_BACKBONES
+from train.models import REGISTRY, SEED_MODELS, ModelConfig
 
 
 def features(config: BenchConfig, context: Context) -> list[Row]:
@@ -27,7 +27,7 @@ def features(config: BenchConfig, context: Context) -> list[Row]:
     size = CPU_SMALL_SIZE if cpu_sized or config.quick else config.size
     steps = 20 if config.quick else 100
     rows = []
-    for name, backbone in TIMM_BACKBONES.items():
+    for name, backbone in seed_backbones().items():
         started = time.perf_counter()
         spec = compute_features(FeatureConfig(config.cache, backbone, frame_size=size), log=lambda _: None)
         dataset = FeatureDataset(config.cache, spec.name, "train")
@@ -40,7 +40,7 @@ def features(config: BenchConfig, context: Context) -> list[Row]:
                 + (f"; cpu-sized: at {size}px, not {config.size}px" if cpu_sized else ""),
             )
         )
-        head = model_for_features(spec, dropout=0.5).head.to(device)
+        head = model_for_features(spec, ModelConfig(name)).head.to(device)
         optimizer = torch.optim.Adam(head.parameters(), lr=1e-4)
         # Features in memory are read in the training thread, as the trainer reads them.
         fed, waited, _ = train_rates(
@@ -57,3 +57,8 @@ def features(config: BenchConfig, context: Context) -> list[Row]:
             )
         )
     return rows
+
+
+def seed_backbones() -> dict[str, str]:
+    """The seed models standing on a timm backbone, and that backbone: what the stage computes features of."""
+    return {name: REGISTRY[name].backbone for name in SEED_MODELS if REGISTRY[name].backbone is not None}

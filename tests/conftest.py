@@ -407,6 +407,16 @@ def mislabelled_cache(learnable_root, tmp_path_factory) -> Path:
     return build_learnable(learnable_root, folder / "manifest.csv", folder / "mislabelled.zarr")
 
 
+@pytest.fixture(scope="session")
+def vit_run(tiny_cache, tmp_path_factory) -> Path:
+    """timm's tiny test ViT (its own mean and std, built for the store's 32 px frames) with an attention head over
+    2-frame clips of every 2nd stored frame, trained one epoch on the tiny store: its model folder."""
+    out = tmp_path_factory.mktemp("vit")
+    options = ("--temporal", "attention", "--clip-frames", "2", "--epochs", "1")
+    run_cli(*train_args(tiny_cache, out, "timm/test_vit", *options))
+    return out / "timm-test_vit"
+
+
 def encode_numbered_with(path: Path, frames: int, codec: str, options: dict[str, str]) -> Path:
     """A 96 x 64 numbered video with encoder `options` (x264-params, x265-params): to choose GOP length and
     open or closed GOPs, which `encode_numbered` leaves at the codec's defaults."""

@@ -19,9 +19,11 @@ from bench.remote import remote
 from bench.results import append_markdown, latest, plot, save, table
 from bench.stores import replicate
 from bench.timing import Rate, Row, skipped
-from bench.train import train_setting
+from bench.train import registry_setting, registry_steps, train_setting
 from cache import open_store
+from cache.dataset import ClipDataset
 from ingest.layouts import find_videos
+from train.models import MODEL_NAMES
 
 
 def test_rate_reports_median_min_and_max_of_the_repeats():
@@ -108,6 +110,19 @@ def test_train_stage_runs_a_cpu_sized_setting_on_a_cpu_and_says_so_and_the_full_
     assert set(gpu.sizes.values()) == {224} and gpu.repeat == 5 and gpu.precisions == ("bf16",) and not gpu.note
     quick = train_setting(bench_config, torch.device("cpu"))
     assert set(quick.sizes.values()) == {64} and not quick.note
+
+
+def test_every_registered_model_takes_a_cpu_sized_step_and_says_so(bench_config):
+    """One step of each registered model, the trainer's own, at a size a CPU takes in seconds; the GPU's setting is
+    written beside it and named in the note."""
+    rows = registry_steps(bench_config, ClipDataset(bench_config.cache, "train"), torch.device("cpu"))
+    assert [row.measures.split(",")[0] for row in rows] == list(MODEL_NAMES)
+    for row in rows:
+        assert row.stage == "train step, every model" and row.ours.median > 0
+        assert "fp32, batch 2 x 2 frames at 32px, cpu" in row.measures
+        assert row.note.startswith("cpu-sized: 32px") and "224px in bf16 (written, not yet run on one)" in row.note
+    gpu = registry_setting(replace(bench_config, size=224), torch.device("cuda"))
+    assert (gpu.size, gpu.precision, gpu.note) == (224, "bf16", "")
 
 
 def test_faces_stage_times_detection_and_the_face_build_beside_squash(face_root, bench_config, tmp_path):

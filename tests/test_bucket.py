@@ -30,6 +30,7 @@ from cache.store import open_store
 from train.augment import ClipTransform
 from train.checkpoint import find_last
 from train.feature_cache import backbone_model
+from train.models import ModelConfig
 
 TINY = (  # the options of conftest's tiny_cache, a local build of the same videos
     "--workers",
@@ -506,7 +507,7 @@ def test_features_are_written_back_into_the_bucket(built, shard_cache):
         clips = store.read(store.rows()[:3])
     assert f"features/{name}" in result.stdout and spec.frame_size == 32
     values = FeatureDataset(built, name).values
-    model = backbone_model("resnet18", None, False, 42).eval()
+    model = backbone_model(ModelConfig("resnet18"), 42).eval()
     with torch.no_grad():
         expected = model.forward_features(ClipTransform(train=False)(torch.from_numpy(clips)))
     torch.testing.assert_close(values[:3].float(), expected, atol=2e-2, rtol=2e-3)

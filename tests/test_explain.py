@@ -1,4 +1,4 @@
-"""Explanations of the three trained models on clips of the tiny store and on a real video."""
+"""Explanations of the seed's three trained models and a timm ViT on clips of the tiny store and on a real video."""
 
 import json
 import shutil
@@ -13,7 +13,7 @@ from cache import open_store
 from train import explain
 from train.explanation import explain as explain_clip
 from train.inference import TrainedModel
-from train.models import MODEL_NAMES
+from train.models import SEED_MODELS
 
 
 def stored_clips(cache: Path, count: int) -> tuple[list[int], np.ndarray]:
@@ -23,16 +23,17 @@ def stored_clips(cache: Path, count: int) -> tuple[list[int], np.ndarray]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", MODEL_NAMES)
-def test_heatmaps_cover_every_frame_and_contributions_every_step(all_run, tiny_cache, model):
-    trained = TrainedModel.load(all_run[0] / model)
+@pytest.mark.parametrize("model", [*SEED_MODELS, "timm/test_vit"])
+def test_heatmaps_cover_every_frame_and_contributions_every_step(all_run, vit_run, tiny_cache, model):
+    """A ViT's map is of its patch tokens, laid out on their grid; its clips are every 2nd frame."""
+    trained = TrainedModel.load(vit_run if model.startswith("timm/") else all_run[0] / model)
     _, clips = stored_clips(tiny_cache, 3)
     for clip in clips:
         explanation = explain_clip(trained, clip)
-        assert explanation.heatmap.shape == clip.shape[:3]
+        assert explanation.heatmap.shape == (trained.clip_frames, *clip.shape[1:3])
         assert np.isfinite(explanation.heatmap).all()
         assert explanation.heatmap.min() >= 0 and explanation.heatmap.max() <= 1
-        assert explanation.contributions.shape == (len(clip),)
+        assert explanation.contributions.shape == (trained.clip_frames,)
         assert np.isfinite(explanation.contributions).all() and np.abs(explanation.contributions).max() > 0
         assert explanation.probability == pytest.approx(trained.probabilities(clip[None])[0], abs=1e-6)
 
@@ -55,9 +56,9 @@ def test_heatmaps_come_back_at_the_clips_size_when_the_model_saw_smaller_frames(
     # As `--frame-size` trains: the store's 32 x 32 frames reach simple_cnn (any size fits it) at 16 x 16.
     run = tmp_path / "simple_cnn"
     shutil.copytree(all_run[0] / "simple_cnn", run)
-    metrics = json.loads((run / "metrics.json").read_text())
-    metrics["config"]["frame_size"] = 16
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    config = json.loads((run / "config.json").read_text())
+    config["frame_size"] = 16
+    (run / "config.json").write_text(json.dumps(config))
     trained = TrainedModel.load(run)
     _, clips = stored_clips(tiny_cache, 1)
     assert trained.inputs(clips).shape[-2:] == (16, 16)
@@ -66,7 +67,7 @@ def test_heatmaps_come_back_at_the_clips_size_when_the_model_saw_smaller_frames(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", SEED_MODELS)
 def test_a_png_for_each_row(all_run, tiny_cache, tmp_path, model, capsys):
     rows, _ = stored_clips(tiny_cache, 2)
     argv = ["--run", str(all_run[0] / model), "--cache", str(tiny_cache), "--rows", *map(str, rows)]

@@ -18,6 +18,7 @@ from cache.schema import OK, StoreError
 from train.augment import ClipTransform
 from train.checkpoint import load_weights
 from train.feature_cache import backbone_model
+from train.models import ModelConfig, folder_name
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +66,7 @@ def test_features_are_the_frozen_backbones_per_frame_output(demo_root, tmp_path,
         clips = handle.read(ok[:3])
         dataset = FeatureDataset(store, spec.name)
     assert dataset.values.dtype == torch.float16 and tuple(dataset.values.shape) == (len(ok), 4, 512)
-    model = backbone_model("resnet18", None, False, 42).eval()
+    model = backbone_model(ModelConfig("resnet18"), 42).eval()
     with torch.no_grad():
         expected = model.forward_features(ClipTransform(train=False)(torch.from_numpy(clips)))
     torch.testing.assert_close(dataset.values[:3].float(), expected, atol=2e-2, rtol=2e-3)
@@ -123,25 +124,36 @@ def test_other_weights_make_another_entry_and_never_mix(computed, tmp_path):
     assert cnn.returncode == 2 and "simple_cnn has none" in cnn.stderr
 
 
-@pytest.mark.parametrize(("model", "backbone"), [("resnet18", "resnet18"), ("effnet_lstm", "efficientnet_b0")])
-def test_training_from_features_gives_the_model_a_full_forward_agrees_with(demo_root, tmp_path, model, backbone):
+FROM_FEATURES = [  # (model, its backbone, options): the seed's two, and a timm model normalised with its own mean/std
+    ("resnet18", "resnet18", ()),
+    ("effnet_lstm", "efficientnet_b0", ()),
+    ("timm/test_resnet", "test_resnet", ("--temporal", "attention")),
+]
+
+
+@pytest.mark.parametrize(("model", "backbone", "options"), FROM_FEATURES)
+def test_from_features_a_model_agrees_with_its_full_forward(demo_root, tmp_path, model, backbone, options):
     store = build_store(demo_root, tmp_path)
     run_cli("train.features", str(store), "--backbone", backbone)
     spec = only_entry(store)
-    run_cli(*train_args(store, tmp_path / "run", model, "--epochs", "2", "--from-features"))
-    metrics = json.loads((tmp_path / "run" / model / "metrics.json").read_text())
+    assert spec.normalize == ("imagenet" if backbone != "test_resnet" else "mean [0.5, 0.5, 0.5] std [0.5, 0.5, 0.5]")
+    run_cli(*train_args(store, tmp_path / "run", model, "--epochs", "2", "--from-features", *options))
+    folder = tmp_path / "run" / folder_name(model)
+    metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["config"]["from_features"] == spec.name and metrics["config"]["frame_size"] == 32
     assert len(metrics["history"]) == 2 and metrics["final"]["val"]["roc_auc"] is not None
     # The checkpoint is the whole classifier: the frozen backbone that made the features, and the trained head.
-    classifier = backbone_model(backbone, None, False, 0)
-    classifier.load_state_dict(load_weights(tmp_path / "run" / model / "best.safetensors"))
+    temporal = options[1] if options else None
+    classifier = backbone_model(ModelConfig(model, temporal=temporal), 0)
+    classifier.load_state_dict(load_weights(folder / "best.safetensors"))
     classifier.eval()
     dataset = FeatureDataset(store, spec.name, "val")
     with open_store(store) as handle:
         clips = torch.from_numpy(handle.read(dataset.rows))
         assert (handle.status[dataset.rows] == OK).all()
     with torch.no_grad():
-        full = classifier(ClipTransform(train=False, size=32)(clips)).softmax(dim=1)
+        transform = ClipTransform(train=False, size=32, mean=classifier.input.mean, std=classifier.input.std)
+        full = classifier(transform(clips)).softmax(dim=1)
         head = classifier.forward_head(dataset.values.float()).softmax(dim=1)
     torch.testing.assert_close(head, full, atol=1e-2, rtol=1e-2)
 

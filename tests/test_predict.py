@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from accelerate import Accelerator
 from conftest import run_cli, write_broken
 from torch import nn
@@ -16,6 +17,7 @@ from cache.dataset import ClipDataset
 from cache.store import clip_settings
 from train import predict
 from train.data import UsageError, shard_feed
+from train.evaluation import score_store
 from train.inference import TrainedModel, decode_videos
 from train.loop import run_evaluation
 from train.prediction import CSV_COLUMNS
@@ -115,7 +117,7 @@ def one_line_error(result) -> str:
 @pytest.mark.slow
 def test_a_missing_run_exits_2_with_one_line(demo_root, tmp_path):
     result = run_cli("train.predict", "--run", str(tmp_path / "none"), str(demo_root), check=False)
-    assert "no metrics.json" in one_line_error(result)
+    assert "no config.json" in one_line_error(result)
 
 
 @pytest.mark.slow
@@ -140,9 +142,11 @@ def test_the_run_records_how_its_clips_were_made(all_run, tiny_cache, tmp_path):
     settings = clip_settings(tiny_cache)
     assert json.loads((run / "metrics.json").read_text())["clip"] == settings.as_dict()
     assert TrainedModel.load(run).clip == settings
-    # A run from before the clip settings were recorded reads them from its store, while the store is there.
+    # A run from before config.json and the clip settings were recorded reads them from its store, while the store
+    # is there.
     old = tmp_path / "simple_cnn"
     shutil.copytree(run, old)
+    (old / "config.json").unlink()
     metrics = json.loads((run / "metrics.json").read_text())
     del metrics["clip"]
     (old / "metrics.json").write_text(json.dumps(metrics))
@@ -151,3 +155,42 @@ def test_the_run_records_how_its_clips_were_made(all_run, tiny_cache, tmp_path):
     (old / "metrics.json").write_text(json.dumps(metrics))
     with pytest.raises(UsageError, match="does not record its clip settings"):
         TrainedModel.load(old)
+
+
+@pytest.mark.slow
+def test_a_run_folder_alone_rebuilds_the_model_it_trained(vit_run, tiny_cache, demo_root, tmp_path):
+    """config.json and best.safetensors are all that prediction and evaluation need. A timm model with its own mean
+    and std (not ImageNet's), a ViT built for the run's frame size, an attention head over 2-frame clips of every 2nd
+    stored frame: scored from a copy of those two files, it gives the trainer's own test metrics, and `predict` on the
+    videos gives its probabilities of their stored clips."""
+    folder = vit_run
+    metrics = json.loads((folder / "metrics.json").read_text())
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["model"], config["temporal"], config["dropout"]) == ("timm/test_vit", "attention", 0.5)
+    assert config["mean"] == config["std"] == [0.5, 0.5, 0.5]
+    assert (config["frame_size"], config["clip_frames"], config["stride"]) == (32, 2, 2)
+    assert config["threshold"] == metrics["threshold"]
+    assert config["clip"] == clip_settings(tiny_cache).as_dict() and config["clip"]["resize"] == "squash"
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for name in ("config.json", "best.safetensors"):
+        shutil.copy(folder / name, alone / name)
+    trained = TrainedModel.load(alone, torch.device("cpu"))
+    assert trained.transform.mean == (0.5, 0.5, 0.5) and trained.clip_frames == 2
+    scored = score_store(trained, tiny_cache, "test", Accelerator(cpu=True), 4, 0)
+    test = metrics["final"]["test"]
+    for key, value in scored.items():
+        if isinstance(value, float):
+            assert value == pytest.approx(test[key], abs=1e-6), key
+
+    table = tmp_path / "predictions.csv"
+    run_cli("train.predict", "--run", str(alone), str(demo_root), "--csv", str(table))
+    with open(table, newline="") as file:
+        printed = {row["path"]: float(row["probability"]) for row in csv.DictReader(file)}
+    videos = source_videos(tiny_cache, demo_root)
+    with open_store(tiny_cache) as store:
+        rows = sorted(videos)
+        expected = trained.probabilities(store.read(rows))
+    for row, probability in zip(rows, expected, strict=True):
+        assert printed[str(videos[row])] == pytest.approx(probability, abs=1e-4), videos[row]

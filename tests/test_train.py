@@ -317,6 +317,20 @@ def test_model_all_with_pretrained_is_refused_before_anything_trains(tiny_cache,
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(
+    ("model", "extra", "says"),
+    [
+        ("timm/no_such_net", (), "timm has no model 'no_such_net'"),
+        ("resnet18", ("--temporal", "lstm"), "--temporal is for timm/NAME models: resnet18's head is part of it"),
+        ("all", ("--temporal", "mean"), "--temporal is for timm/NAME models: simple_cnn's head is part of it"),
+    ],
+)
+def test_a_model_the_registry_cannot_build_is_refused_before_anything_trains(tiny_cache, tmp_path, model, extra, says):
+    result = run_cli(*train_args(tiny_cache, tmp_path / "r", model, *extra), check=False)
+    assert says in one_line_error(result)
+    assert not (tmp_path / "r").exists()
+
+
 @contextlib.contextmanager
 def hub(kind: str) -> Iterator[dict[str, str]]:
     """The environment of a machine that cannot have timm's weights: offline mode, or a Hub on 127.0.0.1 that
@@ -347,7 +361,7 @@ def test_pretrained_weights_that_cannot_be_had_end_at_once_in_one_line(tiny_cach
         result = run_process(*args, check=False, env={"HF_HOME": hf_home, **environment})
     assert result.returncode == 2, result.stderr
     start = {"train.run": "train", "train.features": "features"}[command]
-    line = one_line(result.stderr, f"{start}: error: --pretrained: resnet18's ImageNet weights (timm/resnet18")
+    line = one_line(result.stderr, f"{start}: error: --pretrained: resnet18's pretrained weights (timm/resnet18")
     assert "pass --weights FILE" in line
     assert ("HF_HUB_OFFLINE is set" in line) == (kind == "offline")
     assert not (tmp_path / "r").exists()

@@ -1,1 +1,1 @@
-"""Training the three detectors from the clip store (issue 3)."""
+"""Training the registry's detectors (the seed's three, the field's backbones, any timm model) from the clip store."""

@@ -18,6 +18,17 @@ import torch.nn.functional as F
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale, which ColorJitter's contrast uses
+Triple = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """What a backbone was made to see: frames of `size` x `size`, normalised with its own per-channel mean and std
+    (timm's data config of the model; ImageNet's for most, not for CLIP's)."""
+
+    size: int
+    mean: Triple = IMAGENET_MEAN
+    std: Triple = IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -84,10 +95,9 @@ def per_channel(values: tuple[float, float, float], device: torch.device, dtype:
         return torch.tensor(values, device=device, dtype=dtype).view(1, 1, 3, 1, 1)
 
 
-def normalize(frames: torch.Tensor) -> torch.Tensor:
-    """ImageNet normalisation of float (B, T, 3, H, W) in [0, 1]."""
-    mean = per_channel(IMAGENET_MEAN, frames.device, frames.dtype)
-    return (frames - mean) / per_channel(IMAGENET_STD, frames.device, frames.dtype)
+def normalize(frames: torch.Tensor, mean: Triple = IMAGENET_MEAN, std: Triple = IMAGENET_STD) -> torch.Tensor:
+    """Per-channel normalisation of float (B, T, 3, H, W) in [0, 1] (ImageNet's unless the model's are given)."""
+    return (frames - per_channel(mean, frames.device, frames.dtype)) / per_channel(std, frames.device, frames.dtype)
 
 
 def augment(frames: torch.Tensor, params: ClipAugment) -> torch.Tensor:
@@ -125,7 +135,8 @@ def augment(frames: torch.Tensor, params: ClipAugment) -> torch.Tensor:
 class ClipTransform:
     """uint8 (B, T, H, W, 3) -> normalised float32 (B, T, 3, H, W), with the seed's augmentations if `train`.
 
-    `size` resizes the frames first (training at a reduced size from a full-size store).
+    `size` resizes the frames first (training at a reduced size from a full-size store); `mean` and `std` are the
+    model's (`ModelInput`), ImageNet's by default.
     `seed` makes the sequence of augmentations reproducible; the transform keeps its own generator on the
     batch's device (on the CPU, the draws of a CPU generator; on a GPU, a GPU generator's), so successive
     calls draw fresh parameters. With `channels_last`, each frame of the (B*T, 3, H, W) view is
@@ -140,9 +151,12 @@ class ClipTransform:
         ranges: AugmentRanges | None = None,
         channels_last: bool = False,
         size: int | None = None,
+        mean: Triple = IMAGENET_MEAN,
+        std: Triple = IMAGENET_STD,
     ):
         self.train = train
         self.size = size
+        self.mean, self.std = tuple(mean), tuple(std)
         self.ranges = ranges or AugmentRanges()
         self.channels_last = channels_last
         self.seed = seed
@@ -161,7 +175,7 @@ class ClipTransform:
             frames = resize_frames(frames, self.size)
         if self.train:
             frames = augment(frames, self.ranges.sample(frames.shape[0], self.generator(frames.device), frames.device))
-        frames = normalize(frames)
+        frames = normalize(frames, self.mean, self.std)
         if self.channels_last:
             frames = frames.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         return frames

@@ -19,17 +19,24 @@ from cache.store import clip_settings
 from train.data import BatchFeed, UsageError, shard_feed, split_dataset
 from train.inference import TrainedModel
 from train.loop import run_evaluation
-from train.models import MODEL_NAMES
+from train.models import MODEL_NAMES, folder_name
+from train.run_config import CONFIG_FILE
 
 
 def model_folders(run: Path) -> list[Path]:
-    """RUN_DIR/MODEL itself, or every trained model of RUN_DIR in the trainer's order."""
-    if (run / "metrics.json").is_file():
+    """RUN_DIR/MODEL itself, or every trained model of RUN_DIR: the registry's in its order, then timm's by name. A
+    trained model's folder has its config.json (metrics.json, before config.json was written)."""
+    if trained(run):
         return [run]
-    folders = [run / name for name in MODEL_NAMES if (run / name / "metrics.json").is_file()]
-    if not folders:
-        raise UsageError(f"--run {run}: no trained model (no metrics.json in it or in its model folders)")
-    return folders
+    order = {folder_name(name): i for i, name in enumerate(MODEL_NAMES)}
+    found = [folder for folder in run.iterdir() if trained(folder)] if run.is_dir() else []
+    if not found:
+        raise UsageError(f"--run {run}: no trained model (no {CONFIG_FILE} in it or in its model folders)")
+    return sorted(found, key=lambda folder: (order.get(folder.name, len(order)), folder.name))
+
+
+def trained(folder: Path) -> bool:
+    return (folder / CONFIG_FILE).is_file() or (folder / "metrics.json").is_file()
 
 
 def check_store(trained: TrainedModel, cache: Path) -> None:

@@ -14,6 +14,7 @@ from ingest.pool import add_decoding_options
 from train.data import UsageError
 from train.explanation import explain, first_clip, plot, store_clips, video_clips
 from train.inference import TrainedModel
+from train.models import folder_name
 
 
 def parser() -> argparse.ArgumentParser:
@@ -60,7 +61,7 @@ def main(argv: list[str] | None, ending: Ending) -> int:
     drawn: list[Path] = []
     ending.kept = lambda: f"{len(drawn)} of {len(clips)} explanations are in {args.out}; run the same command again"
     for clip in clips:
-        path = args.out / f"{trained.name}_{clip.name}.png"
+        path = args.out / f"{folder_name(trained.name)}_{clip.name}.png"
         explanation = explain(trained, clip.frames)
         plot(trained, first_clip(clip, explanation), explanation).savefig(path, dpi=100)
         drawn.append(path)

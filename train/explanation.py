@@ -1,7 +1,7 @@
 """Why did the model call this clip fake? Grad-CAM heatmaps on its frames, and how much each frame counted.
 
-Two views, because the three models look at a clip in two stages: a backbone looks at each frame alone
-(Grad-CAM shows where in the frame), then a head weighs the frames together (for effnet_lstm, in order),
+Two views, because every model looks at a clip in two stages: a backbone looks at each frame alone
+(Grad-CAM shows where in the frame), then a head weighs the frames together (an LSTM head, in order),
 which gradient x feature per frame shows. Both explain the "fake" logit. Clips come from a store by row,
 or from videos decoded as the model's training store was.
 """
@@ -9,6 +9,7 @@ or from videos decoded as the model's training store was.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -94,13 +95,28 @@ class FramesAsBatch(nn.Module):
 
 
 def target_layer(trained: TrainedModel) -> nn.Module:
-    """The backbone's last convolutional stage: the finest map that still sees whole objects."""
+    """The backbone's last stage, the finest map that still sees whole objects: simple_cnn's last conv block, an
+    EfficientNet's conv_head (after its batch norm and activation, as it is pooled), else the last feature stage
+    timm names (a ResNet's layer4, a ViT's last block)."""
     backbone = trained.model.backbone
     if trained.name == "simple_cnn":
         return backbone[-3]  # the last conv block, before the pooling and flattening
-    if trained.name == "resnet18":
-        return backbone.layer4[-1]
-    return backbone.bn2  # efficientnet_b0: conv_head after its batch norm and activation, as it is pooled
+    if hasattr(backbone, "conv_head"):
+        return backbone.bn2
+    return backbone.get_submodule(backbone.feature_info[-1]["module"])
+
+
+def token_grid(backbone: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """For a ViT, its block's (T, tokens, C) output as the (T, C, h, w) map of its patch tokens, which Grad-CAM
+    weighs as a CNN's; None for a CNN, whose maps are already so."""
+    if not hasattr(backbone, "patch_embed"):
+        return None
+    prefix, (height, width) = backbone.num_prefix_tokens, backbone.patch_embed.grid_size
+
+    def grid(tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, prefix:].reshape(len(tokens), height, width, -1).permute(0, 3, 1, 2)
+
+    return grid
 
 
 def explain(trained: TrainedModel, clip: np.ndarray) -> Explanation:
@@ -109,7 +125,8 @@ def explain(trained: TrainedModel, clip: np.ndarray) -> Explanation:
     `--clip-frames` (`first_clip`); with the video's probability, as its evaluation scores it."""
     phased = trained.phase_clips(clip[None])
     inputs = trained.inputs(phased[:, 0])
-    with GradCAM(model=FramesAsBatch(trained.model), target_layers=[target_layer(trained)]) as cam:
+    layers, grid = [target_layer(trained)], token_grid(trained.model.backbone)
+    with GradCAM(model=FramesAsBatch(trained.model), target_layers=layers, reshape_transform=grid) as cam:
         heatmap = cam(input_tensor=inputs[0], targets=[ClassifierOutputTarget(FAKE)])
     _, contributions = frame_contributions(trained.model, inputs)
     probability = float(trained.probabilities(clip[None])[0])

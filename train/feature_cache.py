@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +26,11 @@ from cache.features import FeatureSpec, FeatureWriter, feature_entries
 from cache.schema import OK, StoreError, shard_count, shard_slice
 from cache.shard_cache import ShardCacheConfig
 from cache.store import open_store
-from train.augment import ClipTransform
+from train.augment import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, ModelInput
 from train.data import UsageError, check_classes
-from train.models import TIMM_BACKBONES, ClipClassifier, ModelConfig, build_model, check_start
+from train.models import REGISTRY, TIMM_PREFIX, ClipClassifier, ModelConfig, build_model, check_start, family
 
 COMMAND = "python -m train.features"
-# The timm backbone each model stands on, and back: `--backbone efficientnet_b0` serves effnet_lstm.
-BACKBONE_MODELS = {backbone: model for model, backbone in TIMM_BACKBONES.items()}
 
 
 @dataclass(frozen=True)
@@ -47,25 +45,39 @@ class FeatureConfig:
     mixed_precision: str = "no"
     shard_cache: ShardCacheConfig | None = None  # this node's cache of a bucket's shards (None: the environment's)
 
+    @property
+    def model(self) -> str:
+        """The backbone as a model name: the timm model alone, under the default head."""
+        return TIMM_PREFIX + self.backbone
+
     def check(self) -> None:
-        if self.backbone not in BACKBONE_MODELS:
-            raise UsageError(f"--backbone must be one of {', '.join(BACKBONE_MODELS)}, not {self.backbone!r}")
+        family(self.model)
         if self.weights is not None and not Path(self.weights).is_file():
             raise UsageError(f"--weights {self.weights}: no such file")
-        check_start(BACKBONE_MODELS[self.backbone], self.pretrained, self.weights)
+        check_start(self.model, self.pretrained, self.weights)
         if self.batch_size < 1 or (self.frame_size is not None and self.frame_size < 8):
             raise UsageError("--batch-size must be at least 1 and --frame-size at least 8")
 
 
-def backbone_model(
-    backbone: str, weights: Path | None, pretrained: bool, seed: int, dropout: float = 0.5, lstm_hidden: int = 128
-) -> ClipClassifier:
-    """The classifier built on `backbone`, its backbone weights as asked (random ones drawn from `seed`)."""
+def registered_backbones() -> dict[str, str]:
+    """The timm backbone of each registered model that has one, and the model: what `--backbone` is usually given."""
+    return {model.backbone: name for name, model in REGISTRY.items() if model.backbone is not None}
+
+
+def backbone_model(config: ModelConfig, seed: int) -> ClipClassifier:
+    """The classifier `config` asks for, its random weights (where it has neither pretrained nor a weights file)
+    drawn from `seed`: the factory builds the backbone first, so any head on it gets the same backbone."""
     set_seed(seed)
-    config = ModelConfig(BACKBONE_MODELS[backbone], dropout, pretrained, weights, lstm_hidden)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return build_model(config)
+
+
+def normalization(model_input: ModelInput) -> str:
+    """How the features' frames were normalised, for the entry's record: `imagenet`, or the backbone's own."""
+    if (model_input.mean, model_input.std) == (IMAGENET_MEAN, IMAGENET_STD):
+        return "imagenet"
+    return f"mean {list(model_input.mean)} std {list(model_input.std)}"
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -81,9 +93,13 @@ def compute_features(config: FeatureConfig, log=print) -> FeatureSpec:
     """Fill (or finish) the store's entry for this backbone; each process takes every world-th shard."""
     config.check()
     state = PartialState(cpu=not torch.cuda.is_available())
-    model = backbone_model(config.backbone, config.weights, config.pretrained, config.seed)
     with open_store(config.store) as store:
         status, per_shard, store_spec, fmt = store.status, store.spec.clips_per_shard, store.spec, store.format
+    frame_size = config.frame_size or store_spec.size
+    model = backbone_model(
+        ModelConfig(config.model, pretrained=config.pretrained, weights=config.weights, frame_size=frame_size),
+        config.seed,
+    )
     if fmt == "hdf5" and state.num_processes > 1:
         raise UsageError("an HDF5 store has one writer: compute features with one process, or use a .zarr store")
     spec = FeatureSpec(
@@ -92,9 +108,10 @@ def compute_features(config: FeatureConfig, log=print) -> FeatureSpec:
         pretrained=config.pretrained,
         seed=config.seed,
         weights_sha256=weights_digest(model.backbone),
-        frame_size=config.frame_size or store_spec.size,
+        frame_size=frame_size,
         frames=store_spec.frames,
         dim=model.feature_dim,
+        normalize=normalization(model.input),
     )
     if state.is_main_process:
         with FeatureWriter(config.store) as writer:
@@ -117,7 +134,13 @@ def compute_features(config: FeatureConfig, log=print) -> FeatureSpec:
 def _fill(config, spec, model: ClipClassifier, state: PartialState, status: np.ndarray, per_shard: int) -> int:
     """Compute this process's unfinished shards; returns how many clips it computed."""
     n = len(status)
-    transform = ClipTransform(train=False, size=spec.frame_size, channels_last=state.device.type == "cuda")
+    transform = ClipTransform(
+        train=False,
+        size=spec.frame_size,
+        channels_last=state.device.type == "cuda",
+        mean=model.input.mean,
+        std=model.input.std,
+    )
     autocast = _autocast(state.device, config.mixed_precision)
     # The writer opens first: HDF5 lets a file open for writing be opened again for reading, not the reverse.
     with (
@@ -157,11 +180,11 @@ def _autocast(device: torch.device, precision: str):
 
 def find_entry(cache: Path, model: str, wanted: str) -> FeatureSpec:
     """The entry `wanted`, or for `auto` the store's one entry of `model`'s backbone."""
-    if model not in TIMM_BACKBONES:
+    backbone = family(model).backbone
+    if backbone is None:
         raise UsageError(f"--from-features trains the layers after a timm backbone: {model} has none")
     with open_store(cache) as store:
         entries = feature_entries(store)
-    backbone = TIMM_BACKBONES[model]
     mine = {name: spec for name, spec in entries.items() if spec.backbone == backbone}
     if wanted != "auto":
         if wanted not in entries:
@@ -176,13 +199,14 @@ def find_entry(cache: Path, model: str, wanted: str) -> FeatureSpec:
     return next(iter(mine.values()))
 
 
-def model_for_features(spec: FeatureSpec, dropout: float, lstm_hidden: int = 128) -> ClipClassifier:
-    """The whole classifier, its backbone rebuilt as the entry's was and checked against its digest, so that
-    the trained checkpoint holds the backbone that made the features and predicts from raw clips."""
+def model_for_features(spec: FeatureSpec, config: ModelConfig) -> ClipClassifier:
+    """The whole classifier `config` names, its backbone rebuilt as the entry's was and checked against its digest,
+    so that the trained checkpoint holds the backbone that made the features and predicts from raw clips."""
     weights = Path(spec.weights) if spec.weights else None
     if weights is not None and not weights.is_file():
         raise UsageError(f"features/{spec.name}: its backbone weights {weights} are gone")
-    model = backbone_model(spec.backbone, weights, spec.pretrained, spec.seed, dropout, lstm_hidden)
+    rebuilt = replace(config, pretrained=spec.pretrained, weights=weights, frame_size=spec.frame_size)
+    model = backbone_model(rebuilt, spec.seed)
     if weights_digest(model.backbone) != spec.weights_sha256:
         raise UsageError(f"features/{spec.name}: the backbone rebuilt from {spec.source} has other weights")
     return model

@@ -10,7 +10,7 @@ from pathlib import Path
 from cache.bucket import store_location
 from cache.exits import Ending, ends
 from cache.shard_cache import add_cache_options, cache_config
-from train.feature_cache import BACKBONE_MODELS, COMMAND, FeatureConfig, compute_features
+from train.feature_cache import COMMAND, FeatureConfig, compute_features, registered_backbones
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,7 +29,12 @@ def parser() -> argparse.ArgumentParser:
         "store", type=store_location, help="a store built by `ingest build-cache` (.zarr, .h5, s3://.../NAME.zarr)"
     )
     add_cache_options(main)
-    main.add_argument("--backbone", choices=tuple(BACKBONE_MODELS), required=True, help="timm backbone")
+    usual = ", ".join(f"{backbone} ({model})" for backbone, model in registered_backbones().items())
+    main.add_argument(
+        "--backbone",
+        required=True,
+        help=f"a timm model: a registered model's backbone ({usual}), or any other, for `--model timm/NAME`",
+    )
     source = main.add_mutually_exclusive_group()
     source.add_argument("--weights", type=Path, help="backbone weights from a local safetensors file")
     source.add_argument("--pretrained", action="store_true", help="timm's ImageNet weights (needs network)")

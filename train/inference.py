@@ -27,7 +27,8 @@ from ingest.pool import VIDEO_TIMEOUT, decode_rows, threads_per_worker
 from train.augment import ClipTransform
 from train.checkpoint import load_weights
 from train.data import UsageError
-from train.models import ClipClassifier, ModelConfig, build_model
+from train.models import ClipClassifier, build_model
+from train.run_config import CONFIG_FILE, RunConfig
 
 
 def decode_videos(
@@ -70,32 +71,24 @@ class TrainedModel:
 
     @classmethod
     def load(cls, run_dir: Path, device: torch.device | None = None) -> TrainedModel:
-        """RUN_DIR/MODEL as written by `train/run.py`: metrics.json and best.safetensors."""
-        metrics_file, weights_file = run_dir / "metrics.json", run_dir / "best.safetensors"
-        for needed in (metrics_file, weights_file):
-            if not needed.is_file():
-                raise UsageError(f"--run {run_dir}: no {needed.name} (give a trained model's folder, RUN_DIR/MODEL)")
-        metrics = json.loads(metrics_file.read_text())
-        config = metrics["config"]
+        """RUN_DIR/MODEL as written by `train/run.py`: config.json and best.safetensors."""
+        config, weights_file = run_config(run_dir), run_dir / "best.safetensors"
+        if not weights_file.is_file():
+            raise UsageError(f"--run {run_dir}: no {weights_file.name} (give a trained model's folder, RUN_DIR/MODEL)")
         device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         with warnings.catch_warnings():
             # The backbone's random start is overwritten by the checkpoint at once.
             warnings.filterwarnings("ignore", message=".*starts from random weights")
-            model = build_model(
-                ModelConfig(
-                    config["model"], config["dropout"], lstm_hidden=config.get("lstm_hidden", ModelConfig.lstm_hidden)
-                )
-            )
+            model = build_model(config.model_config())
         model.load_state_dict(load_weights(weights_file))
-        clip = run_clip_settings(metrics)
         return cls(
-            name=config["model"],
+            name=config.model,
             model=model.to(device).eval(),
-            transform=ClipTransform(train=False, size=config["frame_size"]),
-            threshold=float(metrics["threshold"]),
-            clip=clip,
+            transform=ClipTransform(train=False, size=config.frame_size, mean=config.mean, std=config.std),
+            threshold=config.threshold,
+            clip=config.clip,
             device=device,
-            clip_frames=int(metrics.get("clip_frames") or clip.frames),
+            clip_frames=config.clip_frames,
         )
 
     def inputs(self, clips: np.ndarray) -> torch.Tensor:
@@ -120,6 +113,18 @@ class TrainedModel:
         logits = self.model(self.inputs(phased.reshape(-1, *phased.shape[2:])))
         probabilities = logits.float().softmax(dim=1)[:, 1].double().cpu().numpy()
         return probabilities.reshape(phased.shape[:2]).mean(axis=1)
+
+
+def run_config(run_dir: Path) -> RunConfig:
+    """The run's config.json; a run from before it was written rebuilds from metrics.json (and, before the clip
+    settings were recorded there, from its store)."""
+    if (run_dir / CONFIG_FILE).is_file():
+        return RunConfig.read(run_dir)
+    metrics_file = run_dir / "metrics.json"
+    if not metrics_file.is_file():
+        raise UsageError(f"--run {run_dir}: no {CONFIG_FILE} (give a trained model's folder, RUN_DIR/MODEL)")
+    metrics = json.loads(metrics_file.read_text())
+    return RunConfig.of_metrics(metrics, run_clip_settings(metrics))
 
 
 def run_clip_settings(metrics: dict) -> ClipSettings:

@@ -13,7 +13,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -47,15 +47,17 @@ from train.data import (
 from train.feature_cache import feature_split, find_entry, model_for_features
 from train.metrics import SELECT_BY, better, choose_threshold, video_metrics, video_scores
 from train.models import (
-    DEFAULT_LR,
-    MODEL_NAMES,
     ClipClassifier,
     ModelConfig,
     build_model,
     check_start,
     count_parameters,
+    default_lr,
+    family,
+    folder_name,
 )
 from train.reporting import write_model_report
+from train.run_config import RunConfig
 from train.tracking import epoch_scalars, final_scalars, tracking
 
 LR_FACTOR = 0.5  # the seed's ReduceLROnPlateau
@@ -67,13 +69,14 @@ SPLITS = (("train", True), ("val", True), ("test", False))  # and whether the sp
 class TrainConfig:
     cache: tuple[Path, ...]  # one store, or several trained on as one (a single path is taken too)
     out: Path
-    model: str
+    model: str  # a registered model, or timm/NAME
     epochs: int = 2
     batch_size: int = 4
     lr: float | None = None
     weight_decay: float = 1e-4
     dropout: float = 0.5
     lstm_hidden: int = 128
+    temporal: str | None = None  # a timm/NAME model's head: mean (default), lstm or attention
     balance: str = "weights"
     select_by: str = "roc_auc"
     frame_size: int | None = None
@@ -93,11 +96,26 @@ class TrainConfig:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.model]
+        return self.lr if self.lr is not None else default_lr(self.model)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out / folder_name(self.model)
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return ModelConfig(
+            self.model,
+            self.dropout,
+            self.pretrained,
+            self.weights,
+            self.lstm_hidden,
+            self.temporal,
+            self.frame_size,
+        )
 
     def check(self) -> None:
-        if self.model not in MODEL_NAMES:
-            raise UsageError(f"--model must be one of {', '.join(MODEL_NAMES)}, not {self.model!r}")
+        family(self.model, self.temporal)
         if self.balance not in BALANCE:
             raise UsageError(f"--balance must be one of {', '.join(BALANCE)}")
         if self.select_by not in SELECT_BY:
@@ -178,13 +196,14 @@ class Evaluation:
 
 
 def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, dict], None] | None = None) -> dict:
-    """Train `config.model`, write RUN_DIR/MODEL/{best.safetensors,last/,metrics.json}; return the metrics.
+    """Train `config.model`, write RUN_DIR/MODEL/{best.safetensors,config.json,last/,metrics.json}; return the
+    metrics. config.json is what rebuilds the model from the folder alone (`train.run_config`).
 
     `on_epoch(epoch, val_metrics)` runs after each epoch's checkpoint, so an exception it raises (a search
     pruning a poor trial) stops training between epochs and leaves a `last/` that `resume` continues from.
     """
     config.check()
-    model_dir = config.out / config.model
+    model_dir = config.model_dir
     data = training_data(config)
     config = data.config
     if accelerator.is_main_process:
@@ -204,8 +223,9 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
     criterion = nn.CrossEntropyLoss(weight=weight, reduction="none").to(accelerator.device)
 
     trained, optimizer = accelerator.prepare(trained, optimizer)
+    normalization = {"mean": model.input.mean, "std": model.input.std}  # the backbone's own
     evaluate_transform = data.transform or ClipTransform(
-        train=False, size=config.frame_size, channels_last=channels_last
+        train=False, size=config.frame_size, channels_last=channels_last, **normalization
     )
     val_feed = shard_feed(val_set, config.batch_size, accelerator, True, data.workers)
     train_feed = shard_feed(train_set, config.batch_size, accelerator, False, data.workers)
@@ -227,6 +247,7 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
                 seed=config.seed + 7919 * epoch + accelerator.process_index,
                 size=config.frame_size,
                 channels_last=channels_last,
+                **normalization,
             )
             train_feed.sampler = train_sampler(train_set, config.balance, config.seed, epoch)
             started = time.perf_counter()
@@ -268,11 +289,12 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
             trained, val_feed, data.tests, criterion, evaluate_transform, accelerator, config, data.workers
         )
         accelerator.log(final_scalars(final), step=progress.epoch)
+    clip = clip_settings(config.cache[0])
     metrics = {
         "model": config.model,
         "parameters": parameters,
         "config": config.as_dict(),
-        "clip": clip_settings(config.cache[0]).as_dict(),
+        "clip": clip.as_dict(),
         **settings,
         "select_by": config.select_by,
         "best_epoch": progress.best_epoch,
@@ -282,6 +304,19 @@ def fit(config: TrainConfig, accelerator: Accelerator, on_epoch: Callable[[int, 
     }
     if accelerator.is_main_process:
         write_json(model_dir / "metrics.json", metrics)
+        rebuild = RunConfig(
+            model=config.model,
+            temporal=config.temporal,
+            dropout=config.dropout,
+            lstm_hidden=config.lstm_hidden,
+            frame_size=config.frame_size or clip.size,
+            mean=model.input.mean,
+            std=model.input.std,
+            clip=clip,
+            clip_frames=data.clip_frames,
+            threshold=threshold,
+        )
+        rebuild.write(model_dir)
     accelerator.wait_for_everyone()
     return metrics
 
@@ -297,7 +332,7 @@ def train_one(
     finally:
         accelerator.free_memory()
     if accelerator.is_main_process:
-        write_model_report(config.out / config.model, metrics)
+        write_model_report(config.model_dir, metrics)
     return metrics
 
 
@@ -323,9 +358,9 @@ def training_data(config: TrainConfig) -> TrainingData:
     names = store_names(config.cache)
     if not config.from_features:
         check_same_clips(config.cache)
-        model = build_model(
-            ModelConfig(config.model, config.dropout, config.pretrained, config.weights, lstm_hidden=config.lstm_hidden)
-        )
+        # The frames the model will see: a backbone made for one size (a ViT) is built for them.
+        frame_size = config.frame_size or clip_settings(config.cache[0]).size
+        model = build_model(replace(config.model_config, frame_size=frame_size))
         train, val = (
             split_dataset(config.cache, split, True, config.clip_frames, config.shard_cache)
             for split in ("train", "val")
@@ -341,7 +376,7 @@ def training_data(config: TrainConfig) -> TrainingData:
         raise UsageError(f"features/{entry.name} are of {entry.frame_size}px frames, not {config.frame_size}px")
     # The run records the entry and its frame size, so that prediction feeds the model what it was trained on.
     config = replace(config, from_features=entry.name, frame_size=entry.frame_size)
-    model = model_for_features(entry, config.dropout, config.lstm_hidden)
+    model = model_for_features(entry, config.model_config)
     train, val, test = (feature_split(cache, entry, split, need, config.clip_frames) for split, need in SPLITS)
     # The features sit in memory: the training thread indexes them faster than it could hand the work to a thread.
     return TrainingData(config, model, train, val, dict.fromkeys(names, test), transform=as_float, workers=0)
@@ -440,15 +475,14 @@ def train_epoch(
     with join, bar:
         for clips, labels, batch_rows in batches:
             with accelerator.accumulate(model):
-                logits = model(transform(clips))
-                losses, weights = clip_losses(step.criterion, logits, labels)
-                accelerator.backward(losses.sum() / weights.sum())
-                if accelerator.sync_gradients:
-                    steps += 1
-                    if step.max_grad_norm is not None:
-                        norms.append(accelerator.clip_grad_norm_(model.parameters(), step.max_grad_norm))
-                step.optimizer.step()
-                step.optimizer.zero_grad(set_to_none=True)
+                synced = accelerator.sync_gradients  # this batch ends a window: the optimiser steps
+                clip = accelerator.clip_grad_norm_ if synced else None
+                logits, losses, weights, norm = train_step(
+                    model, clips, labels, transform, step, accelerator.backward, clip
+                )
+            steps += synced
+            if norm is not None:
+                norms.append(norm)
             hits = (logits.argmax(dim=1) == labels).sum()
             sums += torch.stack([value.to(sums.dtype) for value in (losses.detach().sum(), weights.sum(), hits)])
             rows.append(batch_rows)
@@ -471,6 +505,31 @@ def train_epoch(
     if norms:
         summary["grad_norm"] = float(torch.stack(norms).float().mean())
     return summary
+
+
+def train_step(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    clips: torch.Tensor,
+    labels: torch.Tensor,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    step: Step,
+    backward: Callable[[torch.Tensor], None],
+    clip: Callable[[Iterable[nn.Parameter], float], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One batch of uint8 clips through the model, its loss backward, and the optimiser's step: the trainer's, and
+    the one `bench` times. `backward` is the Accelerator's in training (gradient scaling, several processes,
+    accumulation, under which the optimiser's step and zeroing wait for the window's last batch), plain autograd's
+    in the bench. `clip` clips the gradients' total norm to `step.max_grad_norm` before the step, where both are
+    given. Returns each clip's logits, loss and class weight, and the norm before clipping (None unclipped)."""
+    logits = model(transform(clips))
+    losses, weights = clip_losses(step.criterion, logits, labels)
+    backward(losses.sum() / weights.sum())
+    norm = None
+    if clip is not None and step.max_grad_norm is not None:
+        norm = clip(model.parameters(), step.max_grad_norm)
+    step.optimizer.step()
+    step.optimizer.zero_grad(set_to_none=True)
+    return logits, losses, weights, norm
 
 
 @torch.no_grad()
@@ -545,7 +604,7 @@ def clip_losses(criterion: nn.Module | None, logits: torch.Tensor, labels: torch
     if criterion is None:
         loss = torch.full(labels.shape, math.nan, device=logits.device)
         return loss, torch.ones_like(loss)
-    loss = criterion(logits, labels)
+    loss = criterion(logits.float(), labels)  # a bf16 forward's logits: the loss in fp32, as Accelerate returns them
     return loss, criterion.weight[labels] if criterion.weight is not None else torch.ones_like(loss)
 
 

@@ -14,6 +14,7 @@ from cache.bucket import store_location
 from cache.shard_cache import add_cache_options, cache_config
 from train.data import BALANCE, UsageError
 from train.loop import TrainConfig
+from train.models import MODEL_NAMES, TEMPORAL, TIMM_PREFIX
 from train.tracking import ALL, TRACKERS, trackers
 
 
@@ -78,10 +79,29 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         const="auto",
         metavar="ENTRY",
         help=(
-            "train only the layers after the backbone (resnet18, effnet_lstm) on embeddings that `python -m "
+            "train only the layers after the backbone (every model but simple_cnn) on embeddings that `python -m "
             "train.features` stored: the store's one entry for the model's backbone, or the entry named; no "
             "augmentation"
         ),
+    )
+
+
+def add_model_option(parser: argparse.ArgumentParser, help: str, also: tuple[str, ...] = ()) -> None:
+    """--model, and --temporal for a timm/NAME model's head. Whether timm has NAME is checked with the rest of the
+    run's configuration (`TrainConfig.check`), so that a command stopping at another bad argument never imports timm.
+    """
+
+    def model_name(value: str) -> str:
+        if value in (*MODEL_NAMES, *also) or (value.startswith(TIMM_PREFIX) and len(value) > len(TIMM_PREFIX)):
+            return value
+        raise argparse.ArgumentTypeError(f"{value!r}: not one of {', '.join((*MODEL_NAMES, *also))} or timm/NAME")
+
+    parser.add_argument("--model", type=model_name, required=True, help=help)
+    parser.add_argument(
+        "--temporal",
+        choices=TEMPORAL,
+        help="a timm/NAME model's head over the frames: mean of the frame logits (default), the LSTM of "
+        "effnet_lstm, or attention pooling",
     )
 
 

@@ -1,4 +1,4 @@
-"""Train the seed's three detectors from a clip store, under `accelerate launch` or plain `python`.
+"""Train the registry's detectors from a clip store, under `accelerate launch` or plain `python`.
 
 The same command runs on a CPU, one GPU, several GPUs or several machines; Accelerate decides which from
 how it is launched.
@@ -23,8 +23,8 @@ from train.evaluation import evaluate_models, threshold_note
 from train.inference import TrainedModel
 from train.loop import TrainConfig, train_one
 from train.metrics import SELECT_BY
-from train.models import MODEL_NAMES
-from train.options import add_training_options, make_accelerator, train_config
+from train.models import SEED_MODELS, folder_name, registry_lines
+from train.options import add_model_option, add_training_options, make_accelerator, train_config
 from train.reporting import (
     cross_dataset_frame,
     format_comparison,
@@ -38,16 +38,22 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="train/run.py",
         description=(
-            "Train simple_cnn, resnet18 and/or effnet_lstm on the clips of a clipcache store. Writes "
-            "RUN_DIR/MODEL/{metrics.json,history.csv,curves.png,confusion.png,best.safetensors,last/} (and, with "
-            "--log-with tensorboard, TensorBoard's events); with --model all also RUN_DIR/comparison.{md,csv,png}. "
-            "The best epoch is chosen on val; test is evaluated once at the end. Exit status: 0 done, 2 bad input, "
-            "4 no space left on the device, 130 after Ctrl-C, 143 after SIGTERM; in the last three, --resume "
+            "Train a registered model (--list-models), any timm model as timm/NAME, or the seed's three (--model "
+            "all) on the clips of a clipcache store. Writes RUN_DIR/MODEL/{config.json,metrics.json,history.csv,"
+            "curves.png,confusion.png,best.safetensors,last/} (timm/NAME in RUN_DIR/timm-NAME; with --log-with "
+            "tensorboard, TensorBoard's events too); with --model all also RUN_DIR/comparison.{md,csv,png}. The "
+            "best epoch is chosen on val; test is evaluated once at the end. Exit status: 0 done, 2 bad input, 4 "
+            "no space left on the device, 130 after Ctrl-C, 143 after SIGTERM; in the last three, --resume "
             "continues from the checkpoint after the last finished epoch, to the same result as an uninterrupted run."
         ),
     )
+    main.add_argument(
+        "--list-models",
+        action=ListModels,
+        help="print the registry (parameters, default input size, backbone) and exit",
+    )
     add_training_options(main)
-    main.add_argument("--model", choices=(*MODEL_NAMES, "all"), required=True, help="which model, or all three")
+    add_model_option(main, "which model (--list-models), timm/NAME, or all: the seed's three", also=("all",))
     main.add_argument("--out", type=Path, required=True, help="run folder (created)")
     main.add_argument(
         "--config",
@@ -60,7 +66,10 @@ def parser() -> argparse.ArgumentParser:
     main.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay (default 1e-4)")
     main.add_argument("--dropout", type=float, default=0.5, help="dropout of the heads (default 0.5)")
     main.add_argument(
-        "--lstm-hidden", type=int, default=128, help="hidden size of effnet_lstm's LSTM (default 128; others ignore it)"
+        "--lstm-hidden",
+        type=int,
+        default=128,
+        help="hidden size of the LSTM head (effnet_lstm, --temporal lstm; default 128; others ignore it)",
     )
     main.add_argument("--select-by", choices=SELECT_BY, default="roc_auc", help="val metric choosing the best epoch")
     main.add_argument("--resume", action="store_true", help="continue from RUN_DIR/MODEL/last")
@@ -73,6 +82,17 @@ def parser() -> argparse.ArgumentParser:
         "on them) and write the cross-dataset table RUN_DIR/cross_dataset.{md,csv,json,png}",
     )
     return main
+
+
+class ListModels(argparse.Action):
+    """--list-models: the registry, printed before any required option is asked for, as --help is."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_) -> None:
+        print("\n".join(registry_lines()))
+        parser.exit(0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,7 +152,7 @@ def resume_line(config: TrainConfig | None) -> str:
     """Where an interrupted run can go on from: the checkpoint after the last finished epoch."""
     if config is None:
         return "nothing was trained yet; run the same command again"
-    last = find_last(config.out / config.model / "last")
+    last = find_last(config.model_dir / "last")
     if last is None:
         return f"no epoch of {config.model} finished; the same command starts it again"
     epoch = read_progress(last)["epoch"]
@@ -155,7 +175,7 @@ def cross_dataset(
     for metrics in results:
         tests = metrics["final"]["test_by_store"].values()
         table[metrics["model"]] = {name_of[c]: test for c, test in zip(args.cache, tests, strict=True)}
-    models = [TrainedModel.load(args.out / name, accelerator.device) for name in table]
+    models = [TrainedModel.load(args.out / folder_name(name), accelerator.device) for name in table]
     if args.eval_cache:
         stores = {name_of[cache]: cache for cache in args.eval_cache}
         scored = evaluate_models(models, stores, "test", accelerator, args.batch_size, args.workers, cache_config(args))
@@ -182,7 +202,7 @@ def main(argv: list[str] | None, ending: Ending) -> int:
             )
         check_same_clips([*args.cache, *args.eval_cache])
         results = []
-        for name in list(MODEL_NAMES) if args.model == "all" else [args.model]:
+        for name in list(SEED_MODELS) if args.model == "all" else [args.model]:
             config = train_config(args, model=name)
             ending.kept = functools.partial(resume_line, config)
             results.append(train_one(config, accelerator))

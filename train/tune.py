@@ -13,8 +13,7 @@ from optuna.trial import TrialState
 from cache.exits import Ending, ends
 from train.checkpoint import write_json
 from train.data import UsageError, split_dataset
-from train.models import MODEL_NAMES
-from train.options import add_training_options, make_accelerator, train_config
+from train.options import add_model_option, add_training_options, make_accelerator, train_config
 from train.tuning import finished, open_study, run_study, save_plots, summary
 
 
@@ -22,7 +21,7 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="train/tune.py",
         description=(
-            "Search the learning rate, weight decay, dropout, batch size (and effnet_lstm's LSTM size) of one "
+            "Search the learning rate, weight decay, dropout, batch size (and an LSTM head's size) of one "
             "model with Optuna's TPE sampler. Each trial trains like train/run.py into OUT/trial-N/MODEL/ and "
             "scores the val ROC AUC of its best epoch; a trial below the median of earlier ones after an epoch "
             "is pruned (from the sixth trial on). Writes OUT/best_params.json (for train/run.py --config) and "
@@ -32,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
         ),
     )
     add_training_options(main)
-    main.add_argument("--model", choices=MODEL_NAMES, required=True, help="the model to tune")
+    add_model_option(main, "the model to tune (train/run.py --list-models), or timm/NAME")
     main.add_argument("--out", type=Path, required=True, help="study folder (created): trials, plots, best params")
     main.add_argument("--trials", type=int, required=True, help="finished trials the study should have in all")
     main.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")

@@ -22,6 +22,7 @@ from optuna.visualization import matplotlib as optuna_plots
 
 from train.data import UsageError
 from train.loop import TrainConfig, train_one
+from train.models import family
 
 LR_RANGE = (1e-5, 1e-2)
 WEIGHT_DECAY_RANGE = (1e-6, 1e-2)
@@ -37,7 +38,7 @@ PLOTS = {
 }
 
 
-def suggest(trial: optuna.Trial, model: str) -> dict:
+def suggest(trial: optuna.Trial, model: str, temporal: str | None = None) -> dict:
     """One trial's TrainConfig fields; named as run.py's options, so the best ones serve as its --config."""
     params = {
         "lr": trial.suggest_float("lr", *LR_RANGE, log=True),
@@ -45,14 +46,15 @@ def suggest(trial: optuna.Trial, model: str) -> dict:
         "dropout": trial.suggest_float("dropout", *DROPOUT_RANGE),
         "batch_size": trial.suggest_categorical("batch_size", BATCH_SIZES),
     }
-    if model == "effnet_lstm":
+    if family(model, temporal).head == "lstm":
         params["lstm_hidden"] = trial.suggest_categorical("lstm_hidden", LSTM_HIDDEN_SIZES)
     return params
 
 
 def objective(trial: optuna.Trial, base: TrainConfig, accelerator: Accelerator) -> float:
     """Train the trial's config into BASE_OUT/trial-N; the val AUC of each epoch lets the pruner stop it early."""
-    config = dataclasses.replace(base, out=base.out / f"trial-{trial.number}", **suggest(trial, base.model))
+    params = suggest(trial, base.model, base.temporal)
+    config = dataclasses.replace(base, out=base.out / f"trial-{trial.number}", **params)
 
     def report(epoch: int, val_metrics: dict) -> None:
         if val_metrics["roc_auc"] is not None:
