@@ -236,10 +236,10 @@ class RunReview:
 
     def figure(self, model: str, name: str) -> Path:
         """A model folder's curves.png or confusion.png."""
-        path = self.folders[self.model(model).name] / f"{name}.png"
-        if name not in RUN_FIGURES or not path.is_file():
-            raise NotFound(f"no {name}.png for model {model!r}")
-        return path
+        folder = self.folders[self.model(model).name]
+        if name not in RUN_FIGURES or not (folder / f"{name}.png").is_file():
+            raise NotFound(f"no {name!r} figure for model {model!r} (one of {', '.join(RUN_FIGURES)})")
+        return folder / f"{name}.png"
 
     def tables(self) -> dict[str, str]:
         """The run folder's comparison, cross-dataset and robustness tables that exist, as markdown text."""
