@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -336,6 +337,12 @@ def test_another_host_gets_a_token_and_bad_input_ends_with_status_2(run, tiny_ca
     assert run_cli("train.review", "--run", str(tmp_path), "--cache", str(tiny_cache), check=False).returncode == 2
     missing = run_cli("train.review", "--run", str(run), "--cache", str(other), check=False)
     assert missing.returncode == 2 and "no such store" in missing.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        busy = run_cli("train.review", "--run", str(run), "--cache", str(tiny_cache), "--port", port, check=False)
+    assert busy.returncode == 2 and f"--port {port}: cannot listen there" in busy.stderr
 
 
 def wait_for(url: str, expect: int = 200, seconds: float = 60) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import secrets
+import socket
 import sys
 from pathlib import Path
 
@@ -40,12 +41,25 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuse a host and port the page cannot listen on as bad input, before the models load, rather than as the
+    server's own error once they have."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise UsageError(f"--host {host} --port {port}: cannot listen there: {error.strerror or error}") from error
+
+
 @ends("review")
 def main(argv: list[str] | None, ending: Ending) -> int:
     args = parser().parse_args(argv)
     ending.kept = "the page is closed; it wrote nothing"
     if args.max_upload_mb <= 0 or args.batch_size < 1 or not 0 <= args.port < 65536:
         raise UsageError("--max-upload-mb must be above 0, --batch-size at least 1, --port 0..65535")
+    check_address(args.host, args.port)
     token = args.token
     if token is None and args.host not in LOOPBACK:
         token = secrets.token_urlsafe(18)
