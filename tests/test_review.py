@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 import signal
@@ -202,14 +201,18 @@ def predicted_probability(run: Path, video: Path) -> tuple[float, str]:
     return prediction.probability, prediction.verdict
 
 
-def uploads_left() -> list[str]:
-    return [name for name in os.listdir(tempfile.gettempdir()) if name.startswith("review-upload-")]
+@pytest.fixture
+def uploads(tmp_path, monkeypatch) -> Path:
+    """A temporary folder of this test's own, where this process's uploads land while answered."""
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
 
 
 @pytest.mark.slow
-def test_an_upload_gets_predicts_verdict_per_frame_scores_and_the_explanation(client, run, demo_root):
+def test_an_upload_gets_predicts_verdict_per_frame_scores_and_the_explanation(client, run, demo_root, uploads):
     video = demo_video(demo_root)
-    before = uploads_left()
     with open(video, "rb") as file:
         answer = client.post("/api/check?explain=1", files={"video": ("x.mp4", file)}, data={"model": "simple_cnn"})
     assert answer.status_code == 200, answer.text
@@ -218,11 +221,11 @@ def test_an_upload_gets_predicts_verdict_per_frame_scores_and_the_explanation(cl
     assert body["probability"] == pytest.approx(probability, abs=1e-6) and body["verdict"] == verdict
     assert body["model"] == "simple_cnn" and len(body["frames"]) == 4
     assert decoded_jpeg(base64.b64decode(body["explanation_png"])).shape[1] > 300
-    assert uploads_left() == before  # the upload is gone once answered
+    assert list(uploads.iterdir()) == []  # the upload is gone once answered
 
 
 @pytest.mark.slow
-def test_an_upload_that_is_not_a_video_or_too_large_is_refused(review, demo_root):
+def test_an_upload_that_is_not_a_video_or_too_large_is_refused(review, demo_root, uploads):
     client = TestClient(build_app(review, PageSettings(max_upload_mb=0.004)))
     text = client.post("/api/check", files={"video": ("v.mp4", b"this is not a video\n" * 10)})
     assert text.status_code == 422 and "does not decode" in text.json()["error"]
@@ -234,7 +237,7 @@ def test_an_upload_that_is_not_a_video_or_too_large_is_refused(review, demo_root
     assert client.post("/api/check", data={"model": "simple_cnn"}).status_code == 400
     wrong_model = client.post("/api/check", files={"video": ("v.mp4", b"x")}, data={"model": "nope"})
     assert wrong_model.status_code == 404
-    assert uploads_left() == []
+    assert list(uploads.iterdir()) == []
 
 
 @pytest.mark.slow
