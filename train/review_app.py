@@ -229,7 +229,7 @@ def video_row(video: VideoScore, model: str) -> str:
     return (
         f'<tr class="video{" wrong" if video.mistaken else ""}"><td><a href="{where}">{esc(video.path)}</a></td>'
         f"<td>{esc(video.store)}</td><td>{video.row}</td><td>{esc(video.split)}</td><td>{esc(video.label)}</td>"
-        f'<td class="num">{video.probability:.3f}</td><td class="{esc(video.verdict)}">{esc(video.verdict)}</td>'
+        f'<td class="num">{video.probability:.4f}</td><td class="{esc(video.verdict)}">{esc(video.verdict)}</td>'
         f'<td><img class="strip" loading="lazy" src="{link("strip", store=video.store, row=video.row)}" alt=""></td>'
         "</tr>"
     )

@@ -172,9 +172,8 @@ def markdown_html(text: str) -> str:
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("|"):
-            cells = [cell.strip().replace("\\|", "|") for cell in stripped.strip("|").split(" | ")]
-            if not all(set(cell) <= set(":-") for cell in cells):
-                rows.append(cells)
+            if not set(stripped) <= set("|:- "):  # the header's separator line
+                rows.append([cell.strip().replace("\\|", "|") for cell in stripped.strip("|").split(" | ")])
             continue
         close_table()
         if stripped:
