@@ -235,6 +235,13 @@ def test_an_upload_that_is_not_a_video_or_too_large_is_refused(review, demo_root
     over = client.post("/api/check", files={"video": ("v.mp4", video)})
     assert over.status_code == 413 and "--max-upload-mb 0.004" in over.json()["error"]
     assert client.post("/api/check", files={"video": ("v.mp4", bytes(2**17))}).status_code == 413  # by its length
+    boundary = "b0undary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="video"; filename="v.mp4"\r\n\r\n'.encode()
+    chunks = [head, *[bytes(2**14)] * 16, f"\r\n--{boundary}--\r\n".encode()]  # 256 KiB, sent as it is made
+    chunked = client.post(
+        "/api/check", content=iter(chunks), headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert chunked.status_code == 413 and chunked.request.headers.get("content-length") is None
     assert client.post("/api/check", data={"model": "simple_cnn"}).status_code == 400
     wrong_model = client.post("/api/check", files={"video": ("v.mp4", b"x")}, data={"model": "nope"})
     assert wrong_model.status_code == 404

@@ -10,6 +10,7 @@ token: as `?token=`, which the page turns into a cookie, or as an `X-Review-Toke
 
 from __future__ import annotations
 
+import base64
 import hmac
 import html
 from dataclasses import dataclass
@@ -378,26 +379,52 @@ def build_app(review: RunReview, settings: PageSettings = PageSettings()) -> ASG
         Route("/api/video", api_video),
         Route("/api/check", check, methods=["POST"]),
     ]
-    handlers = {NotFound: not_found, UndecodableVideo: undecodable}
+
+    async def too_large(request: Request, error: Exception) -> Response:
+        return JSONResponse({"error": f"the upload is larger than --max-upload-mb {settings.max_upload_mb:g}"}, 413)
+
+    handlers = {NotFound: not_found, UndecodableVideo: undecodable, UploadTooLarge: too_large}
     app = Starlette(routes=routes, exception_handlers=handlers)
     return app if settings.token is None else TokenGate(app, settings.token)
+
+
+FORM_ALLOWANCE = 2**16  # bytes of a multipart body beyond its file: boundaries, headers, the model's name
+
+
+class UploadTooLarge(Exception):
+    """A request body past --max-upload-mb (and the form's allowance): 413, however it is sent."""
+
+
+def limited_body(request: Request, limit: int) -> Request:
+    """`request` whose body stops with UploadTooLarge once past `limit` bytes, as it streams in: a chunked upload
+    without a Content-Length is cut off too, before it fills the disk."""
+    received = 0
+
+    async def receive():
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > limit:
+            raise UploadTooLarge
+        return message
+
+    return Request(request.scope, receive)
 
 
 async def check_upload(request: Request, review: RunReview, settings: PageSettings) -> Response:
     """POST /api/check: multipart field `video` (and optional `model`): the verdict, each frame's score, and with
     `?explain=1` the explanation PNG in base64."""
-    import base64
-
+    limit = settings.max_upload_bytes + FORM_ALLOWANCE
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > settings.max_upload_bytes + 2**16:
-        return too_large(settings)
-    form = await request.form(max_files=1, max_fields=4)
+    if declared.isdigit() and int(declared) > limit:
+        raise UploadTooLarge
+    form = await limited_body(request, limit).form(max_files=1, max_fields=4)
     try:
         upload = form.get("video")
         if not isinstance(upload, UploadFile):
             return JSONResponse({"error": "send the video as multipart field 'video'"}, 400)
         if upload.size is not None and upload.size > settings.max_upload_bytes:
-            return too_large(settings)
+            raise UploadTooLarge
         model = form.get("model") if isinstance(form.get("model"), str) else None
         review.model(model)
         result = await run_in_threadpool(review.check, model, upload.file, upload.filename)
@@ -407,10 +434,6 @@ async def check_upload(request: Request, review: RunReview, settings: PageSettin
     if request.query_params.get("explain") == "1":
         answer["explanation_png"] = base64.b64encode(result.explanation_png).decode()
     return JSONResponse(answer)
-
-
-def too_large(settings: PageSettings) -> JSONResponse:
-    return JSONResponse({"error": f"the upload is larger than --max-upload-mb {settings.max_upload_mb:g}"}, 413)
 
 
 async def not_found(request: Request, error: Exception) -> Response:
