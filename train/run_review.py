@@ -188,8 +188,7 @@ class RunReview:
 
     def __init__(self, run: Path, caches: list[Path], batch_size: int = 8, workers: int = 2):
         self.run = run
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.accelerator = Accelerator(cpu=device.type == "cpu")
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())  # as train.evaluate scores
         models = load_models(run, self.accelerator.device)
         self.models = {model.name: model for model in models}
         self.folders = {model.name: folder for model, folder in zip(models, model_folders(run), strict=True)}
