@@ -24,6 +24,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from train.reporting import final_split
 from train.run_review import (
     LABELS,
     SPLITS,
@@ -148,12 +149,11 @@ def options(values: list[str], chosen: str | None, blank: str | None = None) -> 
 
 
 def final_metrics(metrics: dict) -> tuple[str, dict]:
-    """The split the run's final figures are of (test where it has one) and those figures."""
-    final = metrics.get("final") or {}
-    for split in ("test", "val"):
-        if final.get(split):
-            return split, final[split]
-    return "n/a", {}
+    """The split the run's final figures are of (test where it has one, as its report shows) and those figures."""
+    try:
+        return final_split(metrics)
+    except ValueError:  # a model with no final evaluation: its row says n/a
+        return "n/a", {}
 
 
 def models_table(review: RunReview) -> str:
