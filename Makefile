@@ -47,6 +47,8 @@ demo: $(STAMP)
 	@echo "      resnet18 trained on cached features in $(DEMO)/run-features/; predictions of two Celeb-DF videos in"
 	@echo "      $(DEMO)/predictions.csv; Grad-CAM in $(DEMO)/explain/; simple_cnn on face crops in $(DEMO)/run-face/"
 	@echo "      (side by side above); a video squashed and face-cropped in $(DEMO)/before-after.png"
+	@echo "look at the run, its mistakes and a video of your own on a page (http://127.0.0.1:8000/, Ctrl-C ends it):"
+	@echo "      $(PY) -m train.review --run $(DEMO)/run-squash --cache $(DEMO)/ffpp.zarr $(DEMO)/celebdf.zarr"
 
 bench: $(STAMP)
 	$(PY) -m bench run --demo --quick

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import build_args, one_line, run_cli, run_process
 
+from bench.remote import free_port
 from cache.bucket import Bucket
 
 Fixture = Callable[[str], object]  # request.getfixturevalue: each case asks only for what it runs on
@@ -60,6 +61,11 @@ def explain(fixture: Fixture, folder: Path) -> list[str]:
     return ["train.explain", "--run", str(run / "simple_cnn"), *rows, "--out", str(folder / "explain")]
 
 
+def review(fixture: Fixture, folder: Path) -> list[str]:
+    run, _ = fixture("all_run")
+    return ["train.review", "--run", str(run), "--cache", str(fixture("tiny_cache")), "--port", str(free_port())]
+
+
 def bench(fixture: Fixture, folder: Path) -> list[str]:
     out = ("--out", str(folder / "results"), "--markdown", str(folder / "RESULTS.md"))
     return ["bench", "run", "--data", str(fixture("demo_root")), "--quick", "--stages", "resize", *out]
@@ -81,9 +87,10 @@ COMMANDS: dict[str, Callable[[Fixture, Path], list[str]]] = {
     "train.predict": predict,
     "train.explain": explain,
     "train.report": lambda f, d: ["train.report", str(copy_metrics(f, d))],
+    "train.review": review,
     "bench": bench,
 }
-WRITES_NOTHING = {"cache info"}  # reads a store's small arrays and prints: no disk to fill
+WRITES_NOTHING = {"cache info", "train.review"}  # they read and print (review serves a page): no disk to fill
 # A build's SIGTERM is tested in the middle of its work, with the build that resumes it (test_resume.py), as are
 # train/run.py's and train.features' full disk and SIGTERM (test_train.py, test_features.py): not again here, where
 # their processes would add most of a minute to the suite.
