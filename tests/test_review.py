@@ -28,7 +28,7 @@ from bench.remote import free_port
 from cache import open_store
 from cache.schema import OK, SPLIT_CODES
 from train.inference import TrainedModel, decode_videos
-from train.models import MODEL_NAMES
+from train.models import SEED_MODELS
 from train.prediction import predict
 from train.review_app import TOKEN_COOKIE, PageSettings, build_app
 from train.run_review import open_review
@@ -73,8 +73,8 @@ def test_the_run_page_shows_each_model_the_runs_tables_and_each_splits_counts(cl
     page = client.get("/")
     assert page.status_code == 200
     models = re.findall(r'<tr class="model"><td><a [^>]*>([a-z0-9_]+)</a>', page.text)
-    assert models == list(MODEL_NAMES)
-    for name in MODEL_NAMES:  # each model's chosen threshold and test ROC AUC, as its metrics.json has them
+    assert models == list(SEED_MODELS)
+    for name in SEED_MODELS:  # each model's chosen threshold and test ROC AUC, as its metrics.json has them
         metrics = json.loads((run / name / "metrics.json").read_text())
         assert f"{metrics['threshold']:.3f}" in page.text
         assert f'src="figure?model={name}&amp;name=curves"' in page.text
@@ -96,7 +96,7 @@ def test_a_models_figures_are_its_files_and_nothing_else(client, run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("model", SEED_MODELS)
 def test_the_videos_are_scored_as_train_evaluate_scores_them_most_wrong_first(client, run, model):
     answer = client.get("/api/videos", params={"model": model, "store": "tiny", "split": "test"})
     assert answer.status_code == 200
@@ -429,7 +429,7 @@ def test_in_a_real_browser_the_page_lists_mistakes_and_answers_an_upload(review,
 
     with ThreadedServer(build_app(review, PageSettings(token="browser-token"))) as url:
         dom = dump_dom(f"{url}?token=browser-token", tmp_path)
-        assert re.findall(r'<tr class="model"><td><a [^>]*>([a-z0-9_]+)</a>', dom) == list(MODEL_NAMES)
+        assert re.findall(r'<tr class="model"><td><a [^>]*>([a-z0-9_]+)</a>', dom) == list(SEED_MODELS)
         driver = browser(tmp_path)
         try:
             driver.get(f"{url}videos?model=simple_cnn&token=browser-token")
