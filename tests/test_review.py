@@ -110,8 +110,12 @@ def test_the_videos_are_scored_as_train_evaluate_scores_them_most_wrong_first(cl
     for video in videos:
         assert video["verdict"] == ("fake" if video["probability"] >= threshold else "real")
         assert video["mistaken"] == (video["verdict"] != video["label"])
-    wrongness = [v["probability"] if v["label"] == "real" else 1 - v["probability"] for v in videos]
-    assert wrongness == sorted(wrongness, reverse=True)
+    mistaken = [video["mistaken"] for video in videos]
+    assert mistaken == sorted(mistaken, reverse=True)  # the mistakes at the threshold first
+    for group in (True, False):  # each group the most confidently wrong first
+        wrongness = [v["probability"] if v["label"] == "real" else 1 - v["probability"] for v in videos]
+        wrongness = [value for value, wrong in zip(wrongness, mistaken, strict=True) if wrong == group]
+        assert wrongness == sorted(wrongness, reverse=True)
 
 
 @pytest.mark.slow

@@ -287,7 +287,7 @@ def build_app(review: RunReview, settings: PageSettings = PageSettings()) -> ASG
         body = (
             filters_html(review, model, stores[0] if stores else None, split, label)
             + f"<p>{len(found)} videos, {mistakes} mistaken at {model}'s threshold "
-            f"{review.model(model).threshold:.3f}; the most confidently wrong first.</p>"
+            f"{review.model(model).threshold:.3f}, listed first; each the most confidently wrong first.</p>"
             "<table id='videos'><tr><th>video</th><th>store</th><th>row</th><th>split</th><th>label</th>"
             f"<th>p(fake)</th><th>verdict</th><th>frames</th></tr>{rows}</table>"
         )

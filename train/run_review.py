@@ -50,6 +50,12 @@ class NotFound(LookupError):
 class VideoScore:
     """One video of a store as the list shows it: how wrong the model is comes first."""
 
+    def wrong_first(self) -> tuple[bool, float]:
+        """The list's order: the mistakes at the run's threshold first, then the rest, each the most confidently
+        wrong first; a threshold chosen on val lies away from 0.5, where a mistake can be less confident than a
+        right answer near the threshold, and a researcher looks for the mistakes."""
+        return not self.mistaken, -self.wrongness
+
     store: str
     row: int
     path: str
@@ -259,7 +265,8 @@ class RunReview:
 
     def scores(self, model: str, store: str, split: str = "test") -> list[VideoScore]:
         """Every decoded video of a store's split (`all`: every split) scored as `train.evaluate` scores it, the
-        most confidently wrong first and videos of unknown label last."""
+        mistakes at the run's threshold first, each group the most confidently wrong first, and videos of unknown
+        label last."""
         trained, found = self.model(model), self.store(store)
         if split not in SPLITS:
             raise NotFound(f"no split {split!r} (one of {', '.join(SPLITS)})")
@@ -292,7 +299,7 @@ class RunReview:
                     wrongness(label, probability),
                 )
             )
-        return sorted(videos, key=lambda video: (-video.wrongness, video.row))
+        return sorted(videos, key=lambda video: (*video.wrong_first(), video.row))
 
     def video_list(
         self, model: str, stores: list[str], split: str = "test", label: str | None = None
@@ -303,7 +310,7 @@ class RunReview:
         videos = [video for store in stores or list(self.stores) for video in self.scores(model, store, split)]
         if label is not None:
             videos = [video for video in videos if video.label == label]
-        return sorted(videos, key=lambda video: (-video.wrongness, video.store, video.row))
+        return sorted(videos, key=lambda video: (*video.wrong_first(), video.store, video.row))
 
     # One video of a store.
 
