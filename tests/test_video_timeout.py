@@ -14,6 +14,7 @@ from conftest import build_args, encode_numbered, read_number
 from cache import open_store
 from cache.schema import FAILED, OK
 from ingest.pool import CRASHED
+from train.run_config import CONFIG_FILE
 
 TESTS = Path(__file__).resolve().parent
 RUN = f"""
@@ -114,9 +115,9 @@ def test_prediction_gives_a_video_that_never_decodes_its_error_and_scores_the_re
     """A run whose store a stalling decoder built: prediction decodes new videos with that decoder, in a pool."""
     run = tmp_path / "run"
     shutil.copytree(all_run[0] / "simple_cnn", run)
-    metrics = json.loads((run / "metrics.json").read_text())
-    metrics["clip"]["decoder"] = "stalling"
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    config = json.loads((run / CONFIG_FILE).read_text())  # what prediction rebuilds the run from
+    config["clip"]["decoder"] = "stalling"
+    (run / CONFIG_FILE).write_text(json.dumps(config))
     stalled, other = demo_root / "Celeb-synthesis/id0_id1_0000.mp4", demo_root / "Celeb-real/id0_0000.mp4"
     args = ["--run", str(run), str(stalled), str(other), "--workers", "1"]
     lines = run_stalling("cpu", stalled.name, "train.predict", *args).stdout.splitlines()
