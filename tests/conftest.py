@@ -197,9 +197,13 @@ import importlib, os, sys, time
 module, name, store, fork = sys.argv[1:]
 lock = getattr(importlib.import_module(module), name)(store)
 lock.acquire()
-if fork == "fork" and os.fork() == 0:  # a child, as a build's decode worker is, that outlives its parent
-    time.sleep(120)
-    os._exit(0)
+if fork == "fork":
+    started, ready = os.pipe()
+    if os.fork() == 0:  # a child, as a build's decode worker is, that outlives its parent
+        os.write(ready, b"1")  # after the fork's hooks have run in it: "held" means the child is as a worker is
+        time.sleep(120)
+        os._exit(0)
+    os.read(started, 1)
 print("held", flush=True)
 sys.stdin.read()
 lock.release()
