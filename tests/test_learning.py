@@ -14,13 +14,14 @@ from conftest import LEARNING_SPLIT, run_cli, train_args
 from train.models import folder_name
 
 # Model -> the options of train/run.py that make it learn the task in a few CPU seconds: a family is one line. The
-# seed's three, one of the field's registered timm families and any timm model (here ResNet-10-T, 4.9 M parameters)
-# under the attention head.
+# seed's three, one of the field's registered timm families (xception: efficientnet_b4 at 32 px from random weights
+# missed the bar for one seed of three, xception held 1.0 for all three) and any timm model (here ResNet-10-T, 4.9 M
+# parameters) under the attention head.
 LEARNERS = {
     "simple_cnn": ("--epochs", "2"),
     "resnet18": ("--epochs", "3", "--lr", "1e-3"),
     "effnet_lstm": ("--epochs", "3", "--lr", "1e-3"),
-    "efficientnet_b4": ("--epochs", "3", "--lr", "1e-3"),
+    "xception": ("--epochs", "3", "--lr", "1e-3"),
     "timm/resnet10t": ("--epochs", "3", "--lr", "1e-3", "--temporal", "attention"),
 }
 LEARNED_AUC = 0.9  # video-level ROC AUC on the test split
