@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from cache.dataset import ClipDataset, StoreUnion
 from cache.shard_cache import ShardCacheConfig
 from cache.store import clip_settings
 from train.data import BatchFeed, UsageError, shard_feed, split_dataset
 from train.inference import TrainedModel
-from train.loop import run_evaluation
+from train.loop import Evaluation, run_evaluation
 from train.models import MODEL_NAMES, folder_name
 from train.run_config import CONFIG_FILE
 
@@ -56,16 +57,28 @@ def score_store(
 ) -> dict | None:
     """Video-level metrics of `trained` on the labelled ok videos of a store's split (`all`: every split), at the
     run's threshold; None where none is labelled."""
-    dataset = split_dataset([cache], None if split == "all" else split, False, trained.clip_frames, shard_cache)
+    dataset = split_clips(trained, cache, split, shard_cache)
     if not len(dataset) or (dataset.labels < 0).all():
         return None
     return feed_metrics(trained, shard_feed(dataset, batch_size, accelerator, even=True, threads=workers), accelerator)
 
 
+def split_clips(
+    trained: TrainedModel, cache: Path, split: str, shard_cache: ShardCacheConfig | None = None
+) -> ClipDataset | StoreUnion:
+    """The ok videos of a store's split (`all`: every split), cut into the clips `trained` was fed."""
+    return split_dataset([cache], None if split == "all" else split, False, trained.clip_frames, shard_cache)
+
+
+def score_feed(trained: TrainedModel, feed: BatchFeed, accelerator: Accelerator) -> Evaluation:
+    """Every clip of a feed scored by `trained` as its evaluation scores it: the tables' and the review page's."""
+    return run_evaluation(trained.model, feed, None, trained.transform, accelerator)
+
+
 def feed_metrics(trained: TrainedModel, feed: BatchFeed, accelerator: Accelerator) -> dict:
     """Video-level metrics (and the frame-level AUC) of `trained` on the labelled videos of a feed's clips, at the
     run's threshold: the one scoring of the cross-dataset and robustness tables."""
-    scored = run_evaluation(trained.model, feed, None, trained.transform, accelerator).labelled()
+    scored = score_feed(trained, feed, accelerator).labelled()
     return {key: value for key, value in scored.metrics(trained.threshold).items() if key != "loss"}
 
 

@@ -24,9 +24,9 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m train.review",
         description=(
             "Serve a page to look at a finished run: each model's metrics and figures, the run's tables, each "
-            "store's splits; its test videos, the most confidently wrong first, with their frames; one video's "
-            "frames with their own scores, face box and Grad-CAM; and a form to check a new video. Ends on Ctrl-C "
-            "(exit status 130; 2 on bad input)."
+            "store's splits; its test videos, the mistakes first, the most confidently wrong first, with their "
+            "frames; one video's frames with their own scores, face box and Grad-CAM; and a form to check a new "
+            "video. Ends on Ctrl-C (exit status 130; 2 on bad input)."
         ),
     )
     main.add_argument("--run", type=Path, required=True, help="RUN_DIR of train/run.py, or one model's RUN_DIR/MODEL")

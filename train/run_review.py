@@ -2,7 +2,7 @@
 
 A run's tables say how often a model is wrong; a researcher also needs to see which videos, on which frames,
 looking where. Everything here is scored by the project's own code, so that the page agrees with the tables:
-a store's videos as `train.evaluate` scores them (`run_evaluation`, the mean of each video's clips), a new
+a store's videos as `train.evaluate` scores them (`train.evaluation.score_feed`, the mean of each video's clips), a new
 video as `train.predict` decodes and scores it, and Grad-CAM as `train.explain` draws it. Scores are computed
 on first asking and kept. Requests name models and stores only by the names the run gave them, and videos
 by store row: no path from outside reaches the filesystem.
@@ -27,11 +27,10 @@ from cache import open_store
 from cache.schema import LABEL_NAMES, OK, SPLIT_CODES, SPLIT_NAMES, ClipSettings
 from cache.store import ClipStore
 from ingest.discover import VIDEO_SUFFIXES
-from train.data import UsageError, shard_feed, split_dataset, store_names
-from train.evaluation import check_store, load_models, model_folders
+from train.data import UsageError, shard_feed, store_names
+from train.evaluation import check_store, load_models, model_folders, score_feed, split_clips
 from train.explanation import Clip, Explanation, WholeFrame, explain, first_clip, plot, store_clips, video_clips
 from train.inference import TrainedModel
-from train.loop import run_evaluation
 from train.metrics import video_scores
 
 SPLITS = ("test", "val", "train", "all")
@@ -277,11 +276,11 @@ class RunReview:
         return self._scores[key]
 
     def _score(self, trained: TrainedModel, name: str, found: ClipStore, split: str) -> list[VideoScore]:
-        dataset = split_dataset([self.store_paths[name]], None if split == "all" else split, False, trained.clip_frames)
+        dataset = split_clips(trained, self.store_paths[name], split)
         if not len(dataset):
             return []
         feed = shard_feed(dataset, self.batch_size, self.accelerator, even=True, threads=self.workers)
-        scored = run_evaluation(trained.model, feed, None, trained.transform, self.accelerator)
+        scored = score_feed(trained, feed, self.accelerator)
         rows = np.unique(scored.rows)
         _, probabilities = video_scores(scored.rows, scored.labels, scored.probs)
         videos = []
